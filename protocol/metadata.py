@@ -1,0 +1,138 @@
+"""The JSON metadata section: strict parsing and a type check of every field.
+
+Metadata is small and flat, so anything unexpected — unknown keys, wrong types, nesting,
+NaN, huge integers — is the peer misbehaving and becomes a `PeerError`, never a crash
+(`json` raises RecursionError on deep nesting and ValueError on a 5000-digit integer).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Callable
+
+from .errors import PeerError
+from .frame import ALIGN
+from .limits import Limits
+
+Checker = Callable[[str, Any, Limits], Any]
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > 20:  # beyond 64 bits: no field of ours is that large
+        raise ValueError(f"integer of {len(text)} digits")
+    return int(text)
+
+
+def loads(data: bytes | memoryview, limits: Limits) -> dict[str, Any]:
+    """Parse metadata bytes into a dict, or raise `PeerError(code="bad_metadata")`."""
+    if len(data) > limits.max_metadata_bytes:
+        raise PeerError(f"metadata of {len(data)} bytes exceeds {limits.max_metadata_bytes}", code="too_large")
+    try:
+        text = bytes(data).decode("utf-8")
+        value = json.loads(text, parse_constant=_reject_constant, parse_int=_parse_int)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise PeerError(f"malformed metadata: {type(exc).__name__}: {str(exc)[:200]}", code="bad_metadata") from None
+    if not isinstance(value, dict):
+        raise PeerError("metadata must be a JSON object", code="bad_metadata")
+    return value
+
+
+def dumps(meta: dict[str, Any]) -> bytes:
+    """Serialize metadata compactly, padded with spaces to a multiple of 8 bytes."""
+    raw = json.dumps(meta, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    return raw + b" " * (-len(raw) % ALIGN)
+
+
+# --------------------------------------------------------------------------- field checks
+def _fail(field: str, expected: str, value: Any) -> PeerError:
+    shown = repr(value)
+    return PeerError(f"metadata field {field!r} must be {expected}, got {shown[:80]}", code="bad_metadata")
+
+
+def string(field: str, value: Any, limits: Limits) -> str:
+    if not isinstance(value, str) or len(value) > limits.max_string_chars:
+        raise _fail(field, f"a string of at most {limits.max_string_chars} characters", value)
+    return value
+
+
+def optional_string(field: str, value: Any, limits: Limits) -> str | None:
+    return None if value is None else string(field, value, limits)
+
+
+def boolean(field: str, value: Any, limits: Limits) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(field, "true or false", value)
+    return value
+
+
+def number(field: str, value: Any, limits: Limits) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _fail(field, "a finite number", value)
+    return float(value)
+
+
+def round_id(field: str, value: Any, limits: Limits) -> str | int | None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    return string(field, value, limits)
+
+
+def scalar_map(field: str, value: Any, limits: Limits) -> dict[str, Any]:
+    if not isinstance(value, dict) or len(value) > limits.max_map_items:
+        raise _fail(field, f"an object of at most {limits.max_map_items} scalars", value)
+    for key, item in value.items():
+        string(f"{field} key", key, limits)
+        if item is None or isinstance(item, (bool, int)):
+            continue
+        if isinstance(item, float):
+            number(f"{field}.{key}", item, limits)
+        else:
+            string(f"{field}.{key}", item, limits)
+    return value
+
+
+def error_info(field: str, value: Any, limits: Limits) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"code", "message"}:
+        raise _fail(field, 'null or {"code": str, "message": str}', value)
+    return {"code": string(f"{field}.code", value["code"], limits), "message": string(f"{field}.message", value["message"], limits)}
+
+
+def sections(field: str, value: Any, limits: Limits) -> list[tuple[str, int]]:
+    if not isinstance(value, list) or len(value) > limits.max_sections:
+        raise _fail(field, f"a list of at most {limits.max_sections} sections", value)
+    out: list[tuple[str, int]] = []
+    for item in value:
+        if not isinstance(item, dict) or set(item) != {"name", "length"}:
+            raise _fail(field, 'a list of {"name": str, "length": int}', item)
+        name = string(f"{field}.name", item["name"], limits)
+        length = item["length"]
+        if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= limits.max_body_bytes:
+            raise _fail(f"{field}.length", f"an int in [0, {limits.max_body_bytes}]", length)
+        out.append((name, length))
+    if len({name for name, _ in out}) != len(out):
+        raise PeerError("metadata lists a section twice", code="bad_metadata")
+    return out
+
+
+def check_fields(
+    meta: dict[str, Any], required: dict[str, Checker], optional: dict[str, Checker], limits: Limits
+) -> dict[str, Any]:
+    """Check every field of `meta`: required ones present, none unknown, each of its type."""
+    unknown = set(meta) - set(required) - set(optional)
+    if unknown:
+        raise PeerError(f"unknown metadata fields: {sorted(unknown)[:5]}", code="bad_metadata")
+    missing = set(required) - set(meta)
+    if missing:
+        raise PeerError(f"missing metadata fields: {sorted(missing)}", code="bad_metadata")
+    checked = {}
+    for name, check in (required | optional).items():
+        if name in meta:
+            checked[name] = check(name, meta[name], limits)
+    return checked
