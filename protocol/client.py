@@ -152,7 +152,11 @@ class AsyncClient:
 
     async def _exchange(self, conn: _ClientConnection, parts: list[Any]) -> RawFrame:
         waiter = conn.expect_response()
-        conn.send_frame(parts)
+        try:
+            conn.send_frame(parts)
+        except BaseException:
+            waiter.cancel()
+            raise
         try:
             return await asyncio.wait_for(waiter, self.timeout)
         except asyncio.TimeoutError:

@@ -52,7 +52,7 @@ def _frame(kind: int, meta: dict[str, Any], sections: Sequence[tuple[str, Any]],
         raise UsageError(f"metadata of {len(meta_bytes)} bytes exceeds the limit of {limits.max_metadata_bytes}")
     body: Buffers = []
     for _, data in sections:
-        body.append(data)
+        body.append(memoryview(data))  # asyncio transports want bytes-like types they know
         if len(data) % ALIGN:
             body.append(_PAD[: -len(data) % ALIGN])
     body_len = sum(padded(len(data)) for _, data in sections)
