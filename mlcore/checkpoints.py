@@ -1,0 +1,71 @@
+"""Checkpoint files: content-addressed, written atomically, sha256-verified before loading.
+
+A checkpoint is `torch.save` of a plain dict (format tag, model spec, state_dict), so it
+loads with `torch.load(weights_only=True)`; weights load with `strict=True`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .atomic import write_bytes_atomic
+from .models import ModelSpec, build_model
+
+FORMAT = "driftloop-checkpoint-1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, altered, or not one of ours."""
+
+
+def checkpoint_bytes(model: nn.Module, spec: ModelSpec) -> bytes:
+    buffer = io.BytesIO()
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    torch.save({"format": FORMAT, "spec": spec.to_dict(), "state_dict": state}, buffer)
+    return buffer.getvalue()
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(model: nn.Module, spec: ModelSpec, directory: str | Path) -> tuple[Path, str]:
+    """Write `<directory>/<sha256>.pt` (atomically, once) and return (path, sha256)."""
+    data = checkpoint_bytes(model, spec)
+    sha = hashlib.sha256(data).hexdigest()
+    path = Path(directory) / f"{sha}.pt"
+    if not (path.is_file() and sha256_file(path) == sha):
+        write_bytes_atomic(path, data)
+    return path, sha
+
+
+def load_checkpoint(path: str | Path, sha256: str) -> tuple[nn.Module, ModelSpec]:
+    """Verify the file's sha256 first, then load weights only, strictly."""
+    file = Path(path)
+    if not file.is_file():
+        raise CheckpointError(f"checkpoint not found: {file}")
+    data = file.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise CheckpointError(f"checkpoint {file}: sha256 {actual} does not match the expected {sha256}")
+    try:
+        payload = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except Exception as exc:  # torch raises several types for malformed archives
+        raise CheckpointError(f"checkpoint {file}: cannot be read as a weights-only torch file: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {file}: not a {FORMAT} file")
+    raw = payload["spec"]
+    spec = ModelSpec(str(raw["arch"]), (int(raw["image_shape"][0]), int(raw["image_shape"][1])), int(raw["n_classes"]))
+    model = build_model(spec, seed=0)
+    model.load_state_dict(payload["state_dict"], strict=True)
+    model.eval()
+    return model, spec
