@@ -1,0 +1,39 @@
+# driftloop: one edge job per round of config/rounds.yaml; each round's checkpoint feeds
+# the next. The data-center server runs outside the DAG, from onstart to onsuccess/onerror.
+
+from snakemake.utils import min_version
+
+min_version("8.20")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/base.smk"
+include: "workflow/rules/rounds.smk"
+include: "workflow/rules/summary.smk"
+
+
+wildcard_constraints:
+    round="[A-Za-z0-9][A-Za-z0-9_.-]{0,63}",
+
+
+rule all:
+    input:
+        rules.summarize.output,
+
+
+onstart:
+    start_datacenter()
+
+
+onsuccess:
+    stop_datacenter()
+
+
+onerror:
+    stop_datacenter()
