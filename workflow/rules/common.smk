@@ -23,6 +23,7 @@ PYTHON = "python" if workflow.deployment_settings.deployment_method else sys.exe
 ENV = "../envs/driftloop.yaml"
 SERVER_DIR = Path("results/server")
 PORT_FILE = SERVER_DIR / "port"
+PID_FILE = SERVER_DIR / "pid"
 TOKEN_FILE = SERVER_DIR / "token"
 STATE_DIR = "results/datacenter"
 
@@ -93,6 +94,7 @@ def start_datacenter():
     log = open("logs/datacenter.log", "ab")
     process = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     _server["process"] = process
+    PID_FILE.write_text(f"{process.pid}\n", encoding="utf-8")
     atexit.register(stop_datacenter)
     deadline = time.monotonic() + float(server.get("start_timeout", 60))
     while not PORT_FILE.exists():

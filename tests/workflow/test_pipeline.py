@@ -1,0 +1,170 @@
+"""The pipeline's properties, each checked by running the real snakemake (issue 4)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from snakemake_workdir import SMALL_ROUNDS, Workdir
+
+
+def server_pid(work: Workdir, timeout: float = 60) -> int:
+    pid_file = work.path / "results/server/pid"
+    port_file = work.path / "results/server/port"
+    deadline = time.monotonic() + timeout
+    while not (pid_file.exists() and port_file.exists()):
+        assert time.monotonic() < deadline, "the server never started"
+        time.sleep(0.05)
+    return int(pid_file.read_text())
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is gone for our purposes
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def wait_gone(pid: int, timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def hashes(work: Workdir) -> dict[str, str]:
+    return {r["round"]: r["sha256"] for r in work.summary()}
+
+
+def test_default_scenario_runs_and_summarizes(finished_run: Workdir) -> None:
+    rows = finished_run.summary()
+    assert [r["round"] for r in rows] == [r["id"] for r in SMALL_ROUNDS]
+    by_round = {r["round"]: r for r in rows}
+    assert by_round["r02"]["flagged"] == "True", "a 30-degree rotation must trigger retraining"
+    assert by_round["r02"]["retrained"] == "True"
+    assert float(by_round["r02"]["accuracy_after"]) > float(by_round["r02"]["accuracy_before"])
+    assert by_round["r01"]["labels_used"] == "0", "monitoring a clean round must spend no labels"
+    for name in ("accuracy.svg", "labels.svg"):
+        assert (finished_run.path / "results/plots" / name).read_text().lstrip().startswith("<?xml")
+    for round_id in by_round:
+        record = json.loads((finished_run.path / f"results/rounds/{round_id}/checkpoint.json").read_text())
+        assert record["sha256"] == by_round[round_id]["sha256"]
+    assert not alive(int((finished_run.path / "results/server/pid").read_text())), "the server outlived the run"
+
+
+def test_second_run_does_nothing(run_copy: Workdir) -> None:
+    before = run_copy.mtimes("results/**/*")
+    result = run_copy.run("--cores", "2")
+    assert "Nothing to be done" in result.stderr
+    assert run_copy.mtimes("results/**/*") == before
+    assert "data center listening" not in result.stderr, "a run with nothing to do must not start the server"
+
+
+def test_editing_a_round_reruns_it_and_later_only(run_copy: Workdir) -> None:
+    rounds = run_copy.rounds()
+    rounds[2]["shift"] = [{"name": "rotate", "degrees": 15}]
+    run_copy.write_rounds(rounds)
+    dry = run_copy.run("-n", "--cores", "2").stdout
+    planned = {line.split("wildcards: round=")[1].strip() for line in dry.splitlines() if "wildcards: round=" in line}
+    assert planned == {"r03", "r04"}
+
+
+def test_appending_a_round_runs_only_it_with_one_core(run_copy: Workdir) -> None:
+    before = run_copy.mtimes()
+    run_copy.write_rounds([*run_copy.rounds(), {"id": "r05", "shift": [{"name": "rotate", "degrees": 30}]}])
+    run_copy.run("--cores", "1")
+    after = run_copy.mtimes()
+    assert {k: v for k, v in after.items() if "r05" not in k} == before
+    assert "results/rounds/r05/checkpoint.json" in after
+    assert [r["round"] for r in run_copy.summary()][-1] == "r05"
+
+
+def test_killed_server_fails_the_run_and_the_rerun_matches(fresh: Workdir, finished_run: Workdir) -> None:
+    process = fresh.popen("--cores", "2")
+    pid = server_pid(fresh)
+    first_round = fresh.path / "results/rounds/r01/checkpoint.json"
+    deadline = time.monotonic() + 120
+    while not first_round.exists():
+        assert time.monotonic() < deadline and process.poll() is None, "round r01 never finished"
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert "data center" in output.lower() or "cannot connect" in output.lower(), output[-3000:]
+    kept = fresh.mtimes()
+    assert "results/rounds/r01/checkpoint.json" in kept
+    fresh.run("--cores", "2")
+    assert {k: v for k, v in fresh.mtimes().items() if k in kept} == kept, "finished rounds were redone"
+    assert hashes(fresh) == hashes(finished_run), "an interrupted run must end with the same checkpoints"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_stopping_snakemake_leaves_no_server(fresh: Workdir, sig: signal.Signals) -> None:
+    process = fresh.popen("--cores", "2")
+    pid = server_pid(fresh)
+    process.send_signal(sig)
+    process.communicate(timeout=60)
+    assert wait_gone(pid), f"server {pid} survived {sig.name} of snakemake"
+
+
+@pytest.mark.parametrize(
+    "where, value, named",
+    [
+        (("edge", "batch_size"), "many", "batch_size"),
+        (("edge", "random_sample"), -3, "random_sample"),
+        (("datacenter", "detector"), "crystal-ball", "detector"),
+        (("model",), None, "model"),
+    ],
+)
+def test_invalid_config_is_refused_before_any_job(fresh: Workdir, where: tuple, value: object, named: str) -> None:
+    config = fresh.config()
+    node = config
+    for key in where[:-1]:
+        node = node[key]
+    if value is None:
+        del node[where[-1]]
+    else:
+        node[where[-1]] = value
+    fresh.write_config(config)
+    result = fresh.run("--cores", "2", check=False)
+    assert result.returncode != 0
+    assert named in result.stderr
+    assert not (fresh.path / "results").exists(), "a job ran despite the invalid config"
+
+
+@pytest.mark.parametrize(
+    "rounds, named",
+    [
+        ([{"id": "r01", "shift": [{"name": "spin"}]}], "spin"),
+        ([{"id": "r01", "shift": [], "size": -1}], "size"),
+        ([{"shift": []}], "id"),
+        ([{"id": "r01", "shift": [{"name": "rotate"}]}], "degrees"),
+        ([{"id": "r01", "shift": []}, {"id": "r01", "shift": []}], "duplicate"),
+    ],
+)
+def test_invalid_rounds_are_refused_before_any_job(fresh: Workdir, rounds: list, named: str) -> None:
+    fresh.write_rounds(rounds)
+    result = fresh.run("--cores", "2", check=False)
+    assert result.returncode != 0
+    assert named in result.stderr
+    assert not (fresh.path / "results").exists()
+
+
+def test_lint_is_clean_and_report_works_offline(run_copy: Workdir) -> None:
+    lint = run_copy.run("--lint")
+    assert "Congratulations" in lint.stdout + lint.stderr
+    run_copy.run("--report", "results/report.html")
+    html = (run_copy.path / "results/report.html").read_text(errors="replace")
+    assert "accuracy.svg" in html
+    assert not alive(int((run_copy.path / "results/server/pid").read_text()))
