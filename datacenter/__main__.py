@@ -1,0 +1,72 @@
+"""`python -m datacenter train-base ...` and `python -m datacenter serve ...` (see docs/learning.md)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from mlcore.atomic import write_json_atomic
+from mlcore.cli import run_cli, setup_logging
+from mlcore.datasets import load_dataset_and_splits
+from mlcore.seeding import make_deterministic
+from mlcore.settings import load_settings
+
+from .state import StateError, StateStore
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m datacenter", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    base = sub.add_parser("train-base", help="train the base model (and zoo seeds), write the root state")
+    base.add_argument("--config", required=True)
+    base.add_argument("--state-dir", required=True)
+    base.add_argument("--out", required=True, help="JSON file: checkpoint, sha256, state, metrics")
+    serve = sub.add_parser("serve", help="serve the edge until SIGTERM/SIGINT or --exit-with-pid ends")
+    serve.add_argument("--config", required=True)
+    serve.add_argument("--state-dir", required=True)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=0)
+    serve.add_argument("--port-file", required=True)
+    serve.add_argument("--token-file")
+    serve.add_argument("--exit-with-pid", type=int)
+    for p in (base, serve):
+        p.add_argument("-v", "--verbose", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    log = setup_logging("datacenter", args.verbose)
+
+    def run() -> int:
+        settings = load_settings(args.config)
+        make_deterministic()
+        dataset, splits = load_dataset_and_splits(settings.dataset, settings.seed)
+        log.info("dataset %s: %d samples, %d classes, %d source-training", dataset.name, len(dataset.labels),
+                 dataset.n_classes, len(splits.source_train))
+        store = StateStore(args.state_dir)
+        if args.command == "train-base":
+            from .base import train_base
+
+            result = train_base(settings, dataset, splits, store)
+            write_json_atomic(args.out, result)
+            log.info("wrote %s", args.out)
+            return 0
+        from protocol import read_token_file
+
+        from .server import serve
+        from .service import DataCenter
+
+        token = read_token_file(args.token_file) if args.token_file else None
+        log.info("serving on %s:%s (port file %s)", args.host, args.port, args.port_file)
+        asyncio.run(serve(DataCenter(settings, dataset, splits, store), host=args.host, port=args.port,
+                          port_file=args.port_file, token=token, exit_with_pid=args.exit_with_pid))
+        log.info("stopped")
+        return 0
+
+    return run_cli("datacenter", run, (StateError,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

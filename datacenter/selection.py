@@ -1,0 +1,67 @@
+"""Which zoo model to start from on post-shift data: transferability scores, higher is better.
+
+LEEP (Nguyen et al. 2020) and LogME (You et al. 2021) use a few labelled post-shift rows
+(counted in the label budget); `label_free` uses none.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+
+def leep(source_probabilities: np.ndarray, labels: np.ndarray, n_target_classes: int | None = None) -> float:
+    """Mean log-likelihood of the labels under the 'dummy' classifier P(y|z) built from the outputs."""
+    theta = source_probabilities.astype(np.float64)
+    n, _ = theta.shape
+    k = n_target_classes or int(labels.max()) + 1
+    joint = np.zeros((k, theta.shape[1]))
+    for y in range(k):
+        joint[y] = theta[labels == y].sum(axis=0) / n
+    conditional = joint / np.maximum(joint.sum(axis=0, keepdims=True), 1e-300)  # P(y | z)
+    likelihood = (theta @ conditional.T)[np.arange(n), labels]
+    return float(np.mean(np.log(np.maximum(likelihood, 1e-300))))
+
+
+def _logme_single(features: np.ndarray, target: np.ndarray, iterations: int = 100) -> float:
+    """Log marginal evidence per sample of a Bayesian linear model target ~ features (one column)."""
+    n, d = features.shape
+    u, s, vt = np.linalg.svd(features, full_matrices=False)
+    sigma = s ** 2
+    projected = u.T @ target
+    residual_outside = float(target @ target - projected @ projected)
+    alpha, beta = 1.0, 1.0
+    for _ in range(iterations):
+        gamma = float((beta * sigma / (alpha + beta * sigma)).sum())
+        m_coef = beta * s * projected / (alpha + beta * sigma)
+        m2 = float(m_coef @ m_coef)
+        res2 = float(((projected - s * m_coef) ** 2).sum()) + max(residual_outside, 0.0)
+        new_alpha = gamma / (m2 + 1e-12)
+        new_beta = (n - gamma) / (res2 + 1e-12)
+        converged = abs(new_alpha - alpha) / alpha < 1e-6 and abs(new_beta - beta) / beta < 1e-6
+        alpha, beta = new_alpha, new_beta
+        if converged:
+            break
+    m_coef = beta * s * projected / (alpha + beta * sigma)
+    m2 = float(m_coef @ m_coef)
+    res2 = float(((projected - s * m_coef) ** 2).sum()) + max(residual_outside, 0.0)
+    # log|A| with A = alpha I_d + beta F^T F; singular values beyond rank(F) contribute log(alpha)
+    log_det = float(np.log(alpha + beta * sigma).sum()) + (d - len(sigma)) * np.log(alpha)
+    evidence = (d / 2.0) * np.log(alpha) + (n / 2.0) * np.log(beta) - (alpha / 2.0) * m2 - (beta / 2.0) * res2 \
+        - 0.5 * log_det - (n / 2.0) * np.log(2.0 * np.pi)
+    return float(evidence / n)
+
+
+def logme(features: np.ndarray, labels: np.ndarray, n_target_classes: int | None = None) -> float:
+    """Mean over classes of the per-sample log evidence for the one-hot label columns."""
+    f = features.astype(np.float64)
+    k = n_target_classes or int(labels.max()) + 1
+    scores = [_logme_single(f, (labels == c).astype(np.float64)) for c in range(k)]
+    return float(np.mean(scores))
+
+
+def label_free_fit(reference: np.ndarray, probabilities: np.ndarray) -> float:
+    """Minus the largest per-class KS distance between the model's outputs here and on its own
+    in-distribution reference: the model to whom the new data looks most familiar wins."""
+    distances = [stats.ks_2samp(reference[:, d], probabilities[:, d]).statistic for d in range(reference.shape[1])]
+    return -float(max(distances))

@@ -1,0 +1,235 @@
+"""The data center's decisions, one method per message type, free of any network code.
+
+`DataCenter.handle(message_type, query_dataframe, random_dataframe, metadata)` is what the
+protocol server calls. Each request names the parent state it builds on (`metadata["state"]`)
+and the round; the reply carries the child state's key in `info["state"]`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from mlcore.checkpoints import load_checkpoint, save_checkpoint
+from mlcore.datasets import Dataset, Splits
+from mlcore.frames import frame_digest, frame_features, frame_labels, validate_sample_frame
+from mlcore.models import ModelSpec
+from mlcore.seeding import rng_for
+from mlcore.settings import Settings
+from mlcore.training import accuracy, embed, predict_proba
+
+from . import detectors, selection
+from .adaptation import finetune
+from .state import Episode, Snapshot, StateError, StateStore, ZooEntry, state_key
+
+log = logging.getLogger("datacenter")
+
+MIN_REFERENCE_ROWS = 10
+
+
+class RequestError(ValueError):
+    """The request cannot be served as sent; the message says why (it reaches the edge)."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    retraining_flag: bool
+    checkpoint: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class DataCenter:
+    def __init__(self, settings: Settings, dataset: Dataset, splits: Splits, store: StateStore) -> None:
+        self.settings = settings
+        self.dataset = dataset
+        self.splits = splits
+        self.store = store
+        self.n_features = dataset.image_shape[0] * dataset.image_shape[1]
+        self._models: dict[str, nn.Module] = {}
+
+    # ---- helpers -------------------------------------------------------------------------
+    def model(self, sha: str) -> nn.Module:
+        if sha not in self._models:
+            self._models[sha], _ = load_checkpoint(self.store.checkpoint_path(sha), sha)
+        return self._models[sha]
+
+    def _images(self, frame: pd.DataFrame) -> np.ndarray:
+        return frame_features(frame).reshape(len(frame), *self.dataset.image_shape)
+
+    def _parent(self, metadata: dict[str, Any]) -> tuple[str, Snapshot]:
+        key = metadata.get("state")
+        if key is None:
+            raise RequestError("the request must carry extra={'state': <parent state key>, 'round': <round id>}")
+        try:
+            return key, self.store.load(key)
+        except StateError as exc:
+            raise RequestError(str(exc)) from exc
+
+    def _frame(self, frame: Any, name: str, *, labelled: bool = False) -> pd.DataFrame:
+        if frame is None:
+            raise RequestError(f"{name} is required for this message")
+        try:
+            return validate_sample_frame(frame, n_features=self.n_features, labelled=labelled, name=name)
+        except ValueError as exc:
+            raise RequestError(str(exc)) from exc
+
+    # ---- dispatch ------------------------------------------------------------------------
+    def handle(self, message_type: str, query_dataframe: pd.DataFrame | None = None,
+               random_dataframe: pd.DataFrame | None = None, metadata: dict[str, Any] | None = None) -> Reply:
+        metadata = dict(metadata or {})
+        handlers = {"handshake": self.handshake, "normal": self.normal,
+                    "prep_retraining": self.prep_retraining, "retraining": self.retraining}
+        if message_type not in handlers:
+            raise RequestError(f"unknown message type {message_type!r}; known: {sorted(handlers)}")
+        reply = handlers[message_type](query_dataframe, random_dataframe, metadata)
+        log.info("%s round=%s edge=%s -> flag=%s state=%s", message_type, metadata.get("round"),
+                 metadata.get("edge_id"), reply.retraining_flag, str(reply.info.get("state", ""))[:12])
+        return reply
+
+    def handshake(self, query: Any, random: Any, metadata: dict[str, Any]) -> Reply:
+        info: dict[str, Any] = {
+            "ready": True, "arch": self.settings.model.arch, "n_classes": self.dataset.n_classes,
+            "n_features": self.n_features, "dataset": self.dataset.name,
+            "detector": self.settings.datacenter.detector, "selection": self.settings.datacenter.selection,
+        }
+        if metadata.get("state") is not None:
+            key, snapshot = self._parent(metadata)
+            info.update(state=key, current=snapshot.current, zoo_size=len(snapshot.zoo))
+        return Reply(False, None, info)
+
+    def normal(self, query: Any, random: Any, metadata: dict[str, Any]) -> Reply:
+        """Drift check of the current model on the unlabelled random sample; state unchanged."""
+        key, snapshot = self._parent(metadata)
+        frame = self._frame(random, "random_dataframe")
+        probabilities = predict_proba(self.model(snapshot.current), self._images(frame))
+        verdict = self.detect(snapshot.reference(snapshot.current), probabilities, frame_labels(frame), metadata)
+        return Reply(verdict.drift, None, {
+            "state": key, "flagged": verdict.drift, "detector": verdict.detector, "p_value": verdict.p_value,
+            "statistic": verdict.statistic, "current": snapshot.current,
+        })
+
+    def detect(self, reference: np.ndarray, probabilities: np.ndarray, labels: np.ndarray, metadata: dict) -> detectors.Verdict:
+        config = self.settings.datacenter
+        if config.detector == "ks":
+            return detectors.ks_softmax_test(reference, probabilities, config.alpha)
+        if config.detector == "mmd":
+            rng = rng_for(self.settings.seed, "mmd", metadata.get("round"))
+            return detectors.mmd_permutation_test(reference, probabilities, config.alpha, config.mmd_permutations, rng)
+        if config.detector == "ece":
+            try:
+                return detectors.ece_rule(probabilities, labels, config.ece_threshold)
+            except ValueError as exc:
+                raise RequestError(str(exc)) from exc
+        return detectors.entropy_rule(probabilities, config.entropy_threshold)
+
+    def prep_retraining(self, query: Any, random: Any, metadata: dict[str, Any]) -> Reply:
+        """Open an episode: score every zoo model on post-shift data, start from the best."""
+        key, snapshot = self._parent(metadata)
+        round_id = str(metadata.get("round"))
+        post = self._frame(random, "random_dataframe")
+        method = self.settings.datacenter.selection
+        labelled = None
+        if method in ("leep", "logme"):
+            labelled = self._frame(query, "query_dataframe", labelled=True)
+        elif query is not None:
+            labelled = self._frame(query, "query_dataframe", labelled=True)
+        scores = [self.transferability(entry.sha256, snapshot, post, labelled) for entry in snapshot.zoo]
+        best = int(np.argmax(scores))  # ties: the earliest entry (the base model first)
+        start = snapshot.zoo[best].sha256
+        child_key = state_key(key, round_id, "prep_retraining", frame_digest(post) + frame_digest(labelled))
+        arrays = {k: v for k, v in snapshot.arrays.items() if k.startswith("ref:")}
+        arrays["post_x"] = frame_features(post)
+        arrays["post_ids"] = post["id"].to_numpy(dtype=np.int64)
+        arrays["episode_x"] = frame_features(labelled) if labelled is not None else np.zeros((0, self.n_features), np.float32)
+        arrays["episode_y"] = frame_labels(labelled) if labelled is not None else np.zeros(0, np.int64)
+        arrays["episode_ids"] = labelled["id"].to_numpy(dtype=np.int64) if labelled is not None else np.zeros(0, np.int64)
+        n_labels = 0 if labelled is None else len(labelled)
+        episode = Episode(id=child_key, round=round_id, start=start, iterations=0, labels_used=n_labels)
+        child = Snapshot(key, round_id, "prep_retraining", start, snapshot.zoo, episode, arrays)
+        self.store.save(child_key, child)
+        ranking = {snapshot.zoo[i].sha256[:12]: round(float(s), 6) for i, s in enumerate(scores)}
+        return Reply(True, str(self.store.checkpoint_path(start)), {
+            "state": child_key, "sha256": start, "selection": method, "selected_index": best,
+            "selected_round": snapshot.zoo[best].round, "selected_shift": snapshot.zoo[best].shift,
+            "score": float(scores[best]), "scores": json.dumps(ranking, sort_keys=True), "labels_used": n_labels,
+        })
+
+    def transferability(self, sha: str, snapshot: Snapshot, post: pd.DataFrame, labelled: pd.DataFrame | None) -> float:
+        model = self.model(sha)
+        method = self.settings.datacenter.selection
+        if method == "label_free":
+            return selection.label_free_fit(snapshot.reference(sha), predict_proba(model, self._images(post)))
+        images, labels = self._images(labelled), frame_labels(labelled)
+        if method == "leep":
+            return selection.leep(predict_proba(model, images), labels, self.dataset.n_classes)
+        return selection.logme(embed(model, images), labels, self.dataset.n_classes)
+
+    def retraining(self, query: Any, random: Any, metadata: dict[str, Any]) -> Reply:
+        """One episode iteration: add the newly queried labels, fine-tune, register, reset the reference."""
+        key, snapshot = self._parent(metadata)
+        if snapshot.episode is None:
+            raise RequestError("retraining needs an open episode: send prep_retraining first and pass its state")
+        episode = snapshot.episode
+        config = self.settings.datacenter
+        if episode.iterations >= self.settings.edge.max_iterations:
+            raise RequestError(f"the episode already ran max_iterations={self.settings.edge.max_iterations} retrainings")
+        new = self._frame(query, "query_dataframe", labelled=True)
+        new_ids = new["id"].to_numpy(dtype=np.int64)
+        if np.isin(new_ids, snapshot.arrays["episode_ids"]).any():
+            raise RequestError("query_dataframe repeats sample ids already labelled in this episode")
+        previous = self.model(snapshot.current)
+        new_x, new_y = frame_features(new), frame_labels(new)
+        prequential = float(np.mean(predict_proba(previous, self._images(new)).argmax(1) == new_y))
+        ep_x = np.concatenate([snapshot.arrays["episode_x"], new_x])
+        ep_y = np.concatenate([snapshot.arrays["episode_y"], new_y])
+        ep_ids = np.concatenate([snapshot.arrays["episode_ids"], new_ids])
+        model = finetune(self.model(episode.start), ep_x, ep_y, self.dataset, self.splits, config.finetune,
+                         self.settings.seed, episode.id)
+        spec = ModelSpec(self.settings.model.arch, self.dataset.image_shape, self.dataset.n_classes)
+        path, sha = save_checkpoint(model, spec, self.store.checkpoints)
+        self._models.setdefault(sha, model)
+        post_x = snapshot.arrays["post_x"].reshape(-1, *self.dataset.image_shape)
+        unseen = ~np.isin(snapshot.arrays["post_ids"], ep_ids)
+        ref_rows = post_x[unseen] if unseen.sum() >= MIN_REFERENCE_ROWS else post_x
+        reference = predict_proba(model, ref_rows)
+        post_now = predict_proba(model, post_x).argmax(1)
+        post_before = predict_proba(previous, post_x).argmax(1)
+        agreement = float(np.mean(post_now == post_before))
+        iterations = episode.iterations + 1
+        labels_used = episode.labels_used + len(new)
+        metrics = {
+            "source_eval_accuracy": accuracy(model, self.dataset.images[self.splits.evaluation],
+                                             self.dataset.labels[self.splits.evaluation]),
+            "prequential_accuracy": prequential, "agreement_with_previous": agreement,
+            "train_labels": int(len(ep_y)), "replay": int(config.finetune.replay),
+        }
+        round_id = str(metadata.get("round", episode.round))
+        self.store.write_registry_entry(sha, {"parent": episode.start, "round": episode.round, "episode": episode.id,
+                                              "kind": "adapted", "shift": str(new["shift"].iloc[0]),
+                                              "labels_used": labels_used, "metrics": metrics})
+        entry = ZooEntry(sha, episode.round, episode.start, episode.id, str(new["shift"].iloc[0]), labels_used)
+        zoo = tuple(e for e in snapshot.zoo if e.episode != episode.id) + (entry,)
+        kept = {e.sha256 for e in zoo}
+        arrays = {k: v for k, v in snapshot.arrays.items() if not k.startswith("ref:") or k[4:] in kept}
+        arrays.update({f"ref:{sha}": reference, "episode_x": ep_x, "episode_y": ep_y, "episode_ids": ep_ids})
+        budget_left = self.settings.edge.label_budget - labels_used
+        converged = iterations >= 2 and agreement >= config.stop_agreement
+        reached = config.target_accuracy is not None and prequential >= config.target_accuracy
+        more = (iterations < self.settings.edge.max_iterations and budget_left >= self.settings.edge.query_size
+                and not converged and not reached)
+        child_key = state_key(key, round_id, "retraining", frame_digest(new))
+        child = Snapshot(key, round_id, "retraining", sha, zoo,
+                         replace(episode, iterations=iterations, labels_used=labels_used), arrays)
+        self.store.save(child_key, child)
+        return Reply(more, str(path), {
+            "state": child_key, "sha256": sha, "more_needed": more, "iteration": iterations,
+            "labels_used": labels_used, "prequential_accuracy": prequential, "agreement": agreement,
+            "converged": converged,
+        })

@@ -1,0 +1,176 @@
+"""Lineage-keyed, immutable data-center state: snapshots on disk, never mutated in place.
+
+A snapshot (zoo, current model, reference windows, episode) lives in
+`<state_dir>/states/<key>.json` + `<key>.npz`; its key is the sha256 of (parent key, round,
+message, request digest), so the same request on the same parent gives the same child, a
+restarted server reads the same files, and editing round k leaves rounds before k untouched.
+Arrays are stored without pickle; the .npz has fixed zip timestamps, so equal states give
+equal bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlcore.atomic import write_bytes_atomic, write_json_atomic
+
+KEY = re.compile(r"^[0-9a-f]{64}$")
+STATE_VERSION = 1
+
+
+class StateError(ValueError):
+    """A state key is malformed or unknown, or a snapshot is damaged."""
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One model the data center can start from: the base, a zoo seed, or an adapted model."""
+
+    sha256: str
+    round: str | None
+    parent: str | None
+    episode: str | None  # the episode that produced it (None for base and seed models)
+    shift: str
+    labels_used: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Episode:
+    """The retraining in progress: its start model, how far it went and what it spent."""
+
+    id: str
+    round: str
+    start: str
+    iterations: int = 0
+    labels_used: int = 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    parent: str | None
+    round: str | None
+    message: str
+    current: str
+    zoo: tuple[ZooEntry, ...]
+    episode: Episode | None = None
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # references "ref:<sha>", episode data
+
+    def reference(self, sha: str) -> np.ndarray:
+        return self.arrays[f"ref:{sha}"]
+
+    def entry(self, sha: str) -> ZooEntry:
+        for entry in self.zoo:
+            if entry.sha256 == sha:
+                return entry
+        raise StateError(f"model {sha} is not in the zoo of this state")
+
+    def metadata(self) -> dict:
+        return {
+            "version": STATE_VERSION,
+            "parent": self.parent,
+            "round": self.round,
+            "message": self.message,
+            "current": self.current,
+            "zoo": [e.to_dict() for e in self.zoo],
+            "episode": self.episode.to_dict() if self.episode else None,
+            "arrays": sorted(self.arrays),
+        }
+
+
+def state_key(parent: str | None, round_id: str | None, message: str, digest: str) -> str:
+    text = json.dumps({"parent": parent, "round": round_id, "message": message, "inputs": digest}, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name in sorted(arrays):
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            archive.writestr(info, member.getvalue())
+    return buffer.getvalue()
+
+
+class StateStore:
+    """Reads and writes snapshots under a state directory; a small memory cache in front."""
+
+    def __init__(self, state_dir: str | Path, cache_size: int = 32) -> None:
+        self.root = Path(state_dir)
+        self.states = self.root / "states"
+        self.checkpoints = self.root / "checkpoints"
+        self.registry = self.root / "registry"
+        self._cache: dict[str, Snapshot] = {}
+        self._cache_size = cache_size
+
+    def checkpoint_path(self, sha: str) -> Path:
+        return self.checkpoints / f"{sha}.pt"
+
+    def exists(self, key: str) -> bool:
+        return bool(KEY.match(key)) and (self.states / f"{key}.json").is_file()
+
+    def save(self, key: str, snapshot: Snapshot) -> str:
+        """Write arrays first and the JSON last: a snapshot whose JSON exists is complete."""
+        if not KEY.match(key):
+            raise StateError(f"state key must be 64 hex digits, got {key!r}")
+        if not self.exists(key):
+            write_bytes_atomic(self.states / f"{key}.npz", _npz_bytes(snapshot.arrays))
+            write_json_atomic(self.states / f"{key}.json", snapshot.metadata())
+        self._remember(key, snapshot)
+        return key
+
+    def load(self, key: object) -> Snapshot:
+        if not isinstance(key, str) or not KEY.match(key):
+            raise StateError(f"state key must be 64 hex digits, got {key!r}")
+        if key in self._cache:
+            return self._cache[key]
+        meta_file = self.states / f"{key}.json"
+        if not meta_file.is_file():
+            raise StateError(f"unknown state {key}: no {meta_file} (was base training run with this --state-dir?)")
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            with np.load(self.states / f"{key}.npz", allow_pickle=False) as archive:
+                arrays = {name: archive[name] for name in archive.files}
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise StateError(f"state {key} is damaged: {exc}") from exc
+        if meta.get("version") != STATE_VERSION or sorted(arrays) != meta.get("arrays"):
+            raise StateError(f"state {key}: unexpected version or array list")
+        snapshot = Snapshot(
+            parent=meta["parent"],
+            round=meta["round"],
+            message=meta["message"],
+            current=meta["current"],
+            zoo=tuple(ZooEntry(**e) for e in meta["zoo"]),
+            episode=Episode(**meta["episode"]) if meta["episode"] else None,
+            arrays=arrays,
+        )
+        self._remember(key, snapshot)
+        return snapshot
+
+    def write_registry_entry(self, sha: str, entry: dict[str, Any]) -> Path:
+        """The checkpoint's registry record (parent, round, labels used, sha256, metrics)."""
+        path = self.registry / f"{sha}.json"
+        write_json_atomic(path, {**entry, "sha256": sha, "path": str(self.checkpoint_path(sha))})
+        return path
+
+    def _remember(self, key: str, snapshot: Snapshot) -> None:
+        self._cache[key] = snapshot
+        while len(self._cache) > self._cache_size:
+            self._cache.pop(next(iter(self._cache)))

@@ -1,0 +1,113 @@
+"""`python -m edge round ...`: run one round against a serving data center (see docs/learning.md)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+from mlcore.atomic import write_atomic, write_json_atomic
+from mlcore.cli import run_cli, setup_logging
+from mlcore.datasets import load_dataset_and_splits
+from mlcore.rounds import find_round, load_rounds
+from mlcore.seeding import make_deterministic
+from mlcore.settings import load_settings
+
+from .round_runner import EdgeRound, RoundError, summary_line
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m edge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    one = sub.add_parser("round", help="run one round and write checkpoint.json, metrics.json, predictions.parquet")
+    one.add_argument("--config", required=True)
+    one.add_argument("--rounds", required=True)
+    one.add_argument("--round", required=True, dest="round_id")
+    one.add_argument("--previous", required=True, help="base.json or the previous round's checkpoint.json")
+    one.add_argument("--port-file", required=True)
+    one.add_argument("--token-file")
+    one.add_argument("--host", default="127.0.0.1")
+    one.add_argument("--edge-id", default="edge")
+    one.add_argument("--outdir", required=True)
+    one.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the port file (default 120)")
+    one.add_argument("-v", "--verbose", action="store_true")
+    return parser.parse_args(argv)
+
+
+def read_previous(path: str) -> dict:
+    file = Path(path)
+    if not file.is_file():
+        raise RoundError(f"--previous: file not found: {file}")
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise RoundError(f"--previous: {file} is not JSON: {exc}") from exc
+
+
+def wait_for_port(path: str, read_port_file, timeout: float) -> int:
+    """The data center writes its port file once listening; wait for it (it may still be starting)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return read_port_file(path)
+        except (FileNotFoundError, ValueError):
+            if time.monotonic() > deadline:
+                raise RoundError(f"--port-file: no valid port in {path} after {timeout:.0f} s: is the data center serving?")
+            time.sleep(0.1)
+
+
+async def run_with_client(round_: EdgeRound, client) -> dict:
+    async def exchange(message, query, random, extra):
+        response = await client.send_data(message, query, random, round=extra["round"], extra=extra)
+        return response.retraining_flag, response.checkpoint, dict(response.info or {})
+
+    round_.exchange = exchange
+    async with client:
+        return await round_.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    log = setup_logging("edge", args.verbose)
+
+    def run() -> int:
+        from protocol import AsyncClient, ProtocolError, read_port_file, read_token_file
+
+        settings = load_settings(args.config)
+        spec = find_round(load_rounds(args.rounds), args.round_id)
+        previous = read_previous(args.previous)
+        make_deterministic()
+        dataset, splits = load_dataset_and_splits(settings.dataset, settings.seed)
+        port = wait_for_port(args.port_file, read_port_file, args.wait)
+        token = read_token_file(args.token_file) if args.token_file else None
+        client = AsyncClient(port, host=args.host, token=token, edge_id=args.edge_id)
+        round_ = EdgeRound(settings, dataset, splits, spec, previous, exchange=None, edge_id=args.edge_id)
+        log.info("round %s: batch of %d, shift %s, data center on port %d", spec.id, len(round_.batch.ids), spec.tag, port)
+        try:
+            outcome = asyncio.run(run_with_client(round_, client))
+        except ProtocolError as exc:
+            raise RoundError(f"talking to the data center failed: {exc}") from exc
+        outcome.checkpoint.update(bytes_sent=client.bytes_sent, bytes_received=client.bytes_received)
+        outcome.metrics.update(bytes_sent=client.bytes_sent, bytes_received=client.bytes_received)
+        outdir = Path(args.outdir)
+
+        def write_parquet(handle) -> None:
+            buffer = io.BytesIO()
+            outcome.predictions.to_parquet(buffer, index=False)
+            handle.write(buffer.getvalue())
+
+        write_atomic(outdir / "predictions.parquet", write_parquet)
+        write_json_atomic(outdir / "metrics.json", outcome.metrics)
+        write_json_atomic(outdir / "checkpoint.json", outcome.checkpoint)  # last: it marks the round done
+        print(summary_line(outcome))
+        return 0
+
+    return run_cli("edge", run, (RoundError,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
