@@ -23,40 +23,55 @@ def leep(source_probabilities: np.ndarray, labels: np.ndarray, n_target_classes:
     return float(np.mean(np.log(np.maximum(likelihood, 1e-300))))
 
 
-def _logme_single(features: np.ndarray, target: np.ndarray, iterations: int = 100) -> float:
-    """Log marginal evidence per sample of a Bayesian linear model target ~ features (one column)."""
-    n, d = features.shape
-    u, s, vt = np.linalg.svd(features, full_matrices=False)
-    sigma = s ** 2
+def _svd_terms(features: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    u, s, _ = np.linalg.svd(features, full_matrices=False)
     projected = u.T @ target
-    residual_outside = float(target @ target - projected @ projected)
+    return s, projected, max(float(target @ target - projected @ projected), 0.0)
+
+
+def _evidence(s: np.ndarray, projected: np.ndarray, outside: float, n: int, d: int, alpha: float, beta: float) -> float:
+    sigma = s ** 2
+    m_coef = beta * s * projected / (alpha + beta * sigma)
+    m2 = float(m_coef @ m_coef)
+    res2 = float(((projected - s * m_coef) ** 2).sum()) + outside
+    # log|A| with A = alpha I_d + beta F^T F; directions outside F's row space contribute log(alpha)
+    log_det = float(np.log(alpha + beta * sigma).sum()) + (d - len(sigma)) * np.log(alpha)
+    return float((d / 2.0) * np.log(alpha) + (n / 2.0) * np.log(beta) - (alpha / 2.0) * m2 - (beta / 2.0) * res2
+                 - 0.5 * log_det - (n / 2.0) * np.log(2.0 * np.pi))
+
+
+def log_evidence(features: np.ndarray, target: np.ndarray, alpha: float, beta: float) -> float:
+    """log p(target | features, alpha, beta) for w ~ N(0, I/alpha), target ~ N(F w, I/beta)."""
+    n, d = features.shape
+    s, projected, outside = _svd_terms(features.astype(np.float64), target.astype(np.float64))
+    return _evidence(s, projected, outside, n, d, alpha, beta)
+
+
+def logme_single(features: np.ndarray, target: np.ndarray, iterations: int = 100) -> tuple[float, float, float]:
+    """(max log evidence / n, alpha, beta) by the fixed-point iteration of You et al. (2021)."""
+    n, d = features.shape
+    s, projected, outside = _svd_terms(features.astype(np.float64), target.astype(np.float64))
+    sigma = s ** 2
     alpha, beta = 1.0, 1.0
     for _ in range(iterations):
         gamma = float((beta * sigma / (alpha + beta * sigma)).sum())
         m_coef = beta * s * projected / (alpha + beta * sigma)
         m2 = float(m_coef @ m_coef)
-        res2 = float(((projected - s * m_coef) ** 2).sum()) + max(residual_outside, 0.0)
+        res2 = float(((projected - s * m_coef) ** 2).sum()) + outside
         new_alpha = gamma / (m2 + 1e-12)
         new_beta = (n - gamma) / (res2 + 1e-12)
         converged = abs(new_alpha - alpha) / alpha < 1e-6 and abs(new_beta - beta) / beta < 1e-6
         alpha, beta = new_alpha, new_beta
         if converged:
             break
-    m_coef = beta * s * projected / (alpha + beta * sigma)
-    m2 = float(m_coef @ m_coef)
-    res2 = float(((projected - s * m_coef) ** 2).sum()) + max(residual_outside, 0.0)
-    # log|A| with A = alpha I_d + beta F^T F; singular values beyond rank(F) contribute log(alpha)
-    log_det = float(np.log(alpha + beta * sigma).sum()) + (d - len(sigma)) * np.log(alpha)
-    evidence = (d / 2.0) * np.log(alpha) + (n / 2.0) * np.log(beta) - (alpha / 2.0) * m2 - (beta / 2.0) * res2 \
-        - 0.5 * log_det - (n / 2.0) * np.log(2.0 * np.pi)
-    return float(evidence / n)
+    return _evidence(s, projected, outside, n, d, alpha, beta) / n, alpha, beta
 
 
 def logme(features: np.ndarray, labels: np.ndarray, n_target_classes: int | None = None) -> float:
     """Mean over classes of the per-sample log evidence for the one-hot label columns."""
     f = features.astype(np.float64)
     k = n_target_classes or int(labels.max()) + 1
-    scores = [_logme_single(f, (labels == c).astype(np.float64)) for c in range(k)]
+    scores = [logme_single(f, (labels == c).astype(np.float64))[0] for c in range(k)]
     return float(np.mean(scores))
 
 
