@@ -66,6 +66,9 @@ def load_checkpoint(path: str | Path, sha256: str) -> tuple[nn.Module, ModelSpec
     raw = payload["spec"]
     spec = ModelSpec(str(raw["arch"]), (int(raw["image_shape"][0]), int(raw["image_shape"][1])), int(raw["n_classes"]))
     model = build_model(spec, seed=0)
-    model.load_state_dict(payload["state_dict"], strict=True)
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {file}: weights do not fit a {spec.arch} model: {exc}") from exc
     model.eval()
     return model, spec

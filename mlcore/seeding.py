@@ -26,5 +26,11 @@ def torch_generator(seed: int, *purpose: object) -> torch.Generator:
 
 def make_deterministic(threads: int = 1) -> None:
     """Deterministic kernels and a fixed thread count: same inputs, same checkpoint bytes."""
-    torch.use_deterministic_algorithms(True)
+    # The public torch.use_deterministic_algorithms(True) also imports torch._inductor (about
+    # 2.5 s per process, paid by every edge round); we never compile, so set the flag itself.
+    set_flag = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if set_flag is not None:
+        set_flag(True)
+    else:  # pragma: no cover - other torch versions
+        torch.use_deterministic_algorithms(True)
     torch.set_num_threads(threads)

@@ -1,0 +1,243 @@
+"""Warm starts for edge rounds: one process keeps torch & co. imported and forks each round.
+
+Importing torch, pandas and pyarrow costs ~3-4 s on a 2-core machine: more than a
+round's own compute. `serve` imports them once, then for every `run` forks a fresh child
+that runs `python -m edge <argv>` exactly as a cold process would — its own stdin,
+stdout and stderr (passed over the Unix socket), working directory, environment and
+exit code — so Snakemake sees one ordinary process per round. Without a warm server,
+`run` simply runs the round in its own process (cold start).
+
+The parent never runs a torch operation (thread pools and fork do not mix); children
+are killed when their launcher goes away, and the server exits when the process it
+watches (Snakemake) is gone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+
+#: Modules imported once by the warm server, before any fork (torch._inductor: 3 s, pulled
+#: in by torch.use_deterministic_algorithms).
+PRELOAD = ("torch", "torch._inductor", "pandas", "pyarrow", "scipy.ndimage", "sklearn.datasets", "protocol", "mlcore.cli", "edge.__main__")
+MAX_MESSAGE = 1 << 20  # argv + environment of one launch
+
+
+def _cold(argv: list[str]) -> int:
+    from edge.__main__ import main
+
+    return main(argv)
+
+
+# ------------------------------------------------------------------------- the launcher
+def run(socket_path: str | None, argv: list[str]) -> int:
+    """Run `python -m edge <argv>` in a child of the warm server, or here when there is none."""
+    if not socket_path:
+        return _cold(argv)
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.connect(socket_path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        conn.close()
+        return _cold(argv)
+    request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
+    socket.send_fds(conn, [request], [0, 1, 2])
+    reader = conn.makefile("r", encoding="utf-8")
+    first = reader.readline()
+    if not first:
+        print("edge: the warm server closed the connection before starting the round", file=sys.stderr)
+        return 1
+    child = json.loads(first)["pid"]
+
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            os.kill(child, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    last = reader.readline()
+    if not last:
+        print("edge: the warm server went away during the round", file=sys.stderr)
+        return 1
+    return int(json.loads(last)["exit"])
+
+
+# ------------------------------------------------------------------------- the server
+def _child(conn: socket.socket, listener: socket.socket, fds: list[int], request: dict) -> None:
+    """In the forked child: become the requested `python -m edge` process, then exit."""
+    code = 1
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        listener.close()
+        conn.close()
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.argv = ["python -m edge", *request["argv"]]
+        from edge.__main__ import main
+
+        code = main(request["argv"])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # the child must never fall back into the server's loop
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code if isinstance(code, int) else 1)
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def serve(socket_path: str, exit_with_pid: int | None = None) -> int:
+    """Preload, listen on `socket_path` (0600), fork a child per launch until SIGTERM/SIGINT."""
+    import importlib
+
+    for module in PRELOAD:
+        importlib.import_module(module)
+    path = Path(socket_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.{os.getpid()}")
+    staging.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(staging))
+    os.chmod(staging, 0o600)
+    listener.listen(16)
+    os.replace(staging, path)  # launchers see the socket only once it accepts
+    stopping = False
+
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ)
+    children: dict[int, socket.socket] = {}
+    print(f"edge warm server ready on {path} (pid {os.getpid()})", file=sys.stderr, flush=True)
+    try:
+        while not stopping and _alive(exit_with_pid):
+            for key, _ in selector.select(timeout=0.2):
+                if key.fileobj is listener:
+                    _accept(listener, selector, children)
+                else:
+                    _launcher_gone(key.fileobj, selector, children)
+            _reap(selector, children)
+    finally:
+        for pid in list(children):
+            _kill(pid)
+        deadline = time.monotonic() + 5
+        while children and time.monotonic() < deadline:
+            _reap(selector, children)
+            time.sleep(0.05)
+        listener.close()
+        if path.exists() and path.is_socket():
+            path.unlink()
+    return 0
+
+
+def _accept(listener: socket.socket, selector: selectors.BaseSelector, children: dict[int, socket.socket]) -> None:
+    conn, _ = listener.accept()
+    try:
+        message, fds, _flags, _addr = socket.recv_fds(conn, MAX_MESSAGE, 3)
+        request = json.loads(message)
+        if len(fds) != 3 or not isinstance(request.get("argv"), list):
+            raise ValueError("a launch needs argv and three file descriptors")
+    except (OSError, ValueError) as exc:
+        print(f"edge warm server: bad launch request: {exc}", file=sys.stderr, flush=True)
+        conn.close()
+        return
+    pid = os.fork()
+    if pid == 0:
+        _child(conn, listener, fds, request)
+    for fd in fds:
+        os.close(fd)
+    children[pid] = conn
+    conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+    selector.register(conn, selectors.EVENT_READ, pid)
+
+
+def _launcher_gone(conn: socket.socket, selector: selectors.BaseSelector, children: dict[int, socket.socket]) -> None:
+    """The launcher sends nothing after its request: readable means it closed (was killed)."""
+    pid = selector.get_key(conn).data
+    selector.unregister(conn)
+    if pid in children:
+        _kill(pid)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+
+
+def _reap(selector: selectors.BaseSelector, children: dict[int, socket.socket]) -> None:
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        conn = children.pop(pid, None)
+        if conn is None:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        try:
+            selector.unregister(conn)
+        except (KeyError, ValueError):
+            pass
+        try:
+            conn.sendall(json.dumps({"exit": code if code >= 0 else 128 - code}).encode() + b"\n")
+        except OSError:
+            pass
+        conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m edge.warm", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    server = sub.add_parser("serve", help="preload the edge and fork a child per launch")
+    server.add_argument("--socket", required=True)
+    server.add_argument("--exit-with-pid", type=int)
+    launch = sub.add_parser("run", help="run `python -m edge ARGS` warm (or cold when no server listens)")
+    launch.add_argument("--socket")
+    launch.add_argument("args", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve(args.socket, args.exit_with_pid)
+    rest = args.args[1:] if args.args[:1] == ["--"] else args.args
+    return run(args.socket, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The data center's episodes, lineage-keyed state, restarts, idempotence and bad requests."""
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+
+from datacenter.base import train_base
+from datacenter.service import DataCenter, RequestError
+from datacenter.state import StateStore
+from edge.round_runner import EdgeRound, summary_line
+from mlcore.frames import build_sample_frame
+from mlcore.rounds import parse_round
+
+
+def center_over(state_dir, settings, digits, splits):
+    """A fresh data center on the files only (as after a restart)."""
+    return DataCenter(settings, digits, splits, StateStore(state_dir))
+
+
+def exchange_with(center):
+    async def exchange(message, query, random, extra):
+        reply = center.handle(message, query, random, extra)
+        return reply.retraining_flag, reply.checkpoint, reply.info
+    return exchange
+
+
+def run_round(center, settings, digits, splits, round_spec, previous):
+    spec = parse_round(round_spec, "round")
+    return asyncio.run(EdgeRound(settings, digits, splits, spec, previous, exchange_with(center)).run())
+
+
+ROT = [{"name": "rotate", "degrees": 20}]
+
+
+def test_episode_adapts_and_records(trained, settings, digits, splits):
+    state_dir, base = trained
+    center = center_over(state_dir, settings, digits, splits)
+    quiet = run_round(center, settings, digits, splits, {"id": "e01", "shift": []}, base)
+    assert not quiet.metrics["flagged"] and quiet.checkpoint["state"] == base["state"] and quiet.metrics["labels_used"] == 0
+    out = run_round(center, settings, digits, splits, {"id": "e02", "shift": ROT}, quiet.checkpoint)
+    m = out.metrics
+    assert m["flagged"] and m["retrained"] and m["accuracy_after"] > m["accuracy_before"] + 0.1
+    assert 0 < m["labels_used"] <= settings.edge.label_budget
+    assert 1 <= m["iterations"] <= settings.edge.max_iterations
+    assert summary_line(out).startswith("round e02 shift=rotate20 acc ")
+    registry = json.loads((state_dir / "registry" / f"{out.checkpoint['sha256']}.json").read_text())
+    assert registry["parent"] == base["sha256"] and registry["round"] == "e02"
+    assert registry["labels_used"] == m["labels_used"] and "source_eval_accuracy" in registry["metrics"]
+    snapshot = StateStore(state_dir).load(out.checkpoint["state"])
+    assert snapshot.current == out.checkpoint["sha256"] and len(snapshot.zoo) == 2
+    # the reference window was reset to the adapted model: the same shift no longer triggers
+    again = run_round(center, settings, digits, splits, {"id": "e03", "shift": ROT}, out.checkpoint)
+    assert not again.metrics["flagged"]
+
+
+def test_restart_and_rerun_give_the_same_files(trained, settings, digits, splits, tmp_path):
+    state_dir, base = trained
+    first = run_round(center_over(state_dir, settings, digits, splits), settings, digits, splits,
+                      {"id": "k01", "shift": [{"name": "invert"}]}, base)
+    # a restarted server (new objects, same files) answers the same requests identically
+    second = run_round(center_over(state_dir, settings, digits, splits), settings, digits, splits,
+                       {"id": "k01", "shift": [{"name": "invert"}]}, base)
+    assert first.checkpoint == {**second.checkpoint, "seconds": first.checkpoint["seconds"]}
+    # a fresh state directory trained from the same seed gives the same bytes all along
+    fresh = tmp_path / "fresh"
+    fresh_base = train_base(settings, digits, splits, StateStore(fresh))
+    assert fresh_base["sha256"] == base["sha256"] and fresh_base["state"] == base["state"]
+    third = run_round(center_over(fresh, settings, digits, splits), settings, digits, splits,
+                      {"id": "k01", "shift": [{"name": "invert"}]}, {**fresh_base})
+    assert third.checkpoint["sha256"] == first.checkpoint["sha256"] and third.checkpoint["state"] == first.checkpoint["state"]
+    assert (fresh / "checkpoints" / f"{third.checkpoint['sha256']}.pt").read_bytes() == \
+        (state_dir / "checkpoints" / f"{first.checkpoint['sha256']}.pt").read_bytes()
+    assert (fresh / "states" / f"{third.checkpoint['state']}.npz").read_bytes() == \
+        (state_dir / "states" / f"{first.checkpoint['state']}.npz").read_bytes()
+
+
+def test_bad_requests_get_clear_errors(trained, settings, digits, splits):
+    state_dir, base = trained
+    center = center_over(state_dir, settings, digits, splits)
+    frame = build_sample_frame(np.arange(5), digits.images[:5], None, "b1", "none")
+    with pytest.raises(RequestError, match="unknown message type"):
+        center.handle("reboot", None, frame, {"state": base["state"]})
+    with pytest.raises(RequestError, match="must carry extra"):
+        center.handle("normal", None, frame, {})
+    with pytest.raises(RequestError, match="unknown state"):
+        center.handle("normal", None, frame, {"state": "0" * 64})
+    with pytest.raises(RequestError, match="64 hex"):
+        center.handle("normal", None, frame, {"state": "../../etc/passwd"})
+    with pytest.raises(RequestError, match="random_dataframe is required"):
+        center.handle("normal", None, None, {"state": base["state"]})
+    wrong_size = build_sample_frame(np.arange(5), np.zeros((5, 4, 4)), None, "b1", "none")
+    with pytest.raises(RequestError, match="64 features"):
+        center.handle("normal", None, wrong_size, {"state": base["state"]})
+    with pytest.raises(RequestError, match="open episode"):
+        labelled = build_sample_frame(np.arange(5), digits.images[:5], digits.labels[:5], "b1", "none")
+        center.handle("retraining", labelled, None, {"state": base["state"], "round": "b1"})
+    with pytest.raises(RequestError, match="needs a label"):
+        center.handle("prep_retraining", frame, frame, {"state": base["state"], "round": "b1"})
+    hello = center.handle("handshake", None, None, {"state": base["state"]})
+    assert hello.info["ready"] and hello.info["n_features"] == 64 and hello.info["zoo_size"] >= 1
