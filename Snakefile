@@ -28,12 +28,12 @@ rule all:
 
 
 onstart:
-    start_datacenter()
+    start_services()
 
 
 onsuccess:
-    stop_datacenter()
+    stop_services()
 
 
 onerror:
-    stop_datacenter()
+    stop_services()

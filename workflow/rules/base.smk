@@ -2,11 +2,16 @@ rule write_settings:
     output:
         "results/settings.json",
     params:
+        python=PYTHON,
         settings=SETTINGS_JSON,
+    conda:
+        ENV
     log:
         "logs/write_settings.log",
-    run:
-        Path(output[0]).write_text(params.settings, encoding="utf-8")
+    # shell, not run: a run block re-parses the whole workflow in a new process (~3-8 s)
+    shell:
+        "{params.python} -c 'import sys; open(sys.argv[1], \"w\").write(sys.argv[2])' "
+        "{output} {params.settings:q} 2> {log}"
 
 
 rule train_base:
@@ -17,10 +22,11 @@ rule train_base:
     params:
         python=PYTHON,
         state_dir=STATE_DIR,
+        socket=str(WARM_SOCKET),
     conda:
         ENV
     log:
         "logs/train_base.log",
     shell:
-        "{params.python} -m datacenter train-base --config {input.settings} "
+        "{params.python} -m mlcore.warm run --socket {params.socket} datacenter -- train-base --config {input.settings} "
         "--state-dir {params.state_dir} --out {output.model} 2> {log}"

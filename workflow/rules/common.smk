@@ -24,6 +24,8 @@ ENV = "../envs/driftloop.yaml"
 SERVER_DIR = Path("results/server")
 PORT_FILE = SERVER_DIR / "port"
 PID_FILE = SERVER_DIR / "pid"
+WARM_SOCKET = SERVER_DIR / "warm.sock"
+WARM_START = bool(config.get("warm_start", True)) and not workflow.deployment_settings.deployment_method
 TOKEN_FILE = SERVER_DIR / "token"
 STATE_DIR = "results/datacenter"
 
@@ -73,48 +75,69 @@ def round_spec(wildcards):
     return ROUNDS[wildcards.round]
 
 
-# ------------------------------------------------------------------ the data-center server
-_server = {}
+# ------------------------------------------------------------------ services outside the DAG
+# The data-center server, and a warm starter that keeps torch imported and forks each
+# job (a cold `import torch` costs more than an edge round's compute). Both start in onstart,
+# stop in onsuccess/onerror, and exit by themselves when this Snakemake process is gone.
+_services = {}
 
 
-def start_datacenter():
-    """Start the server, wait until it publishes its port, and arrange for it to stop."""
+def _launch(name, command, ready):
+    """Start one service in the background, logging to logs/<name>.log."""
+    ready.unlink(missing_ok=True)
+    log = open(f"logs/{name}.log", "ab")
+    process = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    _services[name] = (process, ready)
+    return process
+
+
+def _wait_ready(timeout):
+    deadline = time.monotonic() + timeout
+    for name, (process, ready) in _services.items():
+        while not ready.exists():
+            if process.poll() is not None:
+                stop_services()
+                raise WorkflowError(f"the {name} exited with code {process.returncode} at start; see logs/{name}.log")
+            if time.monotonic() > deadline:
+                stop_services()
+                raise WorkflowError(f"the {name} did not get ready in time; see logs/{name}.log")
+            time.sleep(0.05)
+
+
+def start_services():
+    """Start the data center and the warm starter; wait until both listen."""
     server = config["server"]
     SERVER_DIR.mkdir(parents=True, exist_ok=True)
     Path("logs").mkdir(exist_ok=True)
-    PORT_FILE.unlink(missing_ok=True)
     create_token_file(TOKEN_FILE)
     settings_file = SERVER_DIR / "config.json"
     settings_file.write_text(SETTINGS_JSON, encoding="utf-8")
-    command = [
+    owner = str(os.getpid())
+    datacenter = _launch("datacenter", [
         PYTHON, "-m", "datacenter", "serve", "--config", str(settings_file), "--state-dir", STATE_DIR,
         "--host", str(server.get("host", "127.0.0.1")), "--port", str(server.get("port", 0)),
-        "--port-file", str(PORT_FILE), "--token-file", str(TOKEN_FILE), "--exit-with-pid", str(os.getpid()),
-    ]
-    log = open("logs/datacenter.log", "ab")
-    process = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-    _server["process"] = process
-    PID_FILE.write_text(f"{process.pid}\n", encoding="utf-8")
-    atexit.register(stop_datacenter)
-    deadline = time.monotonic() + float(server.get("start_timeout", 60))
-    while not PORT_FILE.exists():
-        if process.poll() is not None:
-            raise WorkflowError(f"the data-center server exited with code {process.returncode} at start; see logs/datacenter.log")
-        if time.monotonic() > deadline:
-            stop_datacenter()
-            raise WorkflowError("the data-center server did not start listening in time; see logs/datacenter.log")
-        time.sleep(0.05)
-    print(f"data center listening on port {PORT_FILE.read_text().strip()} (pid {process.pid})", file=sys.stderr)
+        "--port-file", str(PORT_FILE), "--token-file", str(TOKEN_FILE), "--exit-with-pid", owner,
+    ], PORT_FILE)
+    PID_FILE.write_text(f"{datacenter.pid}\n", encoding="utf-8")
+    if WARM_START:
+        warm = _launch("warm-starter", [PYTHON, "-m", "mlcore.warm", "serve", "--socket", str(WARM_SOCKET),
+                                        "--module", "edge", "--module", "datacenter", "--exit-with-pid", owner], WARM_SOCKET)
+        (SERVER_DIR / "warm.pid").write_text(f"{warm.pid}\n", encoding="utf-8")
+    atexit.register(stop_services)
+    _wait_ready(float(server.get("start_timeout", 60)))
+    print(f"data center listening on port {PORT_FILE.read_text().strip()} (pid {datacenter.pid})", file=sys.stderr)
 
 
-def stop_datacenter():
-    """SIGTERM, let it drain and flush, SIGKILL if it will not go."""
-    process = _server.pop("process", None)
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=float(config["server"].get("stop_timeout", 30)))
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+def stop_services():
+    """SIGTERM each service, let it drain and flush, SIGKILL what will not go."""
+    stopping = [process for process, _ in _services.values() if process.poll() is None]
+    _services.clear()
+    for process in stopping:
+        process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + float(config["server"].get("stop_timeout", 30))
+    for process in stopping:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -13,11 +13,12 @@ rule edge_round:
         port_file=str(PORT_FILE),
         token_file=str(TOKEN_FILE),
         outdir=subpath(output.checkpoint, parent=True),
+        socket=str(WARM_SOCKET),
     conda:
         ENV
     log:
         "logs/rounds/{round}.log",
     shell:
-        "{params.python} -m edge round --config {input.settings} --rounds {params.rounds} "
+        "{params.python} -m mlcore.warm run --socket {params.socket} edge -- round --config {input.settings} --rounds {params.rounds} "
         "--round {wildcards.round} --previous {input.previous} --port-file {params.port_file} "
         "--token-file {params.token_file} --outdir {params.outdir} 2> {log}"

@@ -1,11 +1,12 @@
-"""Warm starts for edge rounds: one process keeps torch & co. imported and forks each round.
+"""Warm starts for the workflow's jobs: one process keeps torch & co. imported and forks each job.
 
-Importing torch, pandas and pyarrow costs ~3-4 s on a 2-core machine: more than a
-round's own compute. `serve` imports them once, then for every `run` forks a fresh child
-that runs `python -m edge <argv>` exactly as a cold process would — its own stdin,
-stdout and stderr (passed over the Unix socket), working directory, environment and
-exit code — so Snakemake sees one ordinary process per round. Without a warm server,
-`run` simply runs the round in its own process (cold start).
+Importing torch, pandas and pyarrow costs ~3-6 s on a 2-core machine: more than an edge
+round's own compute. `serve` imports them (and the command-line modules it is told to)
+once, then for every `run` forks a fresh child that runs `python -m <module> <argv>`
+exactly as a cold process would — its own stdin, stdout and stderr (passed over the
+Unix socket), working directory, environment and exit code — so Snakemake sees one
+ordinary process per job. Without a warm server, `run` runs the module in its own
+process (cold start), with the same result.
 
 The parent never runs a torch operation (thread pools and fork do not mix); children
 are killed when their launcher goes away, and the server exits when the process it
@@ -25,35 +26,37 @@ import time
 import traceback
 from pathlib import Path
 
-#: Modules imported once by the warm server, before any fork (torch._inductor: 3 s, pulled
+#: Modules every job needs, imported once before any fork (torch._inductor: ~3 s, pulled
 #: in by torch.use_deterministic_algorithms).
-PRELOAD = ("torch", "torch._inductor", "pandas", "pyarrow", "scipy.ndimage", "sklearn.datasets", "protocol", "mlcore.cli", "edge.__main__")
+PRELOAD = ("torch", "torch._inductor", "pandas", "pyarrow", "scipy.ndimage", "sklearn.datasets", "protocol", "mlcore.cli")
 MAX_MESSAGE = 1 << 20  # argv + environment of one launch
 
 
-def _cold(argv: list[str]) -> int:
-    from edge.__main__ import main
+def _main_of(module: str):
+    """The `main(argv)` of a command-line module (`edge` -> edge.__main__.main)."""
+    import importlib
 
-    return main(argv)
+    target = importlib.import_module(module if module.endswith("__main__") else f"{module}.__main__")
+    return target.main
 
 
 # ------------------------------------------------------------------------- the launcher
-def run(socket_path: str | None, argv: list[str]) -> int:
-    """Run `python -m edge <argv>` in a child of the warm server, or here when there is none."""
+def run(socket_path: str | None, module: str, argv: list[str]) -> int:
+    """Run `python -m <module> <argv>` in a child of the warm server, or here when there is none."""
     if not socket_path:
-        return _cold(argv)
+        return _main_of(module)(argv)
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.connect(socket_path)
     except (FileNotFoundError, ConnectionRefusedError):
         conn.close()
-        return _cold(argv)
-    request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
+        return _main_of(module)(argv)
+    request = json.dumps({"module": module, "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
     socket.send_fds(conn, [request], [0, 1, 2])
     reader = conn.makefile("r", encoding="utf-8")
     first = reader.readline()
     if not first:
-        print("edge: the warm server closed the connection before starting the round", file=sys.stderr)
+        print(f"{module}: the warm server closed the connection before starting", file=sys.stderr)
         return 1
     child = json.loads(first)["pid"]
 
@@ -67,14 +70,14 @@ def run(socket_path: str | None, argv: list[str]) -> int:
         signal.signal(sig, forward)
     last = reader.readline()
     if not last:
-        print("edge: the warm server went away during the round", file=sys.stderr)
+        print(f"{module}: the warm server went away while running", file=sys.stderr)
         return 1
     return int(json.loads(last)["exit"])
 
 
 # ------------------------------------------------------------------------- the server
 def _child(conn: socket.socket, listener: socket.socket, fds: list[int], request: dict) -> None:
-    """In the forked child: become the requested `python -m edge` process, then exit."""
+    """In the forked child: become the requested `python -m <module>` process, then exit."""
     code = 1
     try:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
@@ -87,10 +90,8 @@ def _child(conn: socket.socket, listener: socket.socket, fds: list[int], request
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
-        sys.argv = ["python -m edge", *request["argv"]]
-        from edge.__main__ import main
-
-        code = main(request["argv"])
+        sys.argv = [f"python -m {request['module']}", *request["argv"]]
+        code = _main_of(request["module"])(request["argv"])
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:  # the child must never fall back into the server's loop
@@ -116,12 +117,13 @@ def _alive(pid: int | None) -> bool:
     return True
 
 
-def serve(socket_path: str, exit_with_pid: int | None = None) -> int:
+def serve(socket_path: str, modules: list[str], exit_with_pid: int | None = None) -> int:
     """Preload, listen on `socket_path` (0600), fork a child per launch until SIGTERM/SIGINT."""
     import importlib
 
     for module in PRELOAD:
         importlib.import_module(module)
+    allowed = {module: _main_of(module) for module in modules}
     path = Path(socket_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.{os.getpid()}")
@@ -142,12 +144,12 @@ def serve(socket_path: str, exit_with_pid: int | None = None) -> int:
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
     children: dict[int, socket.socket] = {}
-    print(f"edge warm server ready on {path} (pid {os.getpid()})", file=sys.stderr, flush=True)
+    print(f"warm server ready on {path} for {sorted(allowed)} (pid {os.getpid()})", file=sys.stderr, flush=True)
     try:
         while not stopping and _alive(exit_with_pid):
             for key, _ in selector.select(timeout=0.2):
                 if key.fileobj is listener:
-                    _accept(listener, selector, children)
+                    _accept(listener, selector, children, allowed)
                 else:
                     _launcher_gone(key.fileobj, selector, children)
             _reap(selector, children)
@@ -164,15 +166,21 @@ def serve(socket_path: str, exit_with_pid: int | None = None) -> int:
     return 0
 
 
-def _accept(listener: socket.socket, selector: selectors.BaseSelector, children: dict[int, socket.socket]) -> None:
+def _accept(
+    listener: socket.socket, selector: selectors.BaseSelector, children: dict[int, socket.socket], allowed: dict
+) -> None:
     conn, _ = listener.accept()
     try:
         message, fds, _flags, _addr = socket.recv_fds(conn, MAX_MESSAGE, 3)
         request = json.loads(message)
         if len(fds) != 3 or not isinstance(request.get("argv"), list):
             raise ValueError("a launch needs argv and three file descriptors")
+        if request.get("module") not in allowed:
+            raise ValueError(f"module {request.get('module')!r} is not served here (serving {sorted(allowed)})")
     except (OSError, ValueError) as exc:
-        print(f"edge warm server: bad launch request: {exc}", file=sys.stderr, flush=True)
+        print(f"warm server: bad launch request: {exc}", file=sys.stderr, flush=True)
+        for fd in fds if "fds" in locals() else ():
+            os.close(fd)
         conn.close()
         return
     pid = os.fork()
@@ -224,19 +232,21 @@ def _reap(selector: selectors.BaseSelector, children: dict[int, socket.socket]) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edge.warm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mlcore.warm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    server = sub.add_parser("serve", help="preload the edge and fork a child per launch")
+    server = sub.add_parser("serve", help="preload the modules and fork a child per launch")
     server.add_argument("--socket", required=True)
+    server.add_argument("--module", action="append", required=True, help="a command-line module to serve (repeat)")
     server.add_argument("--exit-with-pid", type=int)
-    launch = sub.add_parser("run", help="run `python -m edge ARGS` warm (or cold when no server listens)")
+    launch = sub.add_parser("run", help="run `python -m MODULE ARGS` warm (or cold when no server listens)")
     launch.add_argument("--socket")
+    launch.add_argument("module")
     launch.add_argument("args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command == "serve":
-        return serve(args.socket, args.exit_with_pid)
+        return serve(args.socket, args.module, args.exit_with_pid)
     rest = args.args[1:] if args.args[:1] == ["--"] else args.args
-    return run(args.socket, rest)
+    return run(args.socket, args.module, rest)
 
 
 if __name__ == "__main__":
