@@ -21,6 +21,9 @@ from protocol import create_token_file
 # `python` when Snakemake deploys software itself (--sdm conda).
 PYTHON = "python" if workflow.deployment_settings.deployment_method else sys.executable
 ENV = "../envs/driftloop.yaml"
+# Relative to the working directory: a param that changes with the checkout's location
+# (or source_path's per-run cache folder) would rerun the summary every time.
+SUMMARIZE = os.path.relpath(Path(workflow.basedir) / "workflow/scripts/summarize.py")
 SERVER_DIR = Path("results/server")
 PORT_FILE = SERVER_DIR / "port"
 PID_FILE = SERVER_DIR / "pid"

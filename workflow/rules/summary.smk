@@ -8,7 +8,7 @@ rule summarize:
         labels=report("results/plots/labels.svg", caption="../report/labels.rst", category="Rounds"),
     params:
         python=PYTHON,
-        script=workflow.source_path("../scripts/summarize.py"),
+        script=SUMMARIZE,
     conda:
         ENV
     log:
