@@ -55,7 +55,7 @@ class EdgeSettings:
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    epochs: int = 30
+    epochs: int = 15
     lr: float = 0.002
     replay: int = 200
     batch_size: int = 32
