@@ -59,7 +59,10 @@ class EdgeRound:
         self.settings, self.dataset, self.spec = settings, dataset, spec
         self.previous, self.exchange, self.edge_id = previous, exchange, edge_id
         self.batch: RoundBatch = draw_round_batch(dataset, splits, spec, settings.seed, settings.edge.batch_size)
-        self.oracle = LabelOracle(self.batch.labels, settings.edge.label_budget)
+        # the ece detector needs a labelled random sample: those labels are counted on top of the
+        # episode's budget (the label-free detectors spend none)
+        monitoring = settings.edge.random_sample if settings.datacenter.detector == "ece" else 0
+        self.oracle = LabelOracle(self.batch.labels, settings.edge.label_budget + monitoring)
         self.state = previous["state"]
         self.labelled_rows = np.zeros(0, dtype=np.int64)
 

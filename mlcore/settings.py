@@ -55,7 +55,7 @@ class EdgeSettings:
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    epochs: int = 15
+    epochs: int = 20
     lr: float = 0.002
     replay: int = 200
     batch_size: int = 32

@@ -100,3 +100,30 @@ def test_bad_requests_get_clear_errors(trained, settings, digits, splits):
         center.handle("prep_retraining", frame, frame, {"state": base["state"], "round": "b1"})
     hello = center.handle("handshake", None, None, {"state": base["state"]})
     assert hello.info["ready"] and hello.info["n_features"] == 64 and hello.info["zoo_size"] >= 1
+
+
+@pytest.mark.parametrize("method", ["leep", "label_free"])
+def test_switch_back_selects_the_model_adapted_earlier(trained, settings, digits, splits, method):
+    import dataclasses
+    state_dir, base = trained
+    chosen = dataclasses.replace(settings, datacenter=dataclasses.replace(settings.datacenter, selection=method))
+    center = center_over(state_dir, chosen, digits, splits)
+    rot = [{"name": "rotate", "degrees": 30}]
+    a = run_round(center, chosen, digits, splits, {"id": f"{method}-a", "shift": rot}, base)
+    b = run_round(center, chosen, digits, splits, {"id": f"{method}-b", "shift": [{"name": "invert"}]}, a.checkpoint)
+    back = run_round(center, chosen, digits, splits, {"id": f"{method}-c", "shift": rot}, b.checkpoint)
+    assert a.metrics["retrained"] and b.metrics["retrained"] and back.metrics["flagged"]
+    assert back.metrics["selected_checkpoint"] == a.checkpoint["sha256"]
+    assert back.metrics["selection"] == method
+
+
+def test_ece_detector_spends_counted_labels(trained, settings, digits, splits):
+    import dataclasses
+    state_dir, base = trained
+    ece = dataclasses.replace(settings, datacenter=dataclasses.replace(settings.datacenter, detector="ece"),
+                              edge=dataclasses.replace(settings.edge, max_iterations=0))
+    center = center_over(state_dir, ece, digits, splits)
+    quiet = run_round(center, ece, digits, splits, {"id": "ece1", "shift": []}, base)
+    loud = run_round(center, ece, digits, splits, {"id": "ece2", "shift": [{"name": "invert"}]}, base)
+    assert not quiet.metrics["flagged"] and loud.metrics["flagged"] and loud.metrics["detector"] == "ece"
+    assert quiet.metrics["labels_used"] == ece.edge.random_sample
