@@ -97,6 +97,21 @@ def bench_trigger(world: World, stable_rounds: int, shifted_rounds: int) -> dict
     return out
 
 
+def bench_controls_with_target(world: World, target: float) -> dict:
+    """Two chained rounds per shift with datacenter.target_accuracy set: labels spent on a
+    harmless shift (negative control) vs a harmful one."""
+    relaxed = world.with_settings(datacenter=dataclasses.replace(world.settings.datacenter, target_accuracy=target))
+    out = {}
+    for index, (name, shift) in enumerate({**CONTROLS, "rotate15": ROT15}.items()):
+        first = relaxed.round(f"target{index}-0", shift, world.base)
+        second = relaxed.round(f"target{index}-1", shift, first.checkpoint)
+        out[name] = {"labels": first.metrics["labels_used"] + second.metrics["labels_used"],
+                     "flags": int(first.metrics["flagged"]) + int(second.metrics["flagged"]),
+                     "retrained": int(first.metrics["retrained"]) + int(second.metrics["retrained"]),
+                     "after": second.metrics["accuracy_after"]}
+    return out
+
+
 def bench_active(world: World, budgets: list[int], strategies: tuple[str, ...]) -> dict:
     """Query 10 at a time from the rotated stream; fine-tune from the base on all labels + replay."""
     s, d, sp = world.settings, world.digits, world.splits
@@ -167,17 +182,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stable-rounds", type=int, default=40)
     parser.add_argument("--shifted-rounds", type=int, default=5)
     parser.add_argument("--max-labels", type=int, default=150)
+    parser.add_argument("--target-accuracy", type=float, default=0.9)
     parser.add_argument("--out", default="benchmarks/results/learning.md")
     args = parser.parse_args(argv)
     make_deterministic()
     started = time.monotonic()
     budgets = list(range(10, args.max_labels + 1, 10))
     seeds = list(range(args.seeds))
-    trig, active, flow, sel_methods = [], [], [], {}
+    trig, active, flow, sel_methods, targets = [], [], [], {}, []
     for seed in seeds:
         world = World(seed)
         print(f"seed {seed}: base eval accuracy {world.base['metrics']['eval_accuracy']:.3f}", file=sys.stderr)
         trig.append(bench_trigger(world, args.stable_rounds, args.shifted_rounds))
+        targets.append(bench_controls_with_target(world, args.target_accuracy))
         active.append(bench_active(world, budgets, STRATEGIES))
         flow.append(bench_forgetting_and_selection(world))
         for method in ("leep", "label_free"):
@@ -218,6 +235,18 @@ def main(argv: list[str] | None = None) -> int:
     monitoring = sum(t["monitoring_labels"] for t in trig)
     lines.append(f"| labels spent on monitoring ({args.stable_rounds * len(seeds)} rounds) | {monitoring} | 0 | "
                  f"{'yes' if monitoring == 0 else 'NO'} |")
+
+    lines += ["", f"KS compares output distributions, so it also fires on contrast x0.5, which lowers the "
+              "confidence of correct predictions without hurting accuracy. With `datacenter.target_accuracy` set "
+              f"(here {args.target_accuracy}), the data center checks the chosen start model on the selection labels "
+              "and, if it is accurate enough, adopts the new outputs as the reference without an episode. Two chained "
+              "rounds per shift (labels in total; rounds flagged / retrained of 2; accuracy after round 2):", "",
+              "| shift | labels over 2 rounds | flagged | retrained | accuracy after |", "|---|---|---|---|---|"]
+    for name in targets[0]:
+        lines.append(f"| {name} | {mean_sd([t[name]['labels'] for t in targets], '{:.1f}')} | "
+                     f"{mean_sd([t[name]['flags'] for t in targets], '{:.1f}')} | "
+                     f"{mean_sd([t[name]['retrained'] for t in targets], '{:.1f}')} | "
+                     f"{mean_sd([t[name]['after'] for t in targets])} |")
 
     lines += ["", "## 2. Active learning after rotate 15° (10 labels per query round; fine-tune from the base on "
               "all labels so far + 200 replay samples)", ""]

@@ -109,7 +109,7 @@ class DataCenter:
         key, snapshot = self._parent(metadata)
         frame = self._frame(random, "random_dataframe")
         probabilities = predict_proba(self.model(snapshot.current), self._images(frame))
-        verdict = self.detect(snapshot.reference(snapshot.current), probabilities, frame_labels(frame), metadata)
+        verdict = self.detect(snapshot.monitor_reference(), probabilities, frame_labels(frame), metadata)
         return Reply(verdict.drift, None, {
             "state": key, "flagged": verdict.drift, "detector": verdict.detector, "p_value": verdict.p_value,
             "statistic": verdict.statistic, "current": snapshot.current,
@@ -151,11 +151,27 @@ class DataCenter:
         arrays["episode_y"] = frame_labels(labelled) if labelled is not None else np.zeros(0, np.int64)
         arrays["episode_ids"] = labelled["id"].to_numpy(dtype=np.int64) if labelled is not None else np.zeros(0, np.int64)
         n_labels = 0 if labelled is None else len(labelled)
-        episode = Episode(id=child_key, round=round_id, start=start, iterations=0, labels_used=n_labels)
+        start_accuracy = None
+        if labelled is not None:
+            start_accuracy = float(np.mean(predict_proba(self.model(start), self._images(labelled)).argmax(1)
+                                           == frame_labels(labelled)))
+        target = self.settings.datacenter.target_accuracy
+        needed = target is None or start_accuracy is None or start_accuracy < target
+        if needed:
+            episode = Episode(id=child_key, round=round_id, start=start, iterations=0, labels_used=n_labels)
+        else:
+            # the shift is harmless for the chosen model: adopt it and its outputs here as the new
+            # normal (no fine-tuning), so the same shift does not trigger again next round
+            episode = None
+            unseen = ~np.isin(arrays["post_ids"], arrays["episode_ids"])
+            post_x = arrays["post_x"].reshape(-1, *self.dataset.image_shape)
+            arrays = {k: v for k, v in arrays.items() if k.startswith("ref:")}
+            arrays["monitor_ref"] = predict_proba(self.model(start), post_x[unseen] if unseen.sum() >= MIN_REFERENCE_ROWS else post_x)
         child = Snapshot(key, round_id, "prep_retraining", start, snapshot.zoo, episode, arrays)
         self.store.save(child_key, child)
         ranking = {snapshot.zoo[i].sha256[:12]: round(float(s), 6) for i, s in enumerate(scores)}
-        return Reply(True, str(self.store.checkpoint_path(start)), {
+        return Reply(needed, str(self.store.checkpoint_path(start)), {
+            "start_accuracy": start_accuracy, "retraining_needed": needed,
             "state": child_key, "sha256": start, "selection": method, "selected_index": best,
             "selected_round": snapshot.zoo[best].round, "selected_shift": snapshot.zoo[best].shift,
             "score": float(scores[best]), "scores": json.dumps(ranking, sort_keys=True), "labels_used": n_labels,
@@ -217,7 +233,8 @@ class DataCenter:
         entry = ZooEntry(sha, episode.round, episode.start, episode.id, str(new["shift"].iloc[0]), labels_used)
         zoo = tuple(e for e in snapshot.zoo if e.episode != episode.id) + (entry,)
         kept = {e.sha256 for e in zoo}
-        arrays = {k: v for k, v in snapshot.arrays.items() if not k.startswith("ref:") or k[4:] in kept}
+        arrays = {k: v for k, v in snapshot.arrays.items()
+                  if k != "monitor_ref" and (not k.startswith("ref:") or k[4:] in kept)}
         arrays.update({f"ref:{sha}": reference, "episode_x": ep_x, "episode_y": ep_y, "episode_ids": ep_ids})
         budget_left = self.settings.edge.label_budget - labels_used
         converged = iterations >= 2 and agreement >= config.stop_agreement

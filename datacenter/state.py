@@ -72,7 +72,13 @@ class Snapshot:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # references "ref:<sha>", episode data
 
     def reference(self, sha: str) -> np.ndarray:
+        """A zoo model's own in-distribution window (used by label-free selection)."""
         return self.arrays[f"ref:{sha}"]
+
+    def monitor_reference(self) -> np.ndarray:
+        """What the drift check compares against: the current model's window, or the window
+        adopted when a flagged shift turned out harmless (`monitor_ref`)."""
+        return self.arrays.get("monitor_ref", self.arrays[f"ref:{self.current}"])
 
     def entry(self, sha: str) -> ZooEntry:
         for entry in self.zoo:

@@ -110,11 +110,10 @@ class EdgeRound:
             if self.settings.datacenter.selection in ("leep", "logme") and selection_frame is None:
                 log.info("round %s: flagged but no label budget for model selection: keeping the model", self.spec.id)
             else:
-                _, start_path, selection_info = await self.ask("prep_retraining", selection_frame, self.frame(random_rows, labelled=False))
+                more, start_path, selection_info = await self.ask("prep_retraining", selection_frame, self.frame(random_rows, labelled=False))
                 model, path, sha = self.load(start_path, selection_info, "prep_retraining")
-                log.info("round %s: start from %s (round %s, %s)", self.spec.id, sha[:12],
-                         selection_info.get("selected_round"), selection_info.get("selected_shift"))
-                more = True
+                log.info("round %s: start from %s (round %s, %s); retraining needed: %s", self.spec.id, sha[:12],
+                         selection_info.get("selected_round"), selection_info.get("selected_shift"), more)
                 while more and iterations < edge.max_iterations and self.oracle.remaining >= edge.query_size:
                     probs = predict_proba(model, self.batch.images)
                     needs_embedding = edge.strategy in ("kcenter", "badge")
@@ -146,7 +145,7 @@ class EdgeRound:
             "statistic": normal_info.get("statistic"), "strategy": edge.strategy,
             "selection": selection_info.get("selection"), "selected_checkpoint": selection_info.get("sha256"),
             "selected_round": selection_info.get("selected_round"), "selected_shift": selection_info.get("selected_shift"),
-            "selection_scores": selection_info.get("scores"), "checkpoint_sha256": sha, "batch_size": len(self.batch.ids),
+            "selection_scores": selection_info.get("scores"), "start_accuracy": selection_info.get("start_accuracy"), "checkpoint_sha256": sha, "batch_size": len(self.batch.ids),
         }
         predictions = pd.DataFrame({
             "id": self.batch.ids, "label": pd.array(self.batch.labels, dtype="Int64"),

@@ -127,3 +127,22 @@ def test_ece_detector_spends_counted_labels(trained, settings, digits, splits):
     loud = run_round(center, ece, digits, splits, {"id": "ece2", "shift": [{"name": "invert"}]}, base)
     assert not quiet.metrics["flagged"] and loud.metrics["flagged"] and loud.metrics["detector"] == "ece"
     assert quiet.metrics["labels_used"] == ece.edge.random_sample
+
+
+def test_harmless_shift_is_adopted_without_retraining_when_a_target_is_set(trained, settings, digits, splits):
+    """contrast x0.5 moves the softmax outputs (KS fires) but barely hurts accuracy: with
+    target_accuracy set, the selection labels show the model is fine and no episode is run."""
+    import dataclasses
+    state_dir, base = trained
+    relaxed = dataclasses.replace(settings, datacenter=dataclasses.replace(settings.datacenter, target_accuracy=0.8))
+    center = center_over(state_dir, relaxed, digits, splits)
+    contrast = [{"name": "contrast", "factor": 0.5}]
+    first = run_round(center, relaxed, digits, splits, {"id": "t01", "shift": contrast}, base)
+    assert first.metrics["flagged"] and not first.metrics["retrained"]
+    assert first.metrics["labels_used"] == relaxed.datacenter.selection_labels and first.metrics["start_accuracy"] >= 0.8
+    assert first.checkpoint["state"] != base["state"]
+    second = run_round(center, relaxed, digits, splits, {"id": "t02", "shift": contrast}, first.checkpoint)
+    assert not second.metrics["flagged"] and second.metrics["labels_used"] == 0
+    # a harmful shift still gets its episode
+    third = run_round(center, relaxed, digits, splits, {"id": "t03", "shift": [{"name": "invert"}]}, second.checkpoint)
+    assert third.metrics["flagged"] and third.metrics["retrained"]
