@@ -10,14 +10,25 @@ import numpy as np
 from scipy import stats
 
 
-def leep(source_probabilities: np.ndarray, labels: np.ndarray, n_target_classes: int | None = None) -> float:
-    """Mean log-likelihood of the labels under the 'dummy' classifier P(y|z) built from the outputs."""
+def leep(source_probabilities: np.ndarray, labels: np.ndarray, n_target_classes: int | None = None,
+         prior: float = 0.0) -> float:
+    """Mean log-likelihood of the labels under the 'dummy' classifier P(y|z) built from the outputs.
+
+    `prior` > 0 adds that many pseudo-samples per class mapping source class z to target class z
+    (only when both label spaces are the same). With 10 labels for 10 classes the paper's
+    estimate (prior 0) rewards any confident consistent mapping, even a wrong one (inverted
+    digits: accuracy 0, yet LEEP near its maximum); the prior ties it back to the shared labels.
+    """
     theta = source_probabilities.astype(np.float64)
-    n, _ = theta.shape
+    n, n_source = theta.shape
     k = n_target_classes or int(labels.max()) + 1
-    joint = np.zeros((k, theta.shape[1]))
+    joint = np.zeros((k, n_source))
     for y in range(k):
         joint[y] = theta[labels == y].sum(axis=0) / n
+    if prior > 0:
+        if k != n_source:
+            raise ValueError("leep prior needs the same label space on both sides")
+        joint += prior * np.eye(k) / n
     conditional = joint / np.maximum(joint.sum(axis=0, keepdims=True), 1e-300)  # P(y | z)
     likelihood = (theta @ conditional.T)[np.arange(n), labels]
     return float(np.mean(np.log(np.maximum(likelihood, 1e-300))))

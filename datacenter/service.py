@@ -184,7 +184,8 @@ class DataCenter:
             return selection.label_free_fit(snapshot.reference(sha), predict_proba(model, self._images(post)))
         images, labels = self._images(labelled), frame_labels(labelled)
         if method == "leep":
-            return selection.leep(predict_proba(model, images), labels, self.dataset.n_classes)
+            return selection.leep(predict_proba(model, images), labels, self.dataset.n_classes,
+                                  prior=self.settings.datacenter.leep_prior)
         return selection.logme(embed(model, images), labels, self.dataset.n_classes)
 
     def retraining(self, query: Any, random: Any, metadata: dict[str, Any]) -> Reply:

@@ -69,6 +69,7 @@ class DatacenterSettings:
     selection_labels: int = 10
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     target_accuracy: float | None = None
+    leep_prior: float = 1.0  # pseudo-samples per class mapped to itself in LEEP (0 = the paper's LEEP)
     stop_agreement: float = 0.98  # stop an episode when two successive models agree this much
     mmd_permutations: int = 200
     entropy_threshold: float = 0.5
@@ -106,6 +107,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "datacenter.finetune.batch_size": (1, None),
     "datacenter.target_accuracy": (0.0, 1.0),
     "datacenter.stop_agreement": (0.0, 1.0),
+    "datacenter.leep_prior": (0.0, 1000.0),
     "datacenter.mmd_permutations": (10, None),
 }
 

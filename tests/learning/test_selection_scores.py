@@ -24,6 +24,23 @@ def test_leep_extremes():
     assert leep(useless, labels) == pytest.approx(math.log(0.5))
 
 
+def test_leep_prior_by_hand_and_against_wrong_mappings():
+    theta = np.array([[0.8, 0.2], [0.4, 0.6]])
+    labels = np.array([0, 1])
+    # prior 1 adds 1/n = 0.5 to the diagonal: P(y,z) = [[.9,.1],[.2,.8]], P(y|z) = [[9/11,1/9],[2/11,8/9]]
+    first = 0.8 * 9 / 11 + 0.2 * 1 / 9
+    second = 0.4 * 2 / 11 + 0.6 * 8 / 9
+    assert leep(theta, labels, prior=1.0) == pytest.approx((math.log(first) + math.log(second)) / 2)
+    # a confident model that is always wrong (class c predicted as c+1) vs a right but less sure one
+    wrong_labels = np.arange(10)
+    wrong = np.eye(10)[(wrong_labels + 1) % 10] * 0.99 + 0.001
+    right = np.eye(10)[wrong_labels] * 0.7 + 0.03
+    assert leep(wrong, wrong_labels) > leep(right, wrong_labels)  # the paper's LEEP is fooled
+    assert leep(right, wrong_labels, prior=1.0) > leep(wrong, wrong_labels, prior=1.0)
+    with pytest.raises(ValueError, match="same label space"):
+        leep(theta, np.array([0, 2]), n_target_classes=3, prior=1.0)
+
+
 def test_log_evidence_matches_the_gaussian_marginal():
     rng = np.random.default_rng(0)
     features, target = rng.normal(size=(7, 3)), rng.normal(size=7)
