@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import re
+import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,6 +126,7 @@ class StateStore:
         self.registry = self.root / "registry"
         self._cache: dict[str, Snapshot] = {}
         self._cache_size = cache_size
+        self._lock = threading.Lock()  # handshakes may read while a request thread writes
 
     def checkpoint_path(self, sha: str) -> Path:
         return self.checkpoints / f"{sha}.pt"
@@ -145,8 +147,10 @@ class StateStore:
     def load(self, key: object) -> Snapshot:
         if not isinstance(key, str) or not KEY.match(key):
             raise StateError(f"state key must be 64 hex digits, got {key!r}")
-        if key in self._cache:
-            return self._cache[key]
+        with self._lock:
+            cached = self._cache.get(key)
+        if cached is not None:
+            return cached
         meta_file = self.states / f"{key}.json"
         if not meta_file.is_file():
             raise StateError(f"unknown state {key}: no {meta_file} (was base training run with this --state-dir?)")
@@ -177,6 +181,7 @@ class StateStore:
         return path
 
     def _remember(self, key: str, snapshot: Snapshot) -> None:
-        self._cache[key] = snapshot
-        while len(self._cache) > self._cache_size:
-            self._cache.pop(next(iter(self._cache)))
+        with self._lock:
+            self._cache[key] = snapshot
+            while len(self._cache) > self._cache_size:
+                self._cache.pop(next(iter(self._cache)))
