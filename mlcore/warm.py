@@ -41,15 +41,24 @@ def _main_of(module: str):
 
 
 # ------------------------------------------------------------------------- the launcher
-def run(socket_path: str | None, module: str, argv: list[str]) -> int:
-    """Run `python -m <module> <argv>` in a child of the warm server, or here when there is none."""
-    if not socket_path:
-        return _main_of(module)(argv)
+def _write_pid(pid_file: str | None, pid: int) -> None:
+    if pid_file:
+        from .atomic import write_atomic
+
+        write_atomic(pid_file, lambda handle: handle.write(f"{pid}\n".encode()))
+
+
+def run(socket_path: str | None, module: str, argv: list[str], pid_file: str | None = None) -> int:
+    """Run `python -m <module> <argv>` in a child of the warm server, or here when there is none.
+
+    `pid_file` receives the pid of the process that really runs the module (the child).
+    """
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        conn.connect(socket_path)
+        conn.connect(socket_path or "")
     except (FileNotFoundError, ConnectionRefusedError):
         conn.close()
+        _write_pid(pid_file, os.getpid())
         return _main_of(module)(argv)
     request = json.dumps({"module": module, "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
     socket.send_fds(conn, [request], [0, 1, 2])
@@ -59,6 +68,7 @@ def run(socket_path: str | None, module: str, argv: list[str]) -> int:
         print(f"{module}: the warm server closed the connection before starting", file=sys.stderr)
         return 1
     child = json.loads(first)["pid"]
+    _write_pid(pid_file, child)
 
     def forward(signum: int, _frame: object) -> None:
         try:
@@ -240,13 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     server.add_argument("--exit-with-pid", type=int)
     launch = sub.add_parser("run", help="run `python -m MODULE ARGS` warm (or cold when no server listens)")
     launch.add_argument("--socket")
+    launch.add_argument("--pid-file", help="write the pid of the process running the module here")
     launch.add_argument("module")
     launch.add_argument("args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args.socket, args.module, args.exit_with_pid)
     rest = args.args[1:] if args.args[:1] == ["--"] else args.args
-    return run(args.socket, args.module, rest)
+    return run(args.socket, args.module, rest, args.pid_file)
 
 
 if __name__ == "__main__":

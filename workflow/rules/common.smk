@@ -94,21 +94,20 @@ def _launch(name, command, ready):
     return process
 
 
-def _wait_ready(timeout):
-    deadline = time.monotonic() + timeout
-    for name, (process, ready) in _services.items():
-        while not ready.exists():
-            if process.poll() is not None:
-                stop_services()
-                raise WorkflowError(f"the {name} exited with code {process.returncode} at start; see logs/{name}.log")
-            if time.monotonic() > deadline:
-                stop_services()
-                raise WorkflowError(f"the {name} did not get ready in time; see logs/{name}.log")
-            time.sleep(0.05)
+def _wait_ready(name, deadline):
+    process, ready = _services[name]
+    while not ready.exists():
+        if process.poll() is not None:
+            stop_services()
+            raise WorkflowError(f"the {name} exited with code {process.returncode} at start; see logs/{name}.log")
+        if time.monotonic() > deadline:
+            stop_services()
+            raise WorkflowError(f"the {name} did not get ready in time; see logs/{name}.log")
+        time.sleep(0.05)
 
 
 def start_services():
-    """Start the data center and the warm starter; wait until both listen."""
+    """Start the warm starter, then the data center forked from it; wait until it listens."""
     server = config["server"]
     SERVER_DIR.mkdir(parents=True, exist_ok=True)
     Path("logs").mkdir(exist_ok=True)
@@ -116,29 +115,31 @@ def start_services():
     settings_file = SERVER_DIR / "config.json"
     settings_file.write_text(SETTINGS_JSON, encoding="utf-8")
     owner = str(os.getpid())
-    datacenter = _launch("datacenter", [
-        PYTHON, "-m", "datacenter", "serve", "--config", str(settings_file), "--state-dir", STATE_DIR,
+    atexit.register(stop_services)
+    deadline = time.monotonic() + float(server.get("start_timeout", 60))
+    if WARM_START:
+        _launch("warm-starter", [PYTHON, "-m", "mlcore.warm", "serve", "--socket", str(WARM_SOCKET),
+                                 "--module", "edge", "--module", "datacenter", "--exit-with-pid", owner], WARM_SOCKET)
+        _wait_ready("warm-starter", deadline)
+    # Through the warm starter when it runs (one torch import less), else a cold process.
+    _launch("datacenter", [
+        PYTHON, "-m", "mlcore.warm", "run", "--socket", str(WARM_SOCKET), "--pid-file", str(PID_FILE), "datacenter", "--",
+        "serve", "--config", str(settings_file), "--state-dir", STATE_DIR,
         "--host", str(server.get("host", "127.0.0.1")), "--port", str(server.get("port", 0)),
         "--port-file", str(PORT_FILE), "--token-file", str(TOKEN_FILE), "--exit-with-pid", owner,
     ], PORT_FILE)
-    PID_FILE.write_text(f"{datacenter.pid}\n", encoding="utf-8")
-    if WARM_START:
-        warm = _launch("warm-starter", [PYTHON, "-m", "mlcore.warm", "serve", "--socket", str(WARM_SOCKET),
-                                        "--module", "edge", "--module", "datacenter", "--exit-with-pid", owner], WARM_SOCKET)
-        (SERVER_DIR / "warm.pid").write_text(f"{warm.pid}\n", encoding="utf-8")
-    atexit.register(stop_services)
-    _wait_ready(float(server.get("start_timeout", 60)))
-    print(f"data center listening on port {PORT_FILE.read_text().strip()} (pid {datacenter.pid})", file=sys.stderr)
+    _wait_ready("datacenter", deadline)
+    print(f"data center listening on port {PORT_FILE.read_text().strip()} (pid {PID_FILE.read_text().strip()})",
+          file=sys.stderr)
 
 
 def stop_services():
-    """SIGTERM each service, let it drain and flush, SIGKILL what will not go."""
-    stopping = [process for process, _ in _services.values() if process.poll() is None]
+    """Stop the services, last started first: SIGTERM, let each drain and flush, SIGKILL if it will not go."""
+    running = [process for process, _ in reversed(_services.values()) if process.poll() is None]
     _services.clear()
-    for process in stopping:
-        process.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + float(config["server"].get("stop_timeout", 30))
-    for process in stopping:
+    for process in running:
+        process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:

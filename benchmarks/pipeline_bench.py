@@ -1,0 +1,197 @@
+"""Pipeline benchmark: the Snakemake run of config/rounds.yaml against the same rounds in one process.
+
+Prints a Markdown table and writes it to benchmarks/results/pipeline.md. Measured in one
+run, on this machine:
+
+- the default `snakemake --cores 2` run (warm starter on, as shipped), and optionally the
+  same with `warm_start: false` (a cold Python process per job);
+- the baseline: the same base training and rounds in one Python process (the ancestor's
+  demo-mode style): the data center's `DataCenter.handle` called directly, no network,
+  no Snakemake, one torch import.
+
+Per-round overhead = the round's cycle (time between consecutive rounds' checkpoint.json
+writes, i.e. Snakemake scheduling + process start + imports + model load + the round)
+minus the round's own compute (the `seconds` the edge records). Targets (issue 4):
+default run <= 60 s; overhead <= 1.5 s a round.
+
+    python benchmarks/pipeline_bench.py            # default scenario, warm and cold
+    python benchmarks/pipeline_bench.py --no-cold  # skip the cold-start run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "pipeline.md"
+
+
+# ----------------------------------------------------------------------------- pipeline
+def copy_workflow(target: Path, warm: bool) -> Path:
+    target.mkdir(parents=True)
+    shutil.copy2(REPO / "Snakefile", target / "Snakefile")
+    shutil.copytree(REPO / "workflow", target / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "config", target / "config")
+    config_file = target / "config/config.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    config["warm_start"] = warm
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    return target
+
+
+def round_ids(workdir: Path) -> list[str]:
+    config = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    return [r["id"] for r in yaml.safe_load((workdir / config["rounds"]).read_text())["rounds"]]
+
+
+def measure_pipeline(workdir: Path) -> dict:
+    started = time.time()
+    result = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2"], cwd=workdir,
+                            capture_output=True, text=True)
+    total = time.time() - started
+    if result.returncode != 0:
+        raise SystemExit(f"snakemake failed in {workdir}:\n{result.stderr[-3000:]}")
+    ids = round_ids(workdir)
+    marks = [(workdir / "results/models/base.json").stat().st_mtime]
+    compute, hashes = [], []
+    for round_id in ids:
+        record_file = workdir / f"results/rounds/{round_id}/checkpoint.json"
+        record = json.loads(record_file.read_text())
+        marks.append(record_file.stat().st_mtime)
+        compute.append(float(record["seconds"]))
+        hashes.append(record["sha256"])
+    cycles = [b - a for a, b in zip(marks, marks[1:])]
+    return {
+        "total": total,
+        "until_base": marks[0] - started,
+        "cycles": cycles,
+        "compute": compute,
+        "overhead": [c - w for c, w in zip(cycles, compute)],
+        "hashes": hashes,
+    }
+
+
+# ----------------------------------------------------------------------------- one process
+def in_process(workdir: Path) -> dict:
+    """The rounds in this one process: DataCenter.handle called directly, no network."""
+    started = time.time()
+    from datacenter.base import train_base
+    from datacenter.service import DataCenter
+    from datacenter.state import StateStore
+    from edge.round_runner import EdgeRound
+    from mlcore.datasets import load_dataset_and_splits
+    from mlcore.rounds import load_rounds
+    from mlcore.seeding import make_deterministic
+    from mlcore.settings import load_settings
+
+    imported = time.time()
+    settings = load_settings(REPO / "config/config.yaml")
+    make_deterministic()
+    dataset, splits = load_dataset_and_splits(settings.dataset, settings.seed)
+    store = StateStore(workdir / "datacenter")
+    previous = train_base(settings, dataset, splits, store)
+    base_done = time.time()
+    center = DataCenter(settings, dataset, splits, store)
+
+    async def exchange(message, query, random, extra):
+        reply = center.handle(message, query, random, extra)
+        return reply.retraining_flag, reply.checkpoint, dict(reply.info)
+
+    compute, hashes = [], []
+    for spec in load_rounds(REPO / "config/rounds.yaml"):
+        t0 = time.time()
+        outcome = asyncio.run(EdgeRound(settings, dataset, splits, spec, previous, exchange).run())
+        compute.append(time.time() - t0)
+        previous = outcome.checkpoint
+        hashes.append(previous["sha256"])
+    return {"total": time.time() - started, "imports": imported - started, "base": base_done - imported,
+            "compute": compute, "hashes": hashes}
+
+
+def measure_in_process(workdir: Path) -> dict:
+    """Run `in_process` in a fresh interpreter, so its imports are timed like the pipeline's."""
+    out = subprocess.run([sys.executable, __file__, "--in-process", str(workdir)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"in-process baseline failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- report
+def mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
+
+
+def table(runs: dict[str, dict], baseline: dict) -> str:
+    lines = ["| | total wall (s) | until base model (s) | mean round cycle (s) | mean round compute (s) | mean overhead a round (s) | max overhead (s) | total / one process |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, run in runs.items():
+        lines.append(
+            f"| {name} | {run['total']:.1f} | {run['until_base']:.1f} | {mean(run['cycles']):.2f} | "
+            f"{mean(run['compute']):.2f} | {mean(run['overhead']):.2f} | {max(run['overhead']):.2f} | "
+            f"{run['total'] / baseline['total']:.2f}x |")
+    lines.append(
+        f"| one process (baseline) | {baseline['total']:.1f} | {baseline['imports'] + baseline['base']:.1f} | "
+        f"{mean(baseline['compute']):.2f} | {mean(baseline['compute']):.2f} | 0 | 0 | 1.00x |")
+    return "\n".join(lines)
+
+
+def verdicts(runs: dict[str, dict], baseline: dict) -> list[str]:
+    default = runs["snakemake, warm starter (default)"]
+    out = [
+        f"- Default run <= 60 s: {default['total']:.1f} s -> {'PASS' if default['total'] <= 60 else 'MISS'}",
+        f"- Overhead <= 1.5 s a round: mean {mean(default['overhead']):.2f} s, max {max(default['overhead']):.2f} s -> "
+        f"{'PASS' if mean(default['overhead']) <= 1.5 else 'MISS'}",
+    ]
+    for name, run in runs.items():
+        same = run["hashes"] == baseline["hashes"]
+        out.append(f"- {name}: final checkpoints {'identical to' if same else 'DIFFERENT from'} the one-process run")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-cold", action="store_true", help="skip the run with warm_start: false")
+    parser.add_argument("--in-process", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.in_process:
+        print(json.dumps(in_process(Path(args.in_process))))
+        return
+    with tempfile.TemporaryDirectory(prefix="pipeline-bench-") as tmp:
+        tmp_path = Path(tmp)
+        baseline = measure_in_process(tmp_path / "inproc")
+        runs = {"snakemake, warm starter (default)": measure_pipeline(copy_workflow(tmp_path / "warm", True))}
+        if not args.no_cold:
+            runs["snakemake, cold process a job"] = measure_pipeline(copy_workflow(tmp_path / "cold", False))
+    n_rounds = len(baseline["compute"])
+    report = "\n".join([
+        "# Pipeline benchmark",
+        "",
+        f"`python benchmarks/pipeline_bench.py` on {time.strftime('%Y-%m-%d')}: {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, the default scenario ({n_rounds} rounds of config/rounds.yaml, "
+        "digits, config/config.yaml). Overhead = round cycle - the round's own compute.",
+        "",
+        table(runs, baseline),
+        "",
+        *verdicts(runs, baseline),
+        "",
+    ])
+    print(report)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(report)
+
+
+if __name__ == "__main__":
+    main()
