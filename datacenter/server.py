@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 
+from mlcore.processes import pid_alive
 from protocol import AsyncServer, ResponseBlock
 
 from .service import DataCenter
@@ -21,16 +21,6 @@ def make_callback(center: DataCenter):
         return ResponseBlock(reply.retraining_flag, reply.checkpoint, info=reply.info)
 
     return callback
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 async def _stop_when_gone(server: AsyncServer, pid: int, interval: float = 1.0) -> None:

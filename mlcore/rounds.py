@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from .seeding import rng_for
 from .shifts import Shift, ShiftError, parse_shift_list, shift_tag
+from .yamlfile import read_yaml
 
 ROUND_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -77,14 +77,7 @@ def parse_rounds(raw: Any) -> list[RoundSpec]:
 
 
 def load_rounds(path: str | Path) -> list[RoundSpec]:
-    file = Path(path)
-    if not file.is_file():
-        raise RoundsError(f"rounds file not found: {file}")
-    try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise RoundsError(f"{file}: not valid YAML: {exc}") from exc
-    return parse_rounds(raw)
+    return parse_rounds(read_yaml(path, RoundsError, "rounds"))
 
 
 def find_round(rounds: list[RoundSpec], round_id: str) -> RoundSpec:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from .yamlfile import read_yaml
 
 
 class SettingsError(ValueError):
@@ -189,11 +189,4 @@ def settings_from_dict(raw: Any) -> Settings:
 
 def load_settings(path: str | Path) -> Settings:
     """Read and validate a config YAML file."""
-    file = Path(path)
-    if not file.is_file():
-        raise SettingsError(f"config file not found: {file}")
-    try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise SettingsError(f"{file}: not valid YAML: {exc}") from exc
-    return settings_from_dict(raw or {})
+    return settings_from_dict(read_yaml(path, SettingsError, "config") or {})
