@@ -49,6 +49,8 @@ class FrameConnection(asyncio.BufferedProtocol):
             return
         for frame in frames:
             self.frame_received(frame)
+        if self.decoder.error is not None:  # bad bytes followed those frames in the same read
+            self.stream_error(self.decoder.error)
 
     def eof_received(self) -> bool:
         return False  # close our side too

@@ -252,7 +252,11 @@ def decode_dataframe(data: Any) -> pd.DataFrame:
         if isinstance(field.type, pa.ExtensionType) or any(k.startswith(b"ARROW:extension") for k in meta):
             raise PeerError(f"column {field.name!r}: extension types are not accepted")
         tag = meta.get(DTYPE_KEY, b"").decode("ascii", "replace")
-        if not _type_matches(tag, field.type):
+        try:
+            matches = _type_matches(tag, field.type)
+        except Exception as exc:  # pyarrow decodes some type parameters lazily (a tz of bad UTF-8 raises)
+            raise PeerError(f"column {field.name!r}: malformed Arrow type ({type(exc).__name__})") from None
+        if not matches:
             raise PeerError(f"column {field.name!r}: Arrow type {field.type} does not match dtype tag {tag!r}")
         try:
             array = chunked.combine_chunks() if chunked.num_chunks != 1 else chunked.chunk(0)

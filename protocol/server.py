@@ -162,7 +162,11 @@ class AsyncServer:
 
     def stop(self) -> None:
         """Ask the server to stop accepting, answer requests in flight, then return. Thread-safe."""
-        if self._loop is not None and threading.current_thread() is not threading.main_thread():
+        try:
+            caller = asyncio.get_running_loop()
+        except RuntimeError:
+            caller = None
+        if self._loop is not None and caller is not self._loop:  # another thread (the server's may not be main)
             self._loop.call_soon_threadsafe(self._stop.set)
         else:
             self._stop.set()
