@@ -34,3 +34,36 @@ def test_hostile_bytes_get_error_response_then_still_serving(server, data, code)
     frames = FrameDecoder().feed(server.raw_exchange(data))
     assert decode_response(frames[0]).error_code == code
     server.assert_serving()
+
+
+def test_header_announcing_2_to_the_40_bytes(server):
+    header = request_bytes()[:24]
+    huge = header[:12] + (1 << 40).to_bytes(8, "big") + header[20:]
+    frames = FrameDecoder().feed(server.raw_exchange(huge))
+    assert decode_response(frames[0]).error_code == "too_large"
+    server.assert_serving()
+
+
+def boom(message_type, query_dataframe, random_dataframe):
+    raise RuntimeError("kaput 42")
+
+
+def test_callback_that_raises(start_server):
+    server = start_server(callback=boom)
+    with pytest.raises(RemoteError, match="kaput 42") as info:
+        server.ask("normal")
+    assert info.value.code == "callback_error"
+    with pytest.raises(RemoteError, match="kaput 42"):
+        server.ask("normal")  # still serving
+
+
+TOKEN = "t" * 32
+
+
+@pytest.mark.parametrize("client_token", [None, "w" * 32], ids=["missing", "wrong"])
+def test_bad_token_refused_then_still_serving(start_server, client_token):
+    server = start_server(token=TOKEN)
+    with pytest.raises(RemoteError) as info:
+        server.ask("normal", token=client_token)
+    assert info.value.code == "auth_failed"
+    server.assert_serving(token=TOKEN)
