@@ -67,3 +67,60 @@ def test_bad_token_refused_then_still_serving(start_server, client_token):
         server.ask("normal", token=client_token)
     assert info.value.code == "auth_failed"
     server.assert_serving(token=TOKEN)
+
+
+class Exploit:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_crafted_pickle_payload_is_not_executed(server, tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    frames = FrameDecoder().feed(server.raw_exchange(pickle.dumps(Exploit(marker))))
+    assert decode_response(frames[0]).error_code == "bad_magic"
+    assert not marker.exists()
+    server.assert_serving()
+
+
+def test_32_concurrent_clients_with_several_requests(server):
+    import asyncio
+
+    async def one(i):
+        client = server.client()
+        async with client:
+            for j in range(4):
+                rows = i * 4 + j
+                flag, checkpoint = await client.send_data("normal", pd.DataFrame({"x": np.arange(rows)}))
+                assert (flag, checkpoint) == (False, f"normal:{rows}")
+        return i
+
+    async def main():
+        return await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(32))), 30)
+
+    assert asyncio.run(main()) == list(range(32))
+
+
+def test_refuses_non_loopback_without_token_or_tls():
+    from protocol import AsyncServer, UsageError
+
+    with pytest.raises(UsageError, match="non-loopback"):
+        AsyncServer(lambda **kw: None, 0, host="0.0.0.0")
+
+
+def test_token_file_helpers(tmp_path):
+    import os
+
+    from protocol import UsageError, create_token_file, read_token_file
+
+    path = tmp_path / "token"
+    token = create_token_file(path)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert read_token_file(path) == token
+    os.chmod(path, 0o644)
+    with pytest.raises(UsageError, match="readable by others"):
+        read_token_file(path)
