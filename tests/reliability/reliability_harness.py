@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from protocol import AsyncClient, AsyncServer, ProtocolError, ResponseBlock
+from protocol import AsyncClient, AsyncServer, FrameDecoder, ProtocolError, ResponseBlock, decode_response
 from protocol.frame import HEADER_SIZE, Header, parse_header
 from protocol.limits import Limits
 
@@ -112,6 +112,21 @@ async def echo_request(port: int, seed: int, *, token: str | None = None, timeou
     query, random_ = payload(seed, rows), payload(seed + 1_000_000, rows)
     response = await AsyncClient(port, token=token, timeout=timeout, retry_for=0.5).send_data(message_type, query, random_)
     assert response.checkpoint == expected_echo(message_type, query, random_), "echo mismatch"
+
+
+async def raw_exchange(port: int, data: bytes, *, token: str | None = None, timeout: float = 5.0) -> ResponseBlock:
+    """Send raw bytes on a fresh connection, return the server's decoded answer (no client-side checks)."""
+    reader, writer = await asyncio.open_connection(LOOPBACK, port)
+    try:
+        writer.write(data)
+        decoder, frames = FrameDecoder(), []
+        while not frames:
+            chunk = await asyncio.wait_for(reader.read(65536), timeout)
+            assert chunk, "the server closed the connection without answering"
+            frames = decoder.feed(chunk)
+    finally:
+        writer.close()
+    return decode_response(frames[0], token=token.encode() if token else None)
 
 
 # ----------------------------------------------------------------------------- load

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -18,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -26,7 +24,7 @@ from hypothesis import strategies as st
 from protocol import AsyncClient, PeerError, RemoteError, RequestBlock, decode_request, encode_request
 from protocol.frame import ALIGN, KIND_REQUEST, FrameDecoder, Header
 from protocol.limits import Limits
-from reliability_harness import ServerThread, echo_request, make_server, payload
+from reliability_harness import ServerThread, echo_request, make_server, payload, raw_exchange
 
 REPO = Path(__file__).resolve().parents[2]
 FUZZ = REPO / "fuzz"
@@ -160,18 +158,7 @@ def test_decoder_bugs_of_the_prototype_give_bad_metadata(meta: bytes) -> None:
 def test_the_server_answers_them_with_bad_metadata_and_keeps_serving() -> None:
     async def main(port: int) -> None:
         for meta in NESTED + HUGE_NUMBERS:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(frame_bytes(meta))
-            frames = []
-            decoder = FrameDecoder()
-            while not frames:
-                chunk = await asyncio.wait_for(reader.read(65536), 5)
-                assert chunk, "server closed without answering"
-                frames = decoder.feed(chunk)
-            writer.close()
-            from protocol import decode_response
-
-            response = decode_response(frames[0])
+            response = await raw_exchange(port, frame_bytes(meta))
             assert response.error_code == "bad_metadata", response.error
         await echo_request(port, 7)
 

@@ -21,10 +21,9 @@ import mlcore.checkpoints as checkpoints
 from mlcore.atomic import write_json_atomic
 from mlcore.checkpoints import CheckpointError, load_checkpoint, save_checkpoint, sha256_file
 from mlcore.models import ModelSpec, build_model
-from protocol import AsyncClient, AsyncServer, RemoteError, RequestBlock, UsageError, encode_request
+from protocol import AsyncServer, RemoteError, RequestBlock, UsageError, encode_request
 from protocol.files import create_token_file, read_token_file
-from protocol.frame import FrameDecoder
-from reliability_harness import ServerThread, echo_callback, echo_request, make_server
+from reliability_harness import ServerThread, echo_callback, echo_request, make_server, raw_exchange
 
 TOKEN = "security-test-token-0123456789abcdef"
 SPEC = ModelSpec("mlp", (8, 8), 10)
@@ -40,19 +39,7 @@ def test_auth_is_enforced_and_a_captured_request_cannot_be_replayed() -> None:
         await echo_request(port, 1, token=TOKEN)
         # an eavesdropper replays a valid signed request byte for byte
         frame = b"".join(bytes(p) for p in encode_request(RequestBlock("normal"), token=TOKEN.encode()))
-        answers = []
-        for _ in range(2):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(frame)
-            decoder, got = FrameDecoder(), []
-            while not got:
-                chunk = await asyncio.wait_for(reader.read(65536), 5)
-                assert chunk
-                got = decoder.feed(chunk)
-            writer.close()
-            from protocol import decode_response
-
-            answers.append(decode_response(got[0], token=TOKEN.encode()))
+        answers = [await raw_exchange(port, frame, token=TOKEN) for _ in range(2)]
         assert answers[0].ok and answers[1].error_code == "auth_failed" and "replay" in answers[1].error
 
     with ServerThread(make_server(token=TOKEN)) as running:
