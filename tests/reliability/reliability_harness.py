@@ -248,8 +248,8 @@ class FaultyProxy:
 
     Runs its own event loop in a thread, so it can sit between real processes too.
     `on_request(type)` is called (in the proxy's thread) once a whole request frame has
-    been forwarded; with `hold_replies_after` set, replies are no longer forwarded once a
-    request of that type was seen (the client must notice the server's death itself).
+    been forwarded; with `hold_replies_after` set, no reply is forwarded from the moment a
+    request of that type is seen (the client must notice the server's death itself).
     """
 
     def __init__(self, upstream_port: int | Callable[[], int], faults: Faults | None = None, *,
@@ -302,16 +302,22 @@ class FaultyProxy:
             client_writer.close()
             return
         held = asyncio.Event()
+        pending: list[str] = []
 
         def seen(request_type: str) -> None:
             self.requests_seen.append(request_type)
             if request_type == self.hold_replies_after:
-                held.set()
-            if self.on_request is not None:
-                self.on_request(request_type)
+                held.set()  # before the request leaves: its answer can never slip through
+            pending.append(request_type)
+
+        def forwarded() -> None:
+            while pending:
+                request_type = pending.pop(0)
+                if self.on_request is not None:
+                    self.on_request(request_type)
 
         watcher = FrameWatcher(seen)
-        up = asyncio.create_task(self._pump("up", client_reader, server_writer, watcher, held))
+        up = asyncio.create_task(self._pump("up", client_reader, server_writer, watcher, held, forwarded))
         down = asyncio.create_task(self._pump("down", server_reader, client_writer, None, held))
         await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
         for task in (up, down):
@@ -320,7 +326,8 @@ class FaultyProxy:
             writer.close()
 
     async def _pump(self, direction: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    watcher: FrameWatcher | None, held: asyncio.Event) -> None:
+                    watcher: FrameWatcher | None, held: asyncio.Event,
+                    forwarded: Callable[[], None] | None = None) -> None:
         faults, offset = self.faults, 0
         while True:
             data = await reader.read(65536)
@@ -342,12 +349,14 @@ class FaultyProxy:
                     del data[lo - start : hi - start]
             if direction == "down" and held.is_set():
                 continue  # the reply is swallowed: the client only learns of the server's death
-            await self._write(writer, bytes(data))
             if watcher is not None:
                 try:
                     watcher.feed(bytes(data))
                 except (ProtocolError, ValueError):
                     watcher = None  # damaged on purpose: stop following frames
+            await self._write(writer, bytes(data))
+            if forwarded is not None:
+                forwarded()  # on_request fires once the whole request has been handed to the server
 
     async def _write(self, writer: asyncio.StreamWriter, data: bytes) -> None:
         chunk = self.faults.chunk

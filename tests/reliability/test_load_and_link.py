@@ -18,7 +18,7 @@ TOKEN = "reliability-test-token-0123456789"
 
 def test_64_clients_50_requests_each_nothing_lost_or_mismatched() -> None:
     with ServerThread(make_server(max_connections=128)) as running:
-        result = asyncio.run(run_load(running.port, clients=64, requests=50, rows=16, deadline=60))
+        result = asyncio.run(run_load(running.port, clients=64, requests=50, rows=16, deadline=120))
         served = running.server.requests_served
     summary = result.summary()
     assert result.errors == [], result.errors[:5]
