@@ -1,4 +1,4 @@
-"""Security checks: auth with a token (and replays), no open listening without token or TLS,
+"""Security checks: auth with a token (and replays), TLS, no open listening without token or TLS,
 0600 token files, checkpoints that never unpickle and are verified before loading, and
 checkpoint writes that a full disk cannot half-do."""
 
@@ -9,8 +9,11 @@ import errno
 import os
 import pickle
 import resource
+import shutil
 import signal
+import ssl
 import stat
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -21,9 +24,11 @@ import mlcore.checkpoints as checkpoints
 from mlcore.atomic import write_json_atomic
 from mlcore.checkpoints import CheckpointError, load_checkpoint, save_checkpoint, sha256_file
 from mlcore.models import ModelSpec, build_model
-from protocol import AsyncServer, RemoteError, RequestBlock, UsageError, encode_request
+from protocol import (AsyncClient, AsyncServer, ConnectionLost, ProtocolError, RemoteError, RequestBlock, UsageError,
+                      encode_request)
 from protocol.files import create_token_file, read_token_file
-from reliability_harness import ServerThread, echo_callback, echo_request, make_server, raw_exchange
+from reliability_harness import (Faults, FaultyProxy, ServerThread, echo_callback, echo_request, expected_echo, make_server,
+                                 payload, raw_exchange)
 
 TOKEN = "security-test-token-0123456789abcdef"
 SPEC = ModelSpec("mlp", (8, 8), 10)
@@ -191,3 +196,46 @@ def test_a_real_write_failure_from_the_kernel_leaves_no_partial_file(tmp_path: P
         signal.signal(signal.SIGXFSZ, old_handler)
     assert caught.value.errno == errno.EFBIG
     _assert_failed_write_left_no_trace(tmp_path, before, previous, sha)
+
+
+# ------------------------------------------------------------------ TLS
+@pytest.fixture(scope="module")
+def tls_contexts(tmp_path_factory: pytest.TempPathFactory):
+    """A self-signed certificate for 127.0.0.1 (openssl CLI); server and client contexts."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not installed")
+    folder = tmp_path_factory.mktemp("tls")
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert, key)
+    client = ssl.create_default_context(cafile=str(cert))
+    return server, client
+
+
+def test_tls_with_token_serves_correctly_and_refuses_plaintext_and_untrusted_peers(tls_contexts) -> None:
+    server_ctx, client_ctx = tls_contexts
+
+    async def main(port: int, proxy_port: int) -> None:
+        query = payload(4, 64)
+        ok = await AsyncClient(port, token=TOKEN, ssl=client_ctx, server_hostname="127.0.0.1", timeout=10).send_data(
+            "normal", query)
+        assert ok.checkpoint == expected_echo("normal", query, None)
+        with pytest.raises(ProtocolError):  # plaintext against TLS: no answer, a clear error, no hang
+            await asyncio.wait_for(echo_request(port, 1, token=TOKEN, timeout=5), 10)
+        with pytest.raises(ConnectionLost):  # a client that does not trust the certificate
+            await AsyncClient(port, token=TOKEN, ssl=ssl.create_default_context(), server_hostname="127.0.0.1",
+                              timeout=5, retry_for=0).send_data("handshake")
+        with pytest.raises(ProtocolError):  # a byte flipped inside the TLS stream: TLS's own MAC refuses it
+            await AsyncClient(proxy_port, token=TOKEN, ssl=client_ctx, server_hostname="127.0.0.1", timeout=5,
+                              retry_for=0).send_data("normal", query)
+        again = await AsyncClient(port, token=TOKEN, ssl=client_ctx, server_hostname="127.0.0.1", timeout=10).send_data(
+            "normal", query)
+        assert again.checkpoint == ok.checkpoint  # and the server keeps serving
+
+    server = make_server(token=TOKEN, ssl=server_ctx)
+    with ServerThread(server) as running, FaultyProxy(running.port, Faults(flip=("up", 2000))) as proxy:
+        asyncio.run(asyncio.wait_for(main(running.port, proxy.port), 60))
+    AsyncServer(echo_callback, 0, host="0.0.0.0", ssl=server_ctx)  # TLS alone also allows a non-loopback bind
