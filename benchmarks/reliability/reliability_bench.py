@@ -139,7 +139,7 @@ def render(fuzz: dict | None, fuzz_command: str, loads: list[dict], faults: dict
             "|---|---|---|---|---|---|---|---|",
             f"| {fuzz.get('seconds', '?')} | {fuzz['executions']:,} | {fuzz['exec_per_s']} | {fuzz['coverage_edges']} | "
             f"{fuzz['features']} | {fuzz['corpus']} | {fuzz['peak_rss_mb']} | {len(fuzz['findings'])} |",
-            "", f"Command: `{fuzz_command}`", "",
+            "", f"Command: `{fuzz_command}`" + (f" (figures parsed from its log, `{fuzz['log']}`)" if fuzz.get("log") else ""), "",
         ]
         lines += [f"- finding: {f}" for f in fuzz["findings"]] or ["- no finding: the invariant held on every input"]
         lines.append("")
@@ -182,8 +182,8 @@ def main() -> int:
     fuzz, command = None, ""
     if args.fuzz_log:
         fuzz = parse_fuzz_log(Path(args.fuzz_log).read_text(errors="replace"))
-        command = (f"python fuzz/fuzz_frame_decoder.py -max_total_time=N -max_len=20000 -print_final_stats=1 "
-                   f"fuzz/corpus` (figures parsed from its log, `{Path(args.fuzz_log).name}`)")
+        command = "python fuzz/fuzz_frame_decoder.py -max_total_time=N -max_len=20000 -print_final_stats=1 fuzz/corpus"
+        fuzz["log"] = Path(args.fuzz_log).name
         match = re.search(r"Done \d+ runs in (\d+) second", Path(args.fuzz_log).read_text(errors="replace"))
         fuzz["seconds"] = int(match[1]) if match else "?"
     elif args.fuzz_seconds > 0:
