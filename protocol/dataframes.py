@@ -200,7 +200,8 @@ def _decode_column(name: str, tag: str, array: pa.Array, source: _Source) -> Any
     if tag in _MASKED_TAGS or tag in _STRING_TAGS:
         return pd.api.types.pandas_dtype(tag).__from_arrow__(array)
     if tag == "object:str" or tag == "object:bytes":
-        return array.to_numpy(zero_copy_only=False)
+        # a Series keeps dtype object: pandas 3 would infer `str` from a bare object array
+        return pd.Series(array.to_numpy(zero_copy_only=False), dtype=object, copy=False)
     if tag == "category":
         cats = array.dictionary.to_numpy(zero_copy_only=False)
         if len(set(cats.tolist())) != len(cats):

@@ -68,7 +68,7 @@ def roundtrip(frame: pd.DataFrame) -> pd.DataFrame:
     return decode_dataframe(bytearray(bytes(encode_dataframe(frame))))
 
 
-KNOWN_BUGS = {"object_str": "object column of str comes back as pandas 3 'str' dtype (decode builds it from a bare numpy array)"}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("name", [
