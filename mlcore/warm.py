@@ -26,6 +26,8 @@ import time
 import traceback
 from pathlib import Path
 
+from .processes import pid_alive
+
 #: Modules every job needs, imported once before any fork (torch._inductor: ~3 s, pulled
 #: in by torch.use_deterministic_algorithms).
 PRELOAD = ("torch", "torch._inductor", "pandas", "pyarrow", "scipy.ndimage", "sklearn.datasets", "protocol", "mlcore.cli")
@@ -115,18 +117,6 @@ def _child(conn: socket.socket, listener: socket.socket, fds: list[int], request
         os._exit(code if isinstance(code, int) else 1)
 
 
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def serve(socket_path: str, modules: list[str], exit_with_pid: int | None = None) -> int:
     """Preload, listen on `socket_path` (0600), fork a child per launch until SIGTERM/SIGINT."""
     import importlib
@@ -156,7 +146,7 @@ def serve(socket_path: str, modules: list[str], exit_with_pid: int | None = None
     children: dict[int, socket.socket] = {}
     print(f"warm server ready on {path} for {sorted(allowed)} (pid {os.getpid()})", file=sys.stderr, flush=True)
     try:
-        while not stopping and _alive(exit_with_pid):
+        while not stopping and (exit_with_pid is None or pid_alive(exit_with_pid)):
             for key, _ in selector.select(timeout=0.2):
                 if key.fileobj is listener:
                     _accept(listener, selector, children, allowed)
