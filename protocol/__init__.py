@@ -18,15 +18,18 @@ from .errors import (
     UsageError,
 )
 from .files import create_token_file, read_port_file, read_token_file, write_port_file
+from .conversation import (
+    BodyBudget, ClientConversation, ConnectionClosed, RequestReceived, ResponseReceived, ServerConversation,
+)
+from .frame import VERSION as PROTOCOL_VERSION
 from .frame import FrameDecoder, RawFrame
 from .limits import Limits
 from .loop import run
 from .server import AsyncServer
 
-PROTOCOL_VERSION = 1
-
 __all__ = [
-    "AsyncClient", "AsyncServer", "AuthenticationError", "ConnectionLost", "FrameDecoder", "LimitExceeded",
+    "AsyncClient", "AsyncServer", "AuthenticationError", "BodyBudget", "ClientConversation", "ConnectionClosed",
+    "ConnectionLost", "RequestReceived", "ResponseReceived", "ServerConversation", "FrameDecoder", "LimitExceeded",
     "Limits", "MESSAGE_TYPES", "MessageType", "PROTOCOL_VERSION", "PeerError", "ProtocolError", "RawFrame",
     "RemoteError", "RequestBlock", "ResponseBlock", "UsageError", "create_token_file", "decode_dataframe",
     "decode_request", "decode_response", "encode_dataframe", "encode_request", "encode_response", "new_token",

@@ -12,7 +12,7 @@ import enum
 import math
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import pandas as pd
 
@@ -31,6 +31,8 @@ class MessageType(str, enum.Enum):
 
 
 MESSAGE_TYPES = frozenset(m.value for m in MessageType)
+#: Fields of a request that `extra` may not shadow (the callback's metadata holds both).
+RESERVED_EXTRA_KEYS = frozenset({"request_id", "edge_id", "round"})
 
 
 def check_scalar_map(name: str, mapping: Mapping[str, Any] | None) -> dict[str, Scalar]:
@@ -80,54 +82,87 @@ class RequestBlock:
             raise UsageError(f"request_type must be a non-empty str, got {self.request_type!r}")
         _check_frame("query_data", self.query_data)
         _check_frame("random_data", self.random_data)
-        if not isinstance(self.request_id, str) or not self.request_id:
-            raise UsageError("request_id must be a non-empty str")
+        if not isinstance(self.request_id, str):
+            raise UsageError("request_id must be a str")
         if self.edge_id is not None and not isinstance(self.edge_id, str):
             raise UsageError(f"edge_id must be a str or None, got {self.edge_id!r}")
         if self.round is not None and (isinstance(self.round, bool) or not isinstance(self.round, (str, int))):
             raise UsageError(f"round must be a str, an int or None, got {self.round!r}")
         self.extra = check_scalar_map("extra", self.extra)
+        clash = RESERVED_EXTRA_KEYS & set(self.extra)
+        if clash:
+            raise UsageError(f"extra may not hold {sorted(clash)}: pass them as fields of their own")
 
 
-@dataclass(eq=False, slots=True)
-class ResponseBlock:
-    """The data center's answer; unpacks as `flag, checkpoint = response`.
+class ResponseBlock(tuple):
+    """The data center's answer: a real `(retraining_flag, checkpoint)` tuple, as in the original.
 
-    `error` is None on success; otherwise `error_code` says what kind of error. `info`
-    carries small facts (protocol and model information for a handshake, sha256 of the
-    checkpoint, a state key, ...).
+    `flag, checkpoint = response`, `response[0]` and `response == (flag, checkpoint)` all
+    work, and equality is the tuple's. `error` is None on success; otherwise `error_code`
+    says what kind of error. `info` carries small facts (protocol and model information
+    for a handshake, sha256 of the checkpoint, a state key, ...).
     """
 
-    retraining_flag: bool = False
-    checkpoint: str | None = None
-    error: str | None = field(default=None, kw_only=True)
-    error_code: str | None = field(default=None, kw_only=True)
-    info: Mapping[str, Scalar] = field(default_factory=dict, kw_only=True)
-    request_id: str | None = field(default=None, kw_only=True)
+    error: str | None
+    error_code: str | None
+    info: dict[str, Scalar]
+    request_id: str | None
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.retraining_flag, bool):
+    def __new__(
+        cls,
+        retraining_flag: Any = False,
+        checkpoint: str | None = None,
+        *,
+        error: str | None = None,
+        error_code: str | None = None,
+        info: Mapping[str, Scalar] | None = None,
+        request_id: str | None = None,
+    ) -> "ResponseBlock":
+        if not isinstance(retraining_flag, bool):
             # numpy.bool_ and friends are accepted and normalised; anything else is a bug.
-            if type(self.retraining_flag).__name__ in ("bool_", "bool"):
-                self.retraining_flag = bool(self.retraining_flag)
+            if type(retraining_flag).__name__ in ("bool_", "bool"):
+                retraining_flag = bool(retraining_flag)
             else:
-                raise UsageError(f"retraining_flag must be a bool, got {self.retraining_flag!r}")
-        for name in ("checkpoint", "error", "error_code", "request_id"):
-            value = getattr(self, name)
+                raise UsageError(f"retraining_flag must be a bool, got {retraining_flag!r}")
+        for name, value in (("checkpoint", checkpoint), ("error", error), ("error_code", error_code),
+                            ("request_id", request_id)):
             if value is not None and not isinstance(value, str):
                 raise UsageError(f"{name} must be a str or None, got {value!r}")
-        if self.error is not None and self.error_code is None:
-            self.error_code = "error"
-        self.info = check_scalar_map("info", self.info)
+        self = super().__new__(cls, (retraining_flag, checkpoint))
+        self.error = error
+        self.error_code = error_code if error_code is not None or error is None else "error"
+        self.info = check_scalar_map("info", info)
+        self.request_id = request_id
+        return self
 
-    def __iter__(self) -> Iterator[Any]:
-        yield self.retraining_flag
-        yield self.checkpoint
+    @property
+    def retraining_flag(self) -> bool:
+        return self[0]
+
+    @property
+    def checkpoint(self) -> str | None:
+        return self[1]
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
+    def with_request_id(self, request_id: str | None) -> "ResponseBlock":
+        return ResponseBlock(self[0], self[1], error=self.error, error_code=self.error_code, info=self.info,
+                             request_id=request_id)
+
+    def __repr__(self) -> str:
+        extra = f", error_code={self.error_code!r}, error={self.error!r}" if self.error is not None else ""
+        return f"ResponseBlock(retraining_flag={self[0]!r}, checkpoint={self[1]!r}{extra}, info={self.info!r})"
+
+    def __reduce__(self) -> Any:  # never sent by pickle, but copy/deepcopy should keep the fields
+        return (_rebuild_response, (self[0], self[1], self.error, self.error_code, dict(self.info), self.request_id))
+
     @classmethod
     def failure(cls, code: str, message: str, *, request_id: str | None = None) -> "ResponseBlock":
         return cls(False, None, error=message, error_code=code, request_id=request_id)
+
+
+def _rebuild_response(flag: bool, checkpoint: str | None, error: str | None, error_code: str | None,
+                      info: dict[str, Scalar], request_id: str | None) -> ResponseBlock:
+    return ResponseBlock(flag, checkpoint, error=error, error_code=error_code, info=info, request_id=request_id)

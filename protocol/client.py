@@ -1,10 +1,12 @@
-"""`AsyncClient`: the edge's side of the protocol.
+"""`AsyncClient`: the edge's side of the protocol — a thin asyncio shell.
 
 `await client.send_data(...)` opens a connection, sends one request and returns the
 `ResponseBlock` (as the original did, but with a real answer). `async with client:` keeps
-one connection open for many requests. While the server is still starting, "connection
-refused" is retried with backoff for a bounded time. An error response raises
-`RemoteError` carrying the server's code and message.
+one connection open for many requests, one at a time. While the server is still
+starting, "connection refused" is retried with backoff for a bounded time. An error
+reply raises `RemoteError` carrying the server's code and message. A request is signed
+and stamped only when it is its turn to be sent, so waiting behind a long retraining
+never makes it stale.
 """
 
 from __future__ import annotations
@@ -20,10 +22,9 @@ import pandas as pd
 
 from .auth import normalize_token
 from .blocks import RequestBlock, ResponseBlock, Scalar
-from .codec import decode_response, encode_request
-from .connection import FrameConnection
-from .errors import ConnectionLost, PeerError, ProtocolError, RemoteError
-from .frame import RawFrame
+from .connection import ConversationProtocol
+from .conversation import ClientConversation, ConnectionClosed, Event, ResponseReceived, _remote_error
+from .errors import ConnectionLost
 from .limits import Limits
 
 log = logging.getLogger("protocol.client")
@@ -32,32 +33,34 @@ _REFUSED = (ConnectionRefusedError, ConnectionResetError)
 _REFUSED_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.EADDRNOTAVAIL}
 
 
-class _ClientConnection(FrameConnection):
-    """Waits for exactly one response frame per request."""
+class _ClientProtocol(ConversationProtocol):
+    """Hands the conversation's reply (or the reason there is none) to the waiting request."""
 
-    def __init__(self, limits: Limits) -> None:
-        super().__init__(limits)
-        self._waiter: asyncio.Future[RawFrame] | None = None
+    def __init__(self, limits: Limits, token: bytes | None) -> None:
+        super().__init__()
+        self.conversation = ClientConversation(now=self.loop.time(), limits=limits, token=token)
+        self._waiter: asyncio.Future[ResponseBlock] | None = None
 
-    def expect_response(self) -> asyncio.Future[RawFrame]:
-        self._waiter = asyncio.get_running_loop().create_future()
-        return self._waiter
+    async def exchange(self, request: RequestBlock, timeout: float) -> ResponseBlock:
+        self.conversation.send_request(request, self.loop.time(), timeout)  # signs it now
+        waiter = self._waiter = self.loop.create_future()
+        parts = self.conversation.data_to_send()
+        self.drive()  # arms the response deadline
+        await self.write_sliced(parts)
+        return await waiter
 
-    def frame_received(self, frame: RawFrame) -> None:
+    def handle_event(self, event: Event) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        if isinstance(event, ResponseReceived):
+            waiter.set_result(event.response)
+        elif isinstance(event, ConnectionClosed):
+            waiter.set_exception(event.error or ConnectionLost("the server closed the connection"))
+
+    def handle_lost(self, exc: Exception | None) -> None:
         if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(frame)
-        else:
-            self.stream_error(PeerError("unsolicited frame from the server"))
-
-    def stream_error(self, exc: ProtocolError) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_exception(exc)
-        self.abort()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_exception(ConnectionLost("the server closed the connection before answering"))
+            self._waiter.set_exception(ConnectionLost(f"the connection was lost: {exc or 'closed'}"))
 
 
 class AsyncClient:
@@ -85,7 +88,7 @@ class AsyncClient:
         self.edge_id = edge_id
         self.bytes_sent = 0
         self.bytes_received = 0
-        self._session: _ClientConnection | None = None
+        self._session: _ClientProtocol | None = None
         self._in_session = False
         self._lock: asyncio.Lock | None = None
 
@@ -118,19 +121,19 @@ class AsyncClient:
         request_id: str | None = None,
     ) -> ResponseBlock:
         """Send one request and return the server's `ResponseBlock` (raises `RemoteError` on error)."""
-        ids = {"request_id": request_id} if request_id else {}
-        request = RequestBlock(message_type, query_data, random_data, edge_id=self.edge_id, round=round, extra=extra or {}, **ids)
+        ids = {"request_id": request_id} if request_id is not None else {}
+        request = RequestBlock(message_type, query_data, random_data, edge_id=self.edge_id, round=round,
+                               extra=extra or {}, **ids)
         return await self.request(request, port=port)
 
     async def request(self, request: RequestBlock, *, port: int | None = None) -> ResponseBlock:
-        parts = encode_request(request, token=self.token, limits=self.limits)
         if self._in_session and port in (None, self.port):
             assert self._lock is not None
-            async with self._lock:
+            async with self._lock:  # the request is signed inside the lock, when it is its turn
                 if self._session is None or not self._session.is_open:
                     self._session = await self._connect(self.port)
                 try:
-                    raw = await self._exchange(self._session, parts)
+                    response = await self._session.exchange(request, self.timeout)
                 except BaseException:
                     self._account(self._session)
                     self._session.abort()
@@ -139,38 +142,20 @@ class AsyncClient:
         else:
             conn = await self._connect(port or self.port)
             try:
-                raw = await self._exchange(conn, parts)
+                response = await conn.exchange(request, self.timeout)
             finally:
                 conn.close()
                 self._account(conn)
-        return self._check(raw, request)
-
-    def _account(self, conn: _ClientConnection) -> None:
-        self.bytes_sent += conn.bytes_sent
-        self.bytes_received += conn.bytes_received
-        conn.bytes_sent = conn.bytes_received = 0
-
-    async def _exchange(self, conn: _ClientConnection, parts: list[Any]) -> RawFrame:
-        waiter = conn.expect_response()
-        try:
-            conn.send_frame(parts)
-        except BaseException:
-            waiter.cancel()
-            raise
-        try:
-            return await asyncio.wait_for(waiter, self.timeout)
-        except asyncio.TimeoutError:
-            raise ConnectionLost(f"no response from {self.host}:{conn.transport and self.port} within {self.timeout:.0f} s", code="timeout") from None
-
-    def _check(self, raw: RawFrame, request: RequestBlock) -> ResponseBlock:
-        response = decode_response(raw, token=self.token, limits=self.limits)
         if response.error is not None:
-            raise RemoteError(f"server error ({response.error_code}): {response.error}", code=response.error_code)
-        if response.request_id != request.request_id:
-            raise PeerError(f"response is for request {response.request_id!r}, not {request.request_id!r}")
+            raise _remote_error(response)
         return response
 
-    async def _connect(self, port: int) -> _ClientConnection:
+    def _account(self, conn: _ClientProtocol) -> None:
+        self.bytes_sent += conn.bytes_sent
+        self.bytes_received += conn.conversation.bytes_received
+        conn.bytes_sent = conn.conversation.bytes_received = 0
+
+    async def _connect(self, port: int) -> _ClientProtocol:
         """Connect, retrying refused connections with backoff for up to `retry_for` seconds."""
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + self.retry_for
@@ -179,7 +164,7 @@ class AsyncClient:
             try:
                 _, conn = await asyncio.wait_for(
                     loop.create_connection(
-                        lambda: _ClientConnection(self.limits), self.host, port, ssl=self.ssl,
+                        lambda: _ClientProtocol(self.limits, self.token), self.host, port, ssl=self.ssl,
                         server_hostname=self.server_hostname if self.ssl else None,
                     ),
                     self.connect_timeout,
@@ -192,3 +177,4 @@ class AsyncClient:
                 log.debug("connection to %s:%d refused; retrying in %.2f s", self.host, port, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+

@@ -1,27 +1,32 @@
 """Blocks <-> frames: the pure codec, no sockets.
 
-`encode_request` / `encode_response` turn a block into the list of byte buffers of one
-frame (ready for `writelines`); `decode_request` / `decode_response` turn a `RawFrame`
-from `FrameDecoder` back into a block, checking MAC, metadata and every DataFrame.
+`encode_request` / `encode_response` turn a block into the byte buffers of one frame
+(ready for `writelines`), applying the very checks the decoder applies, so nothing is
+sent that the peer would refuse. Decoding is split in two, as the frame arrives:
+`check_request_head` / `check_response_head` authenticate and parse the head before any
+body byte is kept; `decode_request` / `decode_response` then check the body's MAC and
+decode its DataFrames. The MAC is always checked before the JSON it covers is parsed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 
 from . import metadata as md
-from .auth import ReplayGuard, compute_mac, new_nonce, verify_mac
-from .blocks import RequestBlock, ResponseBlock
+from .auth import ReplayGuard, new_nonce
+from .blocks import RESERVED_EXTRA_KEYS, RequestBlock, ResponseBlock
 from .dataframes import decode_dataframe, encode_dataframe
-from .errors import LimitExceeded, PeerError, UsageError
-from .frame import ALIGN, FLAG_MAC, KIND_REQUEST, KIND_RESPONSE, Header, RawFrame, padded
+from .errors import AuthenticationError, LimitExceeded, PeerError, ProtocolError, UsageError
+from .frame import ALIGN, FLAG_MAC, KIND_REQUEST, KIND_RESPONSE, Head, Header, RawFrame, padded
 from .limits import Limits
 
 REQUEST_SECTIONS = ("query_data", "random_data")
-_MAX_REQUEST_TYPE_CHARS = 64
+RESPONSE_SECTIONS: tuple[str, ...] = ()  # responses carry no body in version 2
 
 _REQUEST_REQUIRED: dict[str, md.Checker] = {"request_type": md.string, "request_id": md.string, "sections": md.sections}
 _REQUEST_OPTIONAL: dict[str, md.Checker] = {
@@ -41,13 +46,40 @@ _RESPONSE_REQUIRED: dict[str, md.Checker] = {
 _RESPONSE_OPTIONAL: dict[str, md.Checker] = {"info": md.scalar_map}
 
 _PAD = bytes(ALIGN)
+_DEFAULT_LIMITS = Limits()
 
 Buffers = list[Any]  # bytes-like objects, in wire order
 
 
-def _frame(kind: int, meta: dict[str, Any], sections: Sequence[tuple[str, Any]], token: bytes | None, limits: Limits) -> Buffers:
+# --------------------------------------------------------------------------- MACs
+def head_mac(token: bytes, header: bytes, metadata: bytes | memoryview) -> bytes:
+    """HMAC-SHA256 over header and metadata: lets the receiver authenticate before the body."""
+    return hmac.digest(token, header + bytes(metadata), hashlib.sha256)
+
+
+def body_mac(token: bytes, first_mac: bytes, body: Sequence[Any]) -> bytes:
+    """HMAC-SHA256 over the head MAC and the body: binds the body to its authenticated head."""
+    mac = hmac.new(token, first_mac, hashlib.sha256)
+    for part in body:
+        mac.update(part)
+    return mac.digest()
+
+
+def _verify(expected: bytes, received: bytes | None, what: str) -> None:
+    if received is None:
+        raise AuthenticationError(f"authentication required: the {what} carries no MAC")
+    if not hmac.compare_digest(expected, received):
+        raise AuthenticationError(f"authentication failed: bad {what} MAC (wrong token?)")
+
+
+# --------------------------------------------------------------------------- encoding
+def _frame(kind: int, meta: dict[str, Any], sections: Sequence[tuple[str, Any]], token: bytes | None,
+           limits: Limits) -> Buffers:
     meta["sections"] = [{"name": name, "length": len(data)} for name, data in sections]
-    meta_bytes = md.dumps(meta)
+    try:
+        meta_bytes = md.dumps(meta)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"metadata cannot be encoded: {exc}") from None
     if len(meta_bytes) > limits.max_metadata_bytes:
         raise UsageError(f"metadata of {len(meta_bytes)} bytes exceeds the limit of {limits.max_metadata_bytes}")
     body: Buffers = []
@@ -59,32 +91,28 @@ def _frame(kind: int, meta: dict[str, Any], sections: Sequence[tuple[str, Any]],
     if body_len > limits.max_body_bytes:
         raise LimitExceeded("body", body_len, limits.max_body_bytes)
     header = Header(kind, FLAG_MAC if token else 0, len(meta_bytes), body_len).pack()
-    parts = [header, meta_bytes, *body]
-    if token:
-        parts.append(compute_mac(token, parts))
-    return parts
+    if not token:
+        return [header, meta_bytes, *body]
+    first = head_mac(token, header, meta_bytes)
+    if not body:
+        return [header, meta_bytes, first]
+    return [header, meta_bytes, first, *body, body_mac(token, first, body)]
 
 
-def _sections(raw: RawFrame, listed: list[tuple[str, int]], allowed: Sequence[str]) -> dict[str, memoryview]:
-    if sum(padded(length) for _, length in listed) != raw.header.body_len:
-        raise PeerError("section lengths do not add up to the body length", code="bad_metadata")
-    body, offset, out = raw.body, 0, {}
-    for name, length in listed:
-        if name not in allowed:
-            raise PeerError(f"unexpected section {name!r}", code="bad_metadata")
-        out[name] = body[offset : offset + length]
-        offset += padded(length)
-    return out
+def _check_own(meta: dict[str, Any], required: dict[str, md.Checker], optional: dict[str, md.Checker],
+               limits: Limits) -> None:
+    """The decoder's field checks, applied before sending: our own peer would refuse the rest."""
+    try:
+        md.check_fields(meta, required, optional, limits)
+    except PeerError as exc:
+        raise UsageError(f"cannot send: {exc.message}") from None
 
 
-def _authenticate(raw: RawFrame, token: bytes | None) -> None:
-    if token is not None:
-        verify_mac(token, raw.signed, raw.mac)
-
-
-def encode_request(block: RequestBlock, *, token: bytes | None = None, limits: Limits | None = None) -> Buffers:
-    limits = limits or Limits()
-    meta: dict[str, Any] = {"request_type": block.request_type, "request_id": block.request_id, "sent_at": time.time()}
+def encode_request(block: RequestBlock, *, token: bytes | None = None, limits: Limits | None = None,
+                   clock: Callable[[], float] = time.time, nonce: Callable[[], str] = new_nonce) -> Buffers:
+    """One request frame; with a token it is signed and stamped (send time, nonce) now."""
+    limits = limits or _DEFAULT_LIMITS
+    meta: dict[str, Any] = {"request_type": block.request_type, "request_id": block.request_id, "sent_at": clock()}
     if block.edge_id is not None:
         meta["edge_id"] = block.edge_id
     if block.round is not None:
@@ -92,62 +120,129 @@ def encode_request(block: RequestBlock, *, token: bytes | None = None, limits: L
     if block.extra:
         meta["extra"] = dict(block.extra)
     if token:
-        meta["nonce"] = new_nonce()
-    sections = [(name, encode_dataframe(frame)) for name in REQUEST_SECTIONS if (frame := getattr(block, name)) is not None]
+        meta["nonce"] = nonce()
+    if len(block.request_type) > limits.max_request_type_chars:
+        raise UsageError(f"request_type is longer than {limits.max_request_type_chars} characters")
+    meta["sections"] = []
+    _check_own(meta, _REQUEST_REQUIRED, _REQUEST_OPTIONAL, limits)
+    try:
+        sections = [(name, encode_dataframe(frame)) for name in REQUEST_SECTIONS
+                    if (frame := getattr(block, name)) is not None]
+    except ProtocolError:
+        raise
+    except Exception as exc:  # pyarrow raises its own types on data it cannot hold
+        raise UsageError(f"a DataFrame cannot be encoded: {type(exc).__name__}: {exc}") from None
     return _frame(KIND_REQUEST, meta, sections, token, limits)
 
 
-def decode_request(
-    raw: RawFrame, *, token: bytes | None = None, replay_guard: ReplayGuard | None = None, limits: Limits | None = None
-) -> RequestBlock:
-    """Decode a request frame; raises `PeerError` (with a code) on anything wrong."""
-    limits = limits or Limits()
-    if raw.header.kind != KIND_REQUEST:
+def encode_response(block: ResponseBlock, *, token: bytes | None = None, limits: Limits | None = None) -> Buffers:
+    """One response frame; raises `UsageError` if the peer would refuse any field of it."""
+    limits = limits or _DEFAULT_LIMITS
+    meta: dict[str, Any] = {
+        "retraining_flag": block.retraining_flag,
+        "checkpoint": block.checkpoint,
+        "error": None if block.error is None else {"code": block.error_code or "error", "message": block.error},
+        "request_id": block.request_id,
+        "sections": [],
+    }
+    if block.info:
+        meta["info"] = dict(block.info)
+    _check_own(meta, _RESPONSE_REQUIRED, _RESPONSE_OPTIONAL, limits)
+    return _frame(KIND_RESPONSE, meta, [], token, limits)
+
+
+def error_response(code: str, message: str, *, request_id: str | None = None, limits: Limits | None = None) -> ResponseBlock:
+    """An error reply whose message always fits the limits (details belong in the log)."""
+    limits = limits or _DEFAULT_LIMITS
+    if request_id is not None and len(request_id) > limits.max_string_chars:
+        request_id = None
+    chars = min(limits.max_error_chars, limits.max_string_chars)
+    return ResponseBlock.failure(code[:64], message[:chars], request_id=request_id)
+
+
+# --------------------------------------------------------------------------- decoding
+def _authenticate_head(head: Head, token: bytes | None) -> None:
+    if token is not None:
+        _verify(head_mac(token, head.header_bytes, head.metadata), head.mac, "frame head")
+
+
+def _sections(meta: dict[str, Any], header: Header, allowed: Sequence[str]) -> None:
+    for name, _ in meta["sections"]:
+        if name not in allowed:
+            raise PeerError(f"unexpected section {name!r}", code="bad_metadata")
+    if sum(padded(length) for _, length in meta["sections"]) != header.body_len:
+        raise PeerError("section lengths do not add up to the body length", code="bad_metadata")
+
+
+def check_request_head(head: Head, *, token: bytes | None = None, replay_guard: ReplayGuard | None = None,
+                       limits: Limits | None = None) -> dict[str, Any]:
+    """Authenticate and parse a request's head; return its checked metadata."""
+    limits = limits or _DEFAULT_LIMITS
+    if head.header.kind != KIND_REQUEST:
         raise PeerError("expected a request frame")
-    _authenticate(raw, token)
-    meta = md.check_fields(md.loads(raw.metadata, limits), _REQUEST_REQUIRED, _REQUEST_OPTIONAL, limits)
+    _authenticate_head(head, token)
+    meta = md.check_fields(md.loads(head.metadata, limits), _REQUEST_REQUIRED, _REQUEST_OPTIONAL, limits)
     if token is not None and replay_guard is not None:
         replay_guard.check(meta.get("nonce"), meta.get("sent_at"))
-    request_type = meta["request_type"]
-    if not request_type or len(request_type) > _MAX_REQUEST_TYPE_CHARS:
-        raise PeerError("request_type must be 1 to 64 characters", code="bad_metadata")
-    frames: dict[str, pd.DataFrame] = {
-        name: decode_dataframe(data) for name, data in _sections(raw, meta["sections"], REQUEST_SECTIONS).items()
-    }
+    if not meta["request_type"] or len(meta["request_type"]) > limits.max_request_type_chars:
+        raise PeerError(f"request_type must be 1 to {limits.max_request_type_chars} characters", code="bad_metadata")
+    clash = RESERVED_EXTRA_KEYS & set(meta.get("extra") or ())
+    if clash:
+        raise PeerError(f"extra may not hold {sorted(clash)}: they are fields of their own", code="bad_metadata")
+    _sections(meta, head.header, REQUEST_SECTIONS)
+    return meta
+
+
+def check_response_head(head: Head, *, token: bytes | None = None, limits: Limits | None = None) -> dict[str, Any]:
+    """Authenticate (before parsing anything) and parse a response's head."""
+    limits = limits or _DEFAULT_LIMITS
+    if head.header.kind != KIND_RESPONSE:
+        raise PeerError("expected a response frame")
+    if token is not None and head.mac is None:
+        raise AuthenticationError(
+            "the server's reply is not signed: it refused our token, or is not the server we share it with"
+        )
+    _authenticate_head(head, token)
+    meta = md.check_fields(md.loads(head.metadata, limits), _RESPONSE_REQUIRED, _RESPONSE_OPTIONAL, limits)
+    _sections(meta, head.header, RESPONSE_SECTIONS)
+    return meta
+
+
+def _authenticate_body(raw: RawFrame, token: bytes | None) -> None:
+    if token is not None and raw.header.body_len:
+        assert raw.head.mac is not None  # the head check required it
+        _verify(body_mac(token, raw.head.mac, [raw.body]), raw.body_mac, "frame body")
+
+
+def decode_request(raw: RawFrame, *, token: bytes | None = None, replay_guard: ReplayGuard | None = None,
+                   limits: Limits | None = None) -> RequestBlock:
+    """Decode a request frame; raises `PeerError` (with a code) on anything wrong.
+
+    A frame whose head was already checked (`raw.checked`, from the decoder's head check)
+    is not checked again.
+    """
+    meta = raw.checked if raw.checked is not None else check_request_head(
+        raw.head, token=token, replay_guard=replay_guard, limits=limits)
+    _authenticate_body(raw, token)
+    frames: dict[str, pd.DataFrame] = {}
+    offset = 0
+    for name, length in meta["sections"]:
+        frames[name] = decode_dataframe(raw.body[offset : offset + length])
+        offset += padded(length)
     return RequestBlock(
-        request_type,
+        meta["request_type"],
         frames.get("query_data"),
         frames.get("random_data"),
-        request_id=meta["request_id"] or "-",
+        request_id=meta["request_id"],
         edge_id=meta.get("edge_id"),
         round=meta.get("round"),
         extra=meta.get("extra"),
     )
 
 
-def encode_response(block: ResponseBlock, *, token: bytes | None = None, limits: Limits | None = None) -> Buffers:
-    limits = limits or Limits()
-    meta: dict[str, Any] = {
-        "retraining_flag": block.retraining_flag,
-        "checkpoint": block.checkpoint,
-        "error": None if block.error is None else {"code": block.error_code or "error", "message": block.error},
-        "request_id": block.request_id,
-    }
-    if block.info:
-        meta["info"] = dict(block.info)
-    return _frame(KIND_RESPONSE, meta, [], token, limits)
-
-
 def decode_response(raw: RawFrame, *, token: bytes | None = None, limits: Limits | None = None) -> ResponseBlock:
-    """Decode a response frame; raises `PeerError` on anything wrong (including a bad MAC)."""
-    limits = limits or Limits()
-    if raw.header.kind != KIND_RESPONSE:
-        raise PeerError("expected a response frame")
-    meta = md.check_fields(md.loads(raw.metadata, limits), _RESPONSE_REQUIRED, _RESPONSE_OPTIONAL, limits)
-    if meta["error"] is None or meta["error"]["code"] != "auth_failed":
-        # A server that refused our MAC cannot sign its refusal with a token it may not share.
-        _authenticate(raw, token)
-    _sections(raw, meta["sections"], ())
+    """Decode a response frame; raises `PeerError` on anything wrong (a bad or missing MAC included)."""
+    meta = raw.checked if raw.checked is not None else check_response_head(raw.head, token=token, limits=limits)
     error = meta["error"]
     return ResponseBlock(
         meta["retraining_flag"],

@@ -1,8 +1,9 @@
-"""The asyncio shell shared by server and client: one `BufferedProtocol` per connection.
+"""The asyncio shell shared by server and client: one `BufferedProtocol` driving a conversation.
 
-It receives straight into the buffer `FrameDecoder` hands out (a large body lands in its
-final place with no intermediate copies) and passes whole frames up. Subclasses decide
-what a frame means; everything they send goes through `send_frame`.
+It receives straight into the buffer the conversation hands out (a large body lands in
+its final place), and after every input it `drive()`s: writes what the conversation
+queued, hands its events to the subclass, pauses or resumes reading, (re)arms the one
+timer at the conversation's deadline, and closes or aborts when it says so.
 """
 
 from __future__ import annotations
@@ -11,23 +12,31 @@ import asyncio
 import logging
 from typing import Any
 
-from .errors import ProtocolError
-from .frame import FrameDecoder, RawFrame
-from .limits import Limits
+from .conversation import Event, _Conversation
 
 log = logging.getLogger("protocol")
 
+#: Frames up to this size are joined and written at once (one syscall for a small frame).
+JOIN_BELOW = 256 * 1024
+#: Larger frames are written in slices with a drain in between: asyncio's `writelines`
+#: joins its buffers into one copy of the whole frame on Python 3.11.
+SLICE_BYTES = 1 << 20
 
-class FrameConnection(asyncio.BufferedProtocol):
-    """Frames in, frames out; counts bytes; remembers why it closed."""
 
-    def __init__(self, limits: Limits) -> None:
-        self.decoder = FrameDecoder(limits)
+class ConversationProtocol(asyncio.BufferedProtocol):
+    """Bytes in and out of `self.conversation`; subclasses set it and handle its events."""
+
+    conversation: _Conversation
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
-        self.bytes_received = 0
         self.bytes_sent = 0
-        self.closed = asyncio.get_running_loop().create_future()
+        self.closed: asyncio.Future[None] = self.loop.create_future()
+        self._reading = True
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
         self._can_write = asyncio.Event()
         self._can_write.set()
 
@@ -38,55 +47,108 @@ class FrameConnection(asyncio.BufferedProtocol):
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.decoder.get_buffer()
+        return self.conversation.get_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.bytes_received += nbytes
-        try:
-            frames = self.decoder.buffer_updated(nbytes)
-        except ProtocolError as exc:
-            self.stream_error(exc)
-            return
-        for frame in frames:
-            self.frame_received(frame)
-        if self.decoder.error is not None:  # bad bytes followed those frames in the same read
-            self.stream_error(self.decoder.error)
+        self.conversation.buffer_updated(nbytes, self.loop.time())
+        self.drive()
 
     def eof_received(self) -> bool:
-        return False  # close our side too
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(exc)
-        self._can_write.set()
+        self.conversation.receive_eof(self.loop.time())
+        self.drive()
+        return True  # keep our side open: a half-closed peer still gets its answer
 
     def pause_writing(self) -> None:
         self._can_write.clear()
+        self.conversation.write_blocked(True, self.loop.time())
+        self.drive()
 
     def resume_writing(self) -> None:
         self._can_write.set()
+        self.conversation.write_blocked(False, self.loop.time())
+        self.drive()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conversation.connection_lost()
+        self._can_write.set()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while (event := self.conversation.next_event()) is not None:
+            self.handle_event(event)
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self.handle_lost(exc)
+
+    # -- the pump
+    def drive(self) -> None:
+        """Do what the conversation asks: send, report events, read or not, time, close."""
+        conv, transport = self.conversation, self.transport
+        if transport is None or transport.is_closing():
+            return
+        parts = conv.data_to_send()
+        if parts:
+            self.write(parts)
+        while (event := conv.next_event()) is not None:
+            self.handle_event(event)
+        if conv.aborted:
+            transport.abort()
+            return
+        if conv.closed:
+            transport.close()  # after what is buffered has been sent
+            return
+        if conv.wants_read != self._reading:
+            self._reading = conv.wants_read
+            (transport.resume_reading if self._reading else transport.pause_reading)()
+        deadline = conv.deadline
+        if deadline != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = None if deadline is None else self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        self.conversation.on_timeout(self.loop.time())
+        self.drive()
+
+    def write(self, parts: list[Any]) -> None:
+        """Write a small frame in one call; large ones go through `write_sliced`."""
+        assert self.transport is not None
+        size = sum(len(p) if isinstance(p, (bytes, bytearray)) else memoryview(p).nbytes for p in parts)
+        self.bytes_sent += size
+        if size <= JOIN_BELOW:
+            self.transport.write(b"".join(parts))
+        else:
+            for part in parts:
+                self.transport.write(part)
+
+    async def write_sliced(self, parts: list[Any]) -> None:
+        """Write a large frame in slices, waiting for the transport to drain in between."""
+        assert self.transport is not None
+        size = sum(memoryview(p).nbytes for p in parts)
+        if size <= JOIN_BELOW:
+            self.write(parts)
+            return
+        self.bytes_sent += size
+        for part in parts:
+            view = memoryview(part).cast("B")
+            for start in range(0, view.nbytes, SLICE_BYTES):
+                if self.transport.is_closing():
+                    return
+                self.transport.write(view[start : start + SLICE_BYTES])
+                await self._can_write.wait()
 
     # -- for subclasses
-    def frame_received(self, frame: RawFrame) -> None:  # pragma: no cover - abstract
+    def handle_event(self, event: Event) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def stream_error(self, exc: ProtocolError) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def handle_lost(self, exc: Exception | None) -> None:
+        """The transport is gone (after the last events were handled)."""
 
     @property
     def is_open(self) -> bool:
-        return self.transport is not None and not self.transport.is_closing()
-
-    def send_frame(self, parts: list[Any]) -> None:
-        """Queue one frame's buffers; asyncio sends what it can now and buffers the rest."""
-        if not self.is_open:
-            return
-        for part in parts:
-            self.transport.write(part)  # type: ignore[union-attr]
-            self.bytes_sent += len(part)
-
-    async def drain(self) -> None:
-        await self._can_write.wait()
+        return self.transport is not None and not self.transport.is_closing() and not self.conversation.closed
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():

@@ -59,3 +59,24 @@ class ConnectionLost(ProtocolError, ConnectionError):
     """The connection closed or timed out before a whole response arrived."""
 
     code = "connection_lost"
+
+
+#: Codes after which the server always closes the connection, wherever they arise.
+CLOSING_CODES = frozenset({"auth_failed", "internal", "busy", "shutting_down", "timeout", "too_large"})
+
+
+def closes_connection(code: str, *, whole_frame: bool) -> bool:
+    """Whether the server closes after answering with `code` (the rule of docs/protocol.md §7).
+
+    An error in the stream or a frame's head leaves the stream untrusted: closed. An error
+    in the body or the answer to a whole, authenticated frame keeps the connection open,
+    unless its code is one of `CLOSING_CODES`.
+    """
+    return not whole_frame or code in CLOSING_CODES
+
+
+def describe(exc: BaseException) -> tuple[str, str]:
+    """(code, message) to tell the peer: our own errors say what; anything else is `internal`."""
+    if isinstance(exc, ProtocolError):
+        return exc.code, exc.message
+    return "internal", "internal error (details are in the server log)"

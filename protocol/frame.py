@@ -1,15 +1,22 @@
-"""Frames: a fixed 24-byte header, a JSON metadata section, a body, an optional MAC.
+"""Frames: a 24-byte header, JSON metadata, an optional head MAC, a body, an optional body MAC.
 
 This module is the incremental, I/O-free reader and writer of that envelope (see
-docs/protocol.md). `FrameDecoder` hands out the buffer the next bytes should land in
-(`get_buffer`), so the asyncio shell can receive a large body straight into its final
-place, and checks every declared length against the limits before allocating anything.
+docs/protocol.md §2). The head (header + metadata + head MAC) arrives before the body,
+so a receiver authenticates and checks it — through the `head_check` hook — before it
+allocates or keeps a byte of the body: a peer without the token costs at most one
+metadata section of memory.
+
+`FrameDecoder` hands out the buffer the next bytes should land in (`get_buffer`), so a
+large body is received straight into its final place, and parses lazily: it returns at
+most one frame per `next_frame()` call and keeps the bytes after it, so a shell that
+stops reading while a request is served holds at most one read of pipelined bytes.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
@@ -17,7 +24,7 @@ from .errors import LimitExceeded, PeerError, ProtocolError
 from .limits import Limits
 
 MAGIC = b"DLWP"
-VERSION = 1
+VERSION = 2
 HEADER = struct.Struct(">4sBBHIQI")  # magic, version, kind, flags, meta_len, body_len, reserved
 HEADER_SIZE = HEADER.size
 assert HEADER_SIZE == 24
@@ -26,21 +33,20 @@ KIND_REQUEST = 1
 KIND_RESPONSE = 2
 KINDS = (KIND_REQUEST, KIND_RESPONSE)
 
-FLAG_MAC = 0x0001  # a 32-byte HMAC-SHA256 trailer follows the body
+FLAG_MAC = 0x0001  # a head MAC follows the metadata, and a body MAC the body (if any)
 KNOWN_FLAGS = FLAG_MAC
 MAC_SIZE = 32
 ALIGN = 8  # metadata and every body section are padded to 8 bytes: Arrow buffers stay aligned
 
-#: Bytes received per read while waiting for a header; a small frame arrives in one read.
+#: Bytes received per read outside a body; a small frame, or several, arrive in one read.
 SCRATCH_SIZE = 64 * 1024
 
 
 def receive_buffer(size: int) -> memoryview:
-    """Uninitialised memory for a payload: pages are committed only as bytes arrive.
+    """Uninitialised memory for a body: pages are committed only as bytes arrive.
 
-    `bytearray(size)` zeroes all of it at once: a 24-byte header announcing 1 GiB cost the
-    server 1 GiB of RAM and ~4 s of its event loop before a byte of body (or any MAC) was
-    checked. Every byte of a frame is written before the frame is handed out.
+    `bytearray(size)` zeroes all of it at once, which costs the whole size in RAM before a
+    byte has arrived. Every byte of a body is written before the frame is handed out.
     """
     return memoryview(np.empty(size, dtype=np.uint8))
 
@@ -61,8 +67,18 @@ class Header:
         return bool(self.flags & FLAG_MAC)
 
     @property
-    def payload_len(self) -> int:
-        return self.meta_len + self.body_len + (MAC_SIZE if self.has_mac else 0)
+    def head_len(self) -> int:
+        """Bytes after the header up to the body: metadata and head MAC."""
+        return self.meta_len + (MAC_SIZE if self.has_mac else 0)
+
+    @property
+    def tail_len(self) -> int:
+        """Bytes of the body and its MAC (no body MAC when the body is empty)."""
+        return self.body_len + (MAC_SIZE if self.has_mac and self.body_len else 0)
+
+    @property
+    def frame_len(self) -> int:
+        return HEADER_SIZE + self.head_len + self.tail_len
 
     def pack(self) -> bytes:
         return HEADER.pack(MAGIC, VERSION, self.kind, self.flags, self.meta_len, self.body_len, 0)
@@ -91,120 +107,192 @@ def parse_header(data: bytes | bytearray | memoryview, limits: Limits) -> Header
 
 
 @dataclass(frozen=True, slots=True)
-class RawFrame:
-    """One whole frame as received: the header and views into its payload buffer."""
+class Head:
+    """The part of a frame before its body, as received."""
 
     header: Header
     header_bytes: bytes
-    payload: memoryview  # metadata + body + MAC, exactly as received (writable)
+    metadata: memoryview
+    mac: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class RawFrame:
+    """One whole frame as received; `checked` is what the head check returned (parsed metadata)."""
+
+    head: Head
+    body: memoryview  # exactly body_len bytes, writable
+    body_mac: bytes | None
+    checked: Any = None
+
+    @property
+    def header(self) -> Header:
+        return self.head.header
 
     @property
     def metadata(self) -> memoryview:
-        return memoryview(self.payload)[: self.header.meta_len]
+        return self.head.metadata
 
     @property
-    def body(self) -> memoryview:
-        start = self.header.meta_len
-        return memoryview(self.payload)[start : start + self.header.body_len]
+    def header_bytes(self) -> bytes:
+        return self.head.header_bytes
 
     @property
-    def signed(self) -> tuple[bytes, memoryview]:
-        """The bytes the MAC covers: header, metadata and body."""
-        return self.header_bytes, memoryview(self.payload)[: self.header.meta_len + self.header.body_len]
+    def payload(self) -> bytes:
+        """Every byte after the header, as on the wire (for comparisons in tests and fuzzers)."""
+        return b"".join([bytes(self.head.metadata), self.head.mac or b"", bytes(self.body), self.body_mac or b""])
 
-    @property
-    def mac(self) -> bytes | None:
-        return bytes(self.payload[-MAC_SIZE:]) if self.header.has_mac else None
+
+#: `head_check(head)` authenticates and parses a head; it raises `ProtocolError` to break
+#: the stream, and what it returns travels on as `RawFrame.checked`.
+HeadCheck = Callable[[Head], Any]
+
+_HEADER, _HEAD, _BODY = range(3)
 
 
 class FrameDecoder:
-    """Incremental frame reader: `get_buffer()` says where bytes go, `buffer_updated(n)` takes them.
+    """Incremental frame reader: `get_buffer()` says where bytes go, `buffer_updated(n)` takes
+    them, `next_frame()` returns the next whole frame (or None).
 
-    Any `PeerError` leaves the decoder broken: the stream can no longer be trusted, so the
-    connection must be answered (if possible) and closed. Frames completed before the bad
-    bytes are still returned (however the bytes were split into reads); the error is then
-    pending in `error` and raised by the next call.
+    Any `ProtocolError` leaves the decoder broken: the stream can no longer be trusted.
+    Frames completed before the bad bytes are still returned; the error is raised by the
+    `next_frame()` call that reaches the bad bytes, and by every call after.
     """
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, head_check: HeadCheck | None = None,
+                 scratch_size: int = SCRATCH_SIZE) -> None:
         self.limits = limits or Limits()
-        self._scratch = bytearray(SCRATCH_SIZE)
-        self._header_buf = bytearray()
+        self.head_check = head_check
+        self._scratch = bytearray(scratch_size)
+        self._start = self._end = 0  # unconsumed bytes are _scratch[_start:_end]
+        self._state = _HEADER
         self._header: Header | None = None
         self._header_bytes = b""
-        self._payload: memoryview | None = None
+        self._head: Head | None = None
+        self._checked: Any = None
+        self._target: memoryview | None = None  # head or body buffer being filled
         self._filled = 0
         self._broken: ProtocolError | None = None
+        self._direct = False
 
+    # ------------------------------------------------------------------ state
     @property
     def error(self) -> ProtocolError | None:
-        """The error that broke the stream (raised, or pending after frames it followed)."""
         return self._broken
 
     @property
     def in_frame(self) -> bool:
-        """True once some bytes of a frame have arrived and the frame is not whole yet."""
-        return bool(self._header_buf) or self._payload is not None
+        """True once some bytes of a frame are here and the frame is not whole yet."""
+        return self._state != _HEADER or self._end > self._start
 
+    @property
+    def buffered(self) -> int:
+        """Bytes held for frames not yet returned (unconsumed reads plus partial buffers)."""
+        return self._end - self._start + (self._filled if self._target is not None else 0)
+
+    @property
+    def pending_body(self) -> int:
+        """Body bytes this decoder has committed to hold for the frame in progress."""
+        return self._header.tail_len if self._state == _BODY and self._header else 0
+
+    # ------------------------------------------------------------------ input
     def get_buffer(self) -> memoryview:
         if self._broken:
             raise self._broken
-        if self._payload is not None:
-            return memoryview(self._payload)[self._filled :]
-        return memoryview(self._scratch)
+        self._direct = self._state == _BODY and self._start == self._end and self._target is not None
+        if self._direct:
+            return self._target[self._filled :]  # a body lands in its final place
+        if self._start == self._end:
+            self._start = self._end = 0
+        elif self._end == len(self._scratch):
+            if self._start:
+                self._scratch[: self._end - self._start] = self._scratch[self._start : self._end]
+                self._end -= self._start
+                self._start = 0
+            else:  # only if a caller reads while holding a whole scratch of unparsed bytes
+                self._scratch.extend(bytes(len(self._scratch)))
+        return memoryview(self._scratch)[self._end :]
 
-    def buffer_updated(self, nbytes: int) -> list[RawFrame]:
-        """Account for `nbytes` written into the last buffer; return the frames completed."""
-        if self._payload is not None:
+    def buffer_updated(self, nbytes: int) -> None:
+        """Account for `nbytes` written into the last buffer `get_buffer()` returned."""
+        if self._direct:  # written straight into the body
             self._filled += nbytes
-            return [self._finish()] if self._filled == len(self._payload) else []
-        return self._consume(memoryview(self._scratch)[:nbytes])
+        else:
+            self._end += nbytes
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[RawFrame]:
-        """Convenience for callers that already hold bytes (tests, fuzzers)."""
+        """Take bytes and return every frame they complete (tests, fuzzers, simple callers)."""
         frames: list[RawFrame] = []
-        view = memoryview(data)
-        while view.nbytes and not (frames and self._broken):
+        view = memoryview(data).cast("B")
+        while True:
+            while (frame := self.next_frame()) is not None:
+                frames.append(frame)
+            if not view.nbytes:
+                return frames
             target = self.get_buffer()
             n = min(target.nbytes, view.nbytes)
             target[:n] = view[:n]
             view = view[n:]
-            frames.extend(self.buffer_updated(n))
-        return frames
+            self.buffer_updated(n)
 
-    def _consume(self, data: memoryview) -> list[RawFrame]:
-        frames: list[RawFrame] = []
-        while data.nbytes:
-            if self._payload is None:
-                need = HEADER_SIZE - len(self._header_buf)
-                self._header_buf += data[:need]
-                data = data[need:]
-                if len(self._header_buf) < HEADER_SIZE:
-                    break
-                try:
-                    self._header = parse_header(self._header_buf, self.limits)
-                except ProtocolError as exc:
-                    self._broken = exc
-                    if frames:  # frames completed before the bad bytes are delivered; the next call raises
-                        return frames
-                    raise
-                self._header_bytes = bytes(self._header_buf)
-                self._payload = receive_buffer(self._header.payload_len)
-                self._filled = 0
-                if not self._payload:
-                    frames.append(self._finish())
-                    continue
-            take = min(len(self._payload) - self._filled, data.nbytes)
-            self._payload[self._filled : self._filled + take] = data[:take]
+    # ------------------------------------------------------------------ parsing
+    def next_frame(self) -> RawFrame | None:
+        """The next whole frame from the bytes taken so far, or None; raises once broken."""
+        if self._broken:
+            raise self._broken
+        try:
+            return self._advance()
+        except ProtocolError as exc:
+            self._broken = exc
+            raise
+
+    def _advance(self) -> RawFrame | None:
+        while True:
+            if self._state == _HEADER:
+                if self._end - self._start < HEADER_SIZE:
+                    return None
+                raw = bytes(self._scratch[self._start : self._start + HEADER_SIZE])
+                self._header = parse_header(raw, self.limits)
+                self._header_bytes = raw
+                self._start += HEADER_SIZE
+                self._begin(_HEAD, bytearray(self._header.head_len))
+            elif self._state == _HEAD:
+                if not self._fill():
+                    return None
+                header = self._header
+                assert header is not None and self._target is not None
+                meta = self._target[: header.meta_len]
+                mac = bytes(self._target[header.meta_len :]) if header.has_mac else None
+                self._head = Head(header, self._header_bytes, meta, mac)
+                self._checked = self.head_check(self._head) if self.head_check else None
+                self._begin(_BODY, receive_buffer(header.tail_len) if header.tail_len else memoryview(b""))
+            else:
+                if not self._fill():
+                    return None
+                return self._finish()
+
+    def _begin(self, state: int, target: Any) -> None:
+        self._state = state
+        self._target = memoryview(target)
+        self._filled = 0
+
+    def _fill(self) -> bool:
+        """Move unconsumed scratch bytes into the current target; True once it is full."""
+        target = self._target
+        assert target is not None
+        take = min(len(target) - self._filled, self._end - self._start)
+        if take:
+            target[self._filled : self._filled + take] = self._scratch[self._start : self._start + take]
             self._filled += take
-            data = data[take:]
-            if self._filled == len(self._payload):
-                frames.append(self._finish())
-        return frames
+            self._start += take
+        if self._start == self._end:
+            self._start = self._end = 0
+        return self._filled == len(target)
 
     def _finish(self) -> RawFrame:
-        assert self._header is not None and self._payload is not None
-        frame = RawFrame(self._header, self._header_bytes, self._payload)
-        self._header_buf = bytearray()
-        self._header, self._payload, self._filled = None, None, 0
+        header, head, target = self._header, self._head, self._target
+        assert header is not None and head is not None and target is not None
+        mac = bytes(target[header.body_len :]) if header.has_mac and header.body_len else None
+        frame = RawFrame(head, target[: header.body_len], mac, self._checked)
+        self._state, self._header, self._head, self._checked, self._target, self._filled = _HEADER, None, None, None, None, 0
         return frame

@@ -1,7 +1,8 @@
-"""Named limits of the wire, with the reason for each default.
+"""Named limits of the wire, with the reason for each default — the one place they live.
 
 Every length read from the wire is checked against these before a byte of it is read
-or a buffer is allocated for it.
+or a buffer is allocated for it, and the encoder applies the same checks, so a side
+never sends what its peer would refuse.
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ DEFAULT_MAX_METADATA_BYTES = 64 * 1024
 #: A frame body carries at most two DataFrames; 1 GiB holds ~3M rows of 64 float32
 #: features and still fits twice in this machine's memory.
 DEFAULT_MAX_BODY_BYTES = 1 << 30
-#: A request has at most two sections (query_data, random_data); a response at most one.
+#: A request has at most two sections (query_data, random_data); a response none.
 DEFAULT_MAX_SECTIONS = 4
 #: Metadata strings (ids, paths, messages) are short; a path is rarely past 4 KiB.
 DEFAULT_MAX_STRING_CHARS = 4096
 #: `extra`/`info` maps carry a handful of scalars.
 DEFAULT_MAX_MAP_ITEMS = 64
+#: Request types are short names (`prep_retraining` is the longest of ours).
+DEFAULT_MAX_REQUEST_TYPE_CHARS = 64
+#: Error messages sent to a peer; the details stay in the sender's log.
+DEFAULT_MAX_ERROR_CHARS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +35,8 @@ class Limits:
     max_sections: int = DEFAULT_MAX_SECTIONS
     max_string_chars: int = DEFAULT_MAX_STRING_CHARS
     max_map_items: int = DEFAULT_MAX_MAP_ITEMS
+    max_request_type_chars: int = DEFAULT_MAX_REQUEST_TYPE_CHARS
+    max_error_chars: int = DEFAULT_MAX_ERROR_CHARS
 
     def __post_init__(self) -> None:
         for name in self.__slots__:
@@ -38,3 +45,18 @@ class Limits:
                 raise ValueError(f"Limits.{name} must be a positive int, got {value!r}")
         if self.max_metadata_bytes > 0xFFFFFFFF:
             raise ValueError("Limits.max_metadata_bytes must fit in 32 bits")
+
+
+#: Server-side defaults for connection handling (seconds and counts); see AsyncServer.
+DEFAULT_IDLE_TIMEOUT = 60.0  # no request in progress and no partial frame
+DEFAULT_FRAME_TIMEOUT = 120.0  # from a frame's first byte to its last
+DEFAULT_AUTH_TIMEOUT = 10.0  # from accept until the first frame's head is verified
+DEFAULT_WRITE_TIMEOUT = 60.0  # a reply the peer does not read for this long drops it
+DEFAULT_TLS_HANDSHAKE_TIMEOUT = 10.0
+DEFAULT_MAX_CONNECTIONS = 128
+DEFAULT_MAX_CONNECTIONS_PER_PEER = 64
+#: Bytes of frame bodies buffered at once across all connections of a server.
+DEFAULT_MAX_BUFFERED_BYTES = 2 << 30
+#: Bodies up to this size are decoded on the event loop (well under a millisecond: the
+#: decoded size is bounded by the bytes received); larger ones in a worker thread.
+DEFAULT_DECODE_INLINE_BYTES = 64 * 1024

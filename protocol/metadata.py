@@ -28,13 +28,17 @@ def _parse_int(text: str) -> int:
     return int(text)
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_int=_parse_int)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def loads(data: bytes | memoryview, limits: Limits) -> dict[str, Any]:
     """Parse metadata bytes into a dict, or raise `PeerError(code="bad_metadata")`."""
     if len(data) > limits.max_metadata_bytes:
         raise PeerError(f"metadata of {len(data)} bytes exceeds {limits.max_metadata_bytes}", code="too_large")
     try:
         text = bytes(data).decode("utf-8")
-        value = json.loads(text, parse_constant=_reject_constant, parse_int=_parse_int)
+        value = _DECODER.decode(text)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise PeerError(f"malformed metadata: {type(exc).__name__}: {str(exc)[:200]}", code="bad_metadata") from None
     if not isinstance(value, dict):
@@ -44,7 +48,7 @@ def loads(data: bytes | memoryview, limits: Limits) -> dict[str, Any]:
 
 def dumps(meta: dict[str, Any]) -> bytes:
     """Serialize metadata compactly, padded with spaces to a multiple of 8 bytes."""
-    raw = json.dumps(meta, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    raw = _ENCODER.encode(meta).encode("utf-8")
     return raw + b" " * (-len(raw) % ALIGN)
 
 
@@ -57,6 +61,11 @@ def _fail(field: str, expected: str, value: Any) -> PeerError:
 def string(field: str, value: Any, limits: Limits) -> str:
     if not isinstance(value, str) or len(value) > limits.max_string_chars:
         raise _fail(field, f"a string of at most {limits.max_string_chars} characters", value)
+    if not value.isascii():
+        try:  # JSON allows a lone surrogate ("\ud800"), which no UTF-8 encoder can write back
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _fail(field, "valid Unicode text (no lone surrogates)", value) from None
     return value
 
 

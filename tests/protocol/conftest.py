@@ -21,7 +21,6 @@ def echo_callback(message_type, query_dataframe, random_dataframe):
 
 class RunningServer:
     def __init__(self, **kwargs) -> None:
-        kwargs.setdefault("handle_signals", False)
         self.server = AsyncServer(kwargs.pop("callback", echo_callback), 0, **kwargs)
         self._ready = threading.Event()
         self.error: BaseException | None = None

@@ -216,7 +216,7 @@ def header(meta_len=8, body_len=0, *, magic=MAGIC, version=VERSION, kind=KIND_RE
     "data, code",
     [
         (header(magic=b"PKL\x80"), "bad_magic"),
-        (header(version=2), "bad_version"),
+        (header(version=VERSION + 1), "bad_version"),
         (header(kind=9), "bad_frame"),
         (header(flags=0x80), "bad_frame"),
         (header(reserved=1), "bad_frame"),

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from protocol import RemoteError, decode_response, FrameDecoder
+from protocol import AuthenticationError, RemoteError, decode_response, FrameDecoder
 
 from conftest import request_bytes
 
@@ -28,7 +28,7 @@ def test_unknown_request_type_then_still_serving(server):
 
 @pytest.mark.parametrize("data, code", [
     (b"\x80\x04\x95" + b"\x00" * 100, "bad_magic"),
-    (request_bytes()[:24].replace(b"DLWP\x01", b"DLWP\x07"), "bad_version"),
+    (request_bytes()[:24].replace(b"DLWP\x02", b"DLWP\x07"), "bad_version"),
 ])
 def test_hostile_bytes_get_error_response_then_still_serving(server, data, code):
     frames = FrameDecoder().feed(server.raw_exchange(data))
@@ -62,8 +62,10 @@ TOKEN = "t" * 32
 
 @pytest.mark.parametrize("client_token", [None, "w" * 32], ids=["missing", "wrong"])
 def test_bad_token_refused_then_still_serving(start_server, client_token):
+    """Without a token the client gets the server's refusal; with a wrong one it refuses the
+    server's unsigned refusal itself (it never trusts an unsigned reply): both say auth_failed."""
     server = start_server(token=TOKEN)
-    with pytest.raises(RemoteError) as info:
+    with pytest.raises(RemoteError if client_token is None else AuthenticationError) as info:
         server.ask("normal", token=client_token)
     assert info.value.code == "auth_failed"
     server.assert_serving(token=TOKEN)

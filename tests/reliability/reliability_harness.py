@@ -72,7 +72,7 @@ def expected_echo(message_type: str, query: pd.DataFrame | None, random_: pd.Dat
 
 
 def make_server(token: str | None = None, **kwargs: Any) -> AsyncServer:
-    options = {"idle_timeout": 10.0, "frame_timeout": 5.0, "handle_signals": False}
+    options = {"idle_timeout": 10.0, "frame_timeout": 5.0}
     options.update(kwargs)
     return AsyncServer(echo_callback, 0, host=LOOPBACK, token=token, **options)
 
