@@ -650,16 +650,63 @@ def _layout(arrow_type: pa.DataType) -> list[int]:
     return [2]
 
 
-def _read_rows(schema: pa.Schema, batch_rows: int | None) -> int:
+def _read_rows(schema: pa.Schema) -> int:
     raw = (schema.metadata or {}).get(ROWS_KEY)
     if raw is None or not raw.isdigit() or len(raw) > 18:
         raise PeerError("Arrow stream lacks a valid row count")
     rows = int(raw)
-    if schema.names and rows != (batch_rows or 0):
-        raise PeerError(f"Arrow stream declares {rows} rows but holds {batch_rows or 0}")
     if not schema.names and rows > MAX_ROWS_WITHOUT_COLUMNS:
         raise PeerError("a frame without columns declares too many rows")
     return rows
+
+
+class _Plan:
+    """What one schema message means; built once per distinct schema message (cached), so
+    a stream of same-shaped frames skips the per-field pyarrow work (~7 us a column)."""
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.schema = schema
+        self.names = schema.names
+        if len(set(self.names)) != len(self.names):
+            raise PeerError("duplicate column names")
+        fields = list(schema)
+        self.tags = [_check_field(field) for field in fields]
+        self.types = [field.type for field in fields]
+        self.rows = _read_rows(schema)
+        self.columns = pd.Index(self.names)
+        self.dictionary = any(pa.types.is_dictionary(t) for t in self.types)
+        layouts = [_layout(t) for t in self.types]
+        self.node_count = sum(len(lay) for lay in layouts)
+        self.buffer_count = sum(sum(lay) for lay in layouts)
+        # Null-free fixed-width columns, read with a few numpy operations for all of them:
+        # for each numpy dtype, the positions and the indices of node/validity/value buffer.
+        self.fixed: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.others: list[tuple[int, int, int]] = []  # (position, first node, first buffer)
+        groups: dict[str, list[tuple[int, int, int]]] = {}
+        node = buf = 0
+        for pos, (tag, layout) in enumerate(zip(self.tags, layouts)):
+            if tag in _FIXED_TAGS:
+                groups.setdefault(tag, []).append((pos, node, buf))
+            else:
+                self.others.append((pos, node, buf))
+            node, buf = node + len(layout), buf + sum(layout)
+        for tag, members in groups.items():
+            positions, nodes, bufs = (np.array(m, dtype=np.intp) for m in zip(*members))
+            self.fixed[tag] = (positions, nodes, bufs, bufs + 1)
+
+
+_PLANS: dict[bytes, _Plan] = {}
+
+
+def _plan(buffer: pa.Buffer, message: _Message) -> _Plan:
+    key = buffer.slice(message.start, message.end - message.start).to_pybytes()
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _Plan(pa.ipc.read_schema(pa.py_buffer(key)))
+        if len(_PLANS) >= _CACHE_SIZE:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
 
 
 class _Decoder:
@@ -668,7 +715,6 @@ class _Decoder:
     def __init__(self, buffer: pa.Buffer, raw: np.ndarray, batch: _Message) -> None:
         self.buffer, self.raw, self.batch = buffer, raw, batch
         self.node, self.buf = 0, 0
-        self.groups: dict[str, list[tuple[int, int]]] = {}  # numpy dtype -> [(position, absolute offset)]
 
     def _take(self, count: int) -> tuple[np.ndarray, np.ndarray]:
         nodes, buffers = self.batch.nodes, self.batch.buffers
@@ -691,37 +737,22 @@ class _Decoder:
         return pa.Array.from_buffers(arrow_type, int(node[0]), [self._pa_buffer(b, i == 0) for i, b in enumerate(bufs)],
                                      null_count=int(node[1]), children=children)
 
-    def _fixed(self, name: str, dtype: np.dtype, length: int) -> int | None:
-        """Absolute offset of a null-free fixed-width buffer of `length` values, else None."""
-        node, bufs = self._take(2)
-        if int(node[0]) != length:
-            raise PeerError(f"column {name!r}: {int(node[0])} values where {length} were expected")
-        if node[1]:
-            raise PeerError(f"column {name!r} holds nulls")
-        if bufs[0][1]:  # a validity bitmap although no nulls: check it the slow way
-            return None
-        if bufs[1][1] < length * dtype.itemsize:
-            raise PeerError(f"column {name!r}: buffer too small")
-        return self.batch.body_start + int(bufs[1][0])
-
-    def column(self, pos: int, name: str, tag: str, arrow_type: pa.DataType, rows: int) -> Any:
-        start = (self.node, self.buf)
-        if tag in _FIXED_TAGS:
-            offset = self._fixed(name, np.dtype(tag), rows)
-            if offset is not None:
-                self.groups.setdefault(tag, []).append((pos, offset))
-                return None
-        elif _ARRAY_TAG.match(tag) and arrow_type.value_type.bit_width:
-            node, bufs = self._take(1)
-            if node[1] or bufs[0][1]:
-                raise PeerError(f"column {name!r}: array column holds null rows")
-            dtype = np.dtype(tag[6:-1])
-            width = arrow_type.list_size
-            offset = self._fixed(name, dtype, rows * width)
-            if offset is not None:
-                matrix = np.frombuffer(self.raw, dtype, count=rows * width, offset=offset).reshape(rows, width).copy()
-                return _array_cells(matrix)
-        self.node, self.buf = start
+    def column(self, name: str, tag: str, arrow_type: pa.DataType, rows: int, node: int, buf: int) -> Any:
+        """A column that is not a plain fixed-width one (or one with a validity bitmap)."""
+        self.node, self.buf = node, buf
+        if _ARRAY_TAG.match(tag):
+            (length, nulls), bufs = self._take(1)
+            (child_length, child_nulls), child = self._take(2)
+            if nulls or bufs[0][1] or child_nulls:
+                raise PeerError(f"column {name!r}: array column holds nulls")
+            dtype, width = np.dtype(tag[6:-1]), arrow_type.list_size
+            if length != rows or child_length != rows * width or child[1][1] < rows * width * dtype.itemsize:
+                raise PeerError(f"column {name!r}: array column has the wrong length")
+            if not child[0][1]:
+                offset = self.batch.body_start + int(child[1][0])
+                matrix = np.frombuffer(self.raw, dtype, count=rows * width, offset=offset).reshape(rows, width)
+                return _array_cells(matrix.copy())
+            self.node, self.buf = node, buf
         array = self._array(arrow_type)
         if len(array) != rows:
             raise PeerError(f"column {name!r}: {len(array)} rows where {rows} were expected")
@@ -731,27 +762,41 @@ class _Decoder:
             raise PeerError(f"column {name!r}: invalid Arrow data: {exc}") from None
         return _decode_array(name, tag, array)
 
-    def blocks(self, rows: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """One fresh (columns, rows) block a dtype: a single strided copy when the
-        columns sit at a constant stride in the body (as this encoder writes them)."""
-        out = []
-        for tag, members in self.groups.items():
-            dtype = np.dtype(tag)
-            positions = np.array([p for p, _ in members], dtype=np.intp)
-            offsets = np.array([o for _, o in members], dtype=np.int64)
-            block = np.empty((len(members), rows), dtype)
-            steps = np.diff(offsets)
-            if rows and len(members) > 1 and (steps == steps[0]).all() and steps[0] > 0:
-                block[...] = np.ndarray((len(members), rows), dtype, buffer=self.raw, offset=int(offsets[0]),
-                                        strides=(int(steps[0]), dtype.itemsize))
-            else:
-                for j, offset in enumerate(offsets.tolist()):
-                    block[j] = np.frombuffer(self.raw, dtype, count=rows, offset=offset)
-            out.append((block, positions))
+    def fixed_block(self, plan: _Plan, tag: str, rows: int) -> list[tuple[Any, np.ndarray]]:
+        """All null-free columns of one numpy dtype as one fresh (columns, rows) block, with
+        a single strided copy when they sit at a constant stride in the body (as this
+        encoder writes them). Columns with a validity bitmap go the slow, checked way."""
+        positions, node_index, validity_index, value_index = plan.fixed[tag]
+        nodes, buffers, dtype = self.batch.nodes, self.batch.buffers, np.dtype(tag)
+        bad = (nodes[node_index, 0] != rows) | (nodes[node_index, 1] != 0) | (buffers[value_index, 1] < rows * dtype.itemsize)
+        if bad.any():
+            name = plan.names[positions[bad.argmax()]]
+            raise PeerError(f"column {name!r} of dtype {tag}: nulls, or a length or buffer size that does not match")
+        out: list[tuple[Any, np.ndarray]] = []
+        slow = buffers[validity_index, 1] != 0
+        if slow.any():
+            for j in np.flatnonzero(slow).tolist():
+                pos = int(positions[j])
+                values = self.column(plan.names[pos], tag, plan.types[pos], rows, int(node_index[j]), int(validity_index[j]))
+                out.append((values, positions[j : j + 1]))
+            keep = ~slow
+            positions, value_index = positions[keep], value_index[keep]
+            if not len(positions):
+                return out
+        offsets = buffers[value_index, 0] + self.batch.body_start
+        block = np.empty((len(positions), rows), dtype)
+        steps = np.diff(offsets)
+        if rows and len(steps) and steps[0] > 0 and (steps == steps[0]).all():
+            block[...] = np.ndarray(block.shape, dtype, buffer=self.raw, offset=int(offsets[0]),
+                                    strides=(int(steps[0]), dtype.itemsize))
+        else:
+            for j, offset in enumerate(offsets.tolist()):
+                block[j] = np.frombuffer(self.raw, dtype, count=rows, offset=offset)
+        out.append((block, positions))
         return out
 
 
-def _assemble(names: list[str], rows: int, blocks: list[tuple[Any, np.ndarray]]) -> pd.DataFrame:
+def _assemble(columns: pd.Index, rows: int, blocks: list[tuple[Any, np.ndarray]]) -> pd.DataFrame:
     """A DataFrame from (2-D numpy block | 1-D numpy | ExtensionArray, positions) pieces."""
     pieces = []
     for values, positions in blocks:
@@ -759,13 +804,13 @@ def _assemble(names: list[str], rows: int, blocks: list[tuple[Any, np.ndarray]])
             values = values.reshape(1, -1)
         pieces.append((values, positions))
     if _from_blocks is not None:
-        return _from_blocks(pieces, index=pd.RangeIndex(rows), columns=pd.Index(names))
-    columns: dict[str, Any] = {}  # pragma: no cover - older pandas
+        return _from_blocks(pieces, index=pd.RangeIndex(rows), columns=columns)
+    names, out = columns.tolist(), {}  # pragma: no cover - older pandas
     for values, positions in pieces:
         for j, pos in enumerate(positions.tolist()):
             column = values[j] if isinstance(values, np.ndarray) else values
-            columns[names[pos]] = pd.Series(column, dtype=object, copy=False) if column.dtype == object else column
-    return pd.DataFrame({name: columns[name] for name in names}, copy=False)
+            out[names[pos]] = pd.Series(column, dtype=object, copy=False) if column.dtype == object else column
+    return pd.DataFrame({name: out[name] for name in names}, copy=False)
 
 
 def decode_dataframe(data: Any) -> pd.DataFrame:
@@ -779,7 +824,9 @@ def decode_dataframe(data: Any) -> pd.DataFrame:
 
 
 def _decode(data: Any) -> pd.DataFrame:
-    view = memoryview(data).cast("B") if not isinstance(data, pa.Buffer) else memoryview(data)
+    view = memoryview(data)
+    if view.ndim != 1 or view.itemsize != 1:
+        view = view.cast("B")
     raw = np.frombuffer(view, np.uint8)
     if raw.ctypes.data % 8:  # pyarrow wants aligned buffers: realign (one copy)
         raw = raw.copy()
@@ -787,45 +834,41 @@ def _decode(data: Any) -> pd.DataFrame:
     messages = _split_messages(view)
     schema_message, dictionaries, batch = _check_sequence(messages)
     buffer = pa.py_buffer(raw)
-    schema = pa.ipc.read_schema(buffer.slice(schema_message.start, schema_message.end - schema_message.start))
-    names = schema.names
-    if len(set(names)) != len(names):
-        raise PeerError("duplicate column names")
-    tags = [_check_field(field) for field in schema]
-    if names and batch is None:
-        raise PeerError("Arrow stream with columns but no record batch")
-    rows = _read_rows(schema, batch.rows if batch is not None else None)
-    if not names:
+    plan = _plan(buffer, schema_message)
+    rows = plan.rows
+    if not plan.names:
         if batch is not None and (len(batch.nodes) or batch.rows):
             raise PeerError("a frame without columns holds a record batch with data")
         return pd.DataFrame(index=pd.RangeIndex(rows))
-    if dictionaries or any(pa.types.is_dictionary(f.type) for f in schema):
-        return _decode_with_pyarrow(buffer, schema, tags, rows)
-    expected_nodes = sum(len(_layout(f.type)) for f in schema)
-    expected_buffers = sum(sum(_layout(f.type)) for f in schema)
-    if len(batch.nodes) != expected_nodes or len(batch.buffers) != expected_buffers:
+    if batch is None:
+        raise PeerError("Arrow stream with columns but no record batch")
+    if batch.rows != rows:
+        raise PeerError(f"Arrow stream declares {rows} rows but holds {batch.rows}")
+    if dictionaries or plan.dictionary:
+        return _decode_with_pyarrow(buffer, plan)
+    if len(batch.nodes) != plan.node_count or len(batch.buffers) != plan.buffer_count:
         raise PeerError("Arrow record batch has the wrong number of nodes or buffers for its schema")
     decoder = _Decoder(buffer, raw, batch)
     pieces: list[tuple[Any, np.ndarray]] = []
-    for pos, (field, tag) in enumerate(zip(schema, tags)):
-        values = decoder.column(pos, field.name, tag, field.type, rows)
-        if values is not None:
-            pieces.append((values, np.array([pos], dtype=np.intp)))
-    pieces.extend(decoder.blocks(rows))
-    return _assemble(names, rows, pieces)
+    for pos, node, buf in plan.others:
+        values = decoder.column(plan.names[pos], plan.tags[pos], plan.types[pos], rows, node, buf)
+        pieces.append((values, np.array([pos], dtype=np.intp)))
+    for tag in plan.fixed:
+        pieces.extend(decoder.fixed_block(plan, tag, rows))
+    return _assemble(plan.columns, rows, pieces)
 
 
-def _decode_with_pyarrow(buffer: pa.Buffer, schema: pa.Schema, tags: list[str], rows: int) -> pd.DataFrame:
+def _decode_with_pyarrow(buffer: pa.Buffer, plan: _Plan) -> pd.DataFrame:
     """Streams with dictionaries, after `_split_messages` has refused compression,
     deltas and extra batches: pyarrow's reader, then a full validation."""
     table = pa.ipc.open_stream(buffer).read_all()
-    if table.schema != schema:
+    if not table.schema.equals(plan.schema, check_metadata=True):
         raise PeerError("Arrow schema changed while reading")
-    if table.num_rows != rows:
-        raise PeerError(f"Arrow stream declares {rows} rows but holds {table.num_rows}")
+    if table.num_rows != plan.rows:
+        raise PeerError(f"Arrow stream declares {plan.rows} rows but holds {table.num_rows}")
     table.validate(full=True)
     pieces = []
-    for pos, (name, tag, chunked) in enumerate(zip(schema.names, tags, table.columns)):
+    for pos, (name, tag, chunked) in enumerate(zip(plan.names, plan.tags, table.columns)):
         array = chunked.combine_chunks() if chunked.num_chunks != 1 else chunked.chunk(0)
         pieces.append((_decode_array(name, tag, array), np.array([pos], dtype=np.intp)))
-    return _assemble(schema.names, rows, pieces)
+    return _assemble(plan.columns, plan.rows, pieces)
