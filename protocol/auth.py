@@ -11,20 +11,28 @@ belongs to its request.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import hmac
+import math
 import os
+import re
+import threading
 import time
-from collections import OrderedDict
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .errors import AuthenticationError, UsageError
 
 #: Requests older or newer than this (seconds) are refused when a token is set.
 DEFAULT_MAX_SKEW_SECONDS = 300.0
-#: Nonces remembered to refuse replays; past it the oldest are dropped (and requests that
-#: old are refused by the skew check anyway, as long as the rate stays below cap/skew).
+#: Live nonces remembered to refuse replays; when that many are live, new requests are
+#: refused (never a live nonce dropped). See `ReplayGuard` for the memory and rate it bounds.
 DEFAULT_REPLAY_CACHE = 1 << 18
 MIN_TOKEN_BYTES = 16
+#: A nonce is 8 to 64 characters of [0-9A-Za-z_-] (`new_nonce` makes 32 hex digits).
+MIN_NONCE_CHARS, MAX_NONCE_CHARS = 8, 64
+_NONCE = re.compile(r"[0-9A-Za-z_-]{%d,%d}" % (MIN_NONCE_CHARS, MAX_NONCE_CHARS))
+#: Slack (seconds) for `ReplayGuard(not_before=...)`: rounding only, not clock differences.
+NOT_BEFORE_TOLERANCE = 1e-3
 
 
 def normalize_token(token: str | bytes | None) -> bytes | None:
@@ -60,21 +68,96 @@ def verify_mac(token: bytes, parts: Iterable[bytes | bytearray | memoryview], re
 
 
 class ReplayGuard:
-    """Refuses stale request times and nonces already seen within the skew window."""
+    """Refuses stale request times and nonces already seen while a replay could still pass.
 
-    def __init__(self, max_skew: float = DEFAULT_MAX_SKEW_SECONDS, capacity: int = DEFAULT_REPLAY_CACHE) -> None:
-        self.max_skew = max_skew
-        self.capacity = capacity
-        self._seen: OrderedDict[str, float] = OrderedDict()
+    A request is accepted once: its `sent_at` must be within `max_skew` seconds of `clock()`,
+    and its nonce (8 to 64 characters of ``[0-9A-Za-z_-]``) must not have been seen. A nonce is
+    remembered until its request is too old for the skew check (``clock() - sent_at >
+    max_skew``), so expiry follows time, not the number of newer requests. Whatever the
+    clock does later (NTP steps it back, say), a request whose `sent_at` is not newer than a
+    forgotten one is refused as too old for the replay window, so forgetting never reopens a
+    replay.
+
+    Memory: at most `capacity` nonces are kept. When that many are still live, a new request
+    is refused ("replay cache full") rather than a live nonce dropped; so `capacity` bounds
+    the sustained rate of authenticated requests to about ``capacity / max_skew`` per second
+    (the defaults: 2**18 / 300 s = 873/s). Each entry is a nonce of at most 64 ASCII
+    characters (113 bytes as a str), its float send time, a dict slot and a heap tuple:
+    about 250 bytes, so the defaults bound the cache by about 64 MiB (capacity x 256 B).
+
+    Restarts: the cache lives in memory only. A server restarted with the same token would
+    accept replays of requests sent during the last `max_skew` seconds before the restart.
+    Pass ``not_before=<the server's start time>`` to refuse every request whose `sent_at` is
+    earlier than that (less `NOT_BEFORE_TOLERANCE` seconds): no request from before the
+    restart can then be replayed. The price: a client whose clock runs behind the server's
+    by d seconds is refused for the first d seconds after the server starts. Rotating the
+    token on restart closes the same hole.
+
+    `check` is thread-safe: the server calls it from worker threads and its event loop.
+    """
+
+    def __init__(
+        self,
+        max_skew: float = DEFAULT_MAX_SKEW_SECONDS,
+        capacity: int = DEFAULT_REPLAY_CACHE,
+        *,
+        clock: Callable[[], float] = time.time,
+        not_before: float | None = None,
+    ) -> None:
+        if not max_skew > 0:
+            raise UsageError("max_skew must be positive")
+        if capacity < 1:
+            raise UsageError("the replay cache capacity must be at least 1")
+        self.max_skew = float(max_skew)
+        self.capacity = int(capacity)
+        self.clock = clock
+        self.not_before = None if not_before is None else float(not_before)
+        self._lock = threading.Lock()
+        self._seen: dict[str, float] = {}  # nonce -> sent_at
+        self._expiry: list[tuple[float, str]] = []  # heap of (sent_at, nonce): the oldest first
+        self._forgotten_upto = -math.inf  # every nonce forgotten so far had sent_at <= this
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
     def check(self, nonce: str | None, sent_at: float | None, now: float | None = None) -> None:
-        now = time.time() if now is None else now
+        """Accept (and remember) this request's nonce, or raise `AuthenticationError`."""
         if nonce is None or sent_at is None:
             raise AuthenticationError("authenticated requests need a nonce and a send time")
-        if abs(now - sent_at) > self.max_skew:
-            raise AuthenticationError(f"request time is {now - sent_at:+.0f} s off (allowed ±{self.max_skew:.0f} s)")
-        if nonce in self._seen:
-            raise AuthenticationError("replayed request (nonce seen before)")
-        self._seen[nonce] = sent_at
-        while len(self._seen) > self.capacity:
-            self._seen.popitem(last=False)
+        if not isinstance(nonce, str) or not _NONCE.fullmatch(nonce):
+            raise AuthenticationError(
+                f"the nonce must be {MIN_NONCE_CHARS} to {MAX_NONCE_CHARS} characters of [0-9A-Za-z_-]"
+            )
+        if isinstance(sent_at, bool) or not isinstance(sent_at, (int, float)) or not math.isfinite(sent_at):
+            raise AuthenticationError("the send time must be a finite number")
+        with self._lock:
+            now = self.clock() if now is None else now
+            if self.not_before is not None and sent_at < self.not_before - NOT_BEFORE_TOLERANCE:
+                raise AuthenticationError(
+                    f"request sent {self.not_before - sent_at:.0f} s before this server started "
+                    "(a replay from before a restart, or a client clock running behind)"
+                )
+            if abs(now - sent_at) > self.max_skew:
+                raise AuthenticationError(
+                    f"request time is {now - sent_at:+.0f} s off (allowed ±{self.max_skew:.0f} s)"
+                )
+            self._expire(now)
+            if sent_at <= self._forgotten_upto:
+                raise AuthenticationError("request is older than the replay window (its nonce may be forgotten)")
+            if nonce in self._seen:
+                raise AuthenticationError("replayed request (nonce seen before)")
+            if len(self._seen) >= self.capacity:
+                raise AuthenticationError(
+                    f"replay cache full ({self.capacity} requests in the last {self.max_skew:.0f} s); try again later"
+                )
+            self._seen[nonce] = sent_at
+            heapq.heappush(self._expiry, (sent_at, nonce))
+
+    def _expire(self, now: float) -> None:
+        """Forget the nonces whose requests the skew check refuses by now."""
+        heap = self._expiry
+        while heap and now - heap[0][0] > self.max_skew:
+            sent_at, nonce = heapq.heappop(heap)
+            del self._seen[nonce]
+            if sent_at > self._forgotten_upto:
+                self._forgotten_upto = sent_at
