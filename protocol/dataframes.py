@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import re
 import struct
+import sys
+from array import array as _Int64Array
 from typing import Any
 
 import numpy as np
@@ -52,6 +54,7 @@ _NUMPY_TAGS = frozenset(
 )
 #: numpy dtypes whose columns are copied block-wise, without pyarrow, both ways
 _FIXED_TAGS = _NUMPY_TAGS - {"bool"}
+_FIXED_BY_DTYPE = {np.dtype(name): name for name in _FIXED_TAGS}  # native byte order only
 _MASKED_TAGS = frozenset(
     ["Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64", "Float32", "Float64", "boolean"]
 )
@@ -202,7 +205,7 @@ def _column_values(frame: pd.DataFrame) -> list[tuple[np.ndarray, Any]]:
         groups = []
         for block in blocks:
             values, positions = block.values, block.mgr_locs.as_array
-            if isinstance(values, np.ndarray) and values.ndim == 2 and values.dtype.name in _FIXED_TAGS:
+            if isinstance(values, np.ndarray) and values.ndim == 2 and values.dtype in _FIXED_BY_DTYPE:
                 groups.append((positions, values))
             elif getattr(values, "ndim", 1) == 2:
                 groups.extend((positions[j : j + 1], values[j]) for j in range(len(positions)))
@@ -240,13 +243,15 @@ class _Body:
         self.fills.append((offset, np.frombuffer(source, np.uint8, count=nbytes)))
         return (offset, nbytes)
 
+    # nodes and buffers are flat lists of int64: length, null count / offset, length
+
     def add_array(self, array: pa.Array, nodes: list, buffers: list) -> None:
         """Depth-first nodes and buffers of an Arrow array, as the IPC writer lays them out."""
         if array.offset or (pa.types.is_fixed_size_list(array.type) and array.values.offset):
             array = pa.concat_arrays([array])  # a sliced array: start its buffers at 0
         n, nulls, t, bufs = len(array), array.null_count, array.type, array.buffers()
-        nodes.append((n, nulls))
-        buffers.append(self.add(bufs[0], (n + 7) // 8) if nulls else (0, 0))
+        nodes += (n, nulls)
+        buffers += self.add(bufs[0], (n + 7) // 8) if nulls else (0, 0)
         if pa.types.is_fixed_size_list(t):
             child = array.values
             if len(child) != n * t.list_size:
@@ -257,22 +262,30 @@ class _Body:
             start, end = int(offsets[0]), int(offsets[-1])
             if start:
                 offsets = offsets - start
-            buffers.append(self.add(offsets, 8 * (n + 1)))
+            buffers += self.add(offsets, 8 * (n + 1))
             data = bufs[2].slice(start, end - start) if bufs[2] is not None else None
-            buffers.append(self.add(data, end - start))
+            buffers += self.add(data, end - start)
         elif pa.types.is_boolean(t):
-            buffers.append(self.add(bufs[1], (n + 7) // 8))
+            buffers += self.add(bufs[1], (n + 7) // 8)
         else:  # fixed width: integers, floats, timestamps
-            buffers.append(self.add(bufs[1], n * (t.bit_width // 8)))
+            buffers += self.add(bufs[1], n * (t.bit_width // 8))
 
 
-def _record_batch_message(rows: int, nodes: list, buffers: list, body_len: int) -> bytes:
+def _int64_bytes(values: list[int]) -> bytes:
+    packed = _Int64Array("q", values)
+    if sys.byteorder != "little":  # pragma: no cover
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def _record_batch_message(rows: int, nodes: list[int], buffers: list[int], body_len: int) -> bytes:
     """An encapsulated IPC message (continuation, length, flatbuffer) of a RecordBatch header.
 
     Hand-written flatbuffer, fixed layout: root offset, Message vtable + table (version,
     header type, header, bodyLength), RecordBatch vtable + table (length, nodes, buffers),
-    then the two vectors of 16-byte structs. 8-byte fields sit at 8-byte offsets."""
-    nn, nb = len(nodes), len(buffers)
+    then the two vectors of 16-byte structs. 8-byte fields sit at 8-byte offsets.
+    `nodes` and `buffers` are flat lists: (length, null count) and (offset, length) pairs."""
+    nn, nb = len(nodes) // 2, len(buffers) // 2
     msg_table, rb_vtable, rb_table = 20, 40, 52
     nodes_vec = 76
     buffers_vec = nodes_vec + 4 + 16 * nn + 4
@@ -290,10 +303,10 @@ def _record_batch_message(rows: int, nodes: list, buffers: list, body_len: int) 
                      nodes_vec - (rb_table + 12), buffers_vec - (rb_table + 16))
     struct.pack_into("<I", out, nodes_vec, nn)
     if nn:
-        out[nodes_vec + 4 : nodes_vec + 4 + 16 * nn] = np.asarray(nodes, dtype="<i8").tobytes()
+        out[nodes_vec + 4 : nodes_vec + 4 + 16 * nn] = _int64_bytes(nodes)
     struct.pack_into("<I", out, buffers_vec, nb)
     if nb:
-        out[buffers_vec + 4 : buffers_vec + 4 + 16 * nb] = np.asarray(buffers, dtype="<i8").tobytes()
+        out[buffers_vec + 4 : buffers_vec + 4 + 16 * nb] = _int64_bytes(buffers)
     return struct.pack("<Ii", _CONTINUATION, size) + bytes(out)
 
 
@@ -302,9 +315,11 @@ _SCHEMAS: dict[tuple, bytes] = {}
 _CACHE_SIZE = 256
 
 
-def _schema_message(names: list[str], tags: list[str], types: list[pa.DataType], rows: int) -> tuple[pa.Schema | None, bytes]:
-    """The serialized schema message, cached (building 67 fields costs ~400 us)."""
-    key = (tuple(names), tuple(tags), tuple(types), rows)
+def _schema_message(names: list[str], tags: list[str], types: list[pa.DataType], rows: int,
+                    generic: tuple = ()) -> tuple[pa.Schema | None, bytes]:
+    """The serialized schema message, cached (building 67 fields costs ~400 us). The
+    tag fixes the Arrow type except for the columns whose types are in `generic`."""
+    key = (tuple(names), tuple(tags), generic, rows)
     cached = _SCHEMAS.get(key)
     if cached is not None:
         return None, cached
@@ -353,13 +368,15 @@ def _encode(frame: pd.DataFrame, names: list[str]) -> pa.Buffer:
     columns: list[Any] = [None] * ncols  # ("fixed", body offset, nbytes) or a pa.Array
     blocks = []  # (body offset, slot bytes, 2-D values)
     body = _Body()
+    generic = []
     for positions, values in _column_values(frame):
         if isinstance(values, np.ndarray) and values.ndim == 2:
+            tag = _FIXED_BY_DTYPE[values.dtype]
             nbytes = rows * values.dtype.itemsize
             slot = _pad(nbytes)
             start = body.reserve(slot * len(positions))
             blocks.append((start, slot, values))
-            tag, arrow_type = values.dtype.name, _FIXED_ARROW_TYPES[values.dtype.name]
+            arrow_type = _FIXED_ARROW_TYPES[tag]
             for j, pos in enumerate(positions.tolist()):
                 tags[pos], types[pos] = tag, arrow_type
                 columns[pos] = (start + j * slot, nbytes)
@@ -369,19 +386,20 @@ def _encode(frame: pd.DataFrame, names: list[str]) -> pa.Buffer:
             if len(array) != rows:
                 raise UsageError(f"column {names[pos]!r}: {len(array)} values for {rows} rows")
             tags[pos], types[pos], columns[pos] = tag, array.type, array
-    if any(pa.types.is_dictionary(t) for t in types):
+            generic.append((pos, array.type))
+    if any(pa.types.is_dictionary(t) for _, t in generic):
         return _encode_with_pyarrow(frame, names, tags, types, columns, blocks)
 
-    nodes: list[tuple[int, int]] = []
-    buffers: list[tuple[int, int]] = []
+    nodes: list[int] = []
+    buffers: list[int] = []
     for column in columns:
-        if isinstance(column, tuple):
-            nodes.append((rows, 0))
-            buffers.append((0, 0))
-            buffers.append(column)
+        if type(column) is tuple:
+            nodes += (rows, 0)
+            buffers += (0, 0, *column)
         else:
             body.add_array(column, nodes, buffers)
-    _, schema_bytes = _schema_message(names, tags, types, rows)
+    generic.sort(key=lambda item: item[0])
+    _, schema_bytes = _schema_message(names, tags, types, rows, tuple(generic))
     batch_bytes = _record_batch_message(rows, nodes, buffers, body.size) if ncols else b""
     start = len(schema_bytes) + len(batch_bytes)
     out = np.zeros(start + (body.size if ncols else 0) + len(_EOS), dtype=np.uint8)
@@ -405,10 +423,9 @@ def _encode_with_pyarrow(frame: pd.DataFrame, names: list, tags: list, types: li
         if isinstance(values, np.ndarray) and values.ndim == 2:
             for j, pos in enumerate(positions.tolist()):
                 arrays[pos] = pa.array(values[j], from_pandas=False)
-    schema, _ = _schema_message(names, tags, types, rows)
-    if schema is None:  # cached bytes only: rebuild the object
-        _SCHEMAS.clear()
-        schema, _ = _schema_message(names, tags, types, rows)
+    fields = [pa.field(name, arrow_type, nullable=True, metadata={DTYPE_KEY: tag.encode()})
+              for name, tag, arrow_type in zip(names, tags, types)]
+    schema = pa.schema(fields, metadata={ROWS_KEY: str(rows).encode()})
     batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, schema) as writer:
@@ -612,9 +629,9 @@ def _decode_array(name: str, tag: str, array: pa.Array) -> Any:
             raise PeerError(f"column {name!r} of dtype {tag} holds nulls")
         return np.array(array.to_numpy(zero_copy_only=False), copy=True)
     if tag in _STRING_TAGS:  # concat copies: the result pins no received bytes
-        return pd.api.types.pandas_dtype(tag).__from_arrow__(pa.concat_arrays([array]))
+        return _pandas_dtype(tag).__from_arrow__(pa.concat_arrays([array]))
     if tag in _MASKED_TAGS:
-        return pd.api.types.pandas_dtype(tag).__from_arrow__(array)
+        return _pandas_dtype(tag).__from_arrow__(array)
     if tag == "object:str" or tag == "object:bytes":
         values = array.to_numpy(zero_copy_only=False)
         return values if values.dtype == object else values.astype(object)
@@ -632,6 +649,16 @@ def _decode_array(name: str, tag: str, array: pa.Array) -> Any:
         flat = array.flatten().to_numpy(zero_copy_only=False)
         return _array_cells(np.array(flat, copy=True).reshape(len(array), array.type.list_size))
     raise PeerError(f"column {name!r}: unsupported dtype tag {tag!r}")
+
+
+_PANDAS_DTYPES: dict[str, Any] = {}
+
+
+def _pandas_dtype(tag: str) -> Any:
+    dtype = _PANDAS_DTYPES.get(tag)
+    if dtype is None:
+        dtype = _PANDAS_DTYPES[tag] = pd.api.types.pandas_dtype(tag)
+    return dtype
 
 
 def _array_cells(matrix: np.ndarray) -> np.ndarray:
@@ -693,6 +720,11 @@ class _Plan:
         for tag, members in groups.items():
             positions, nodes, bufs = (np.array(m, dtype=np.intp) for m in zip(*members))
             self.fixed[tag] = (positions, nodes, bufs, bufs + 1)
+        members = [m for tag in self.fixed for m in groups[tag]]
+        self.fixed_nodes = np.array([node for _, node, _ in members], dtype=np.intp)
+        self.fixed_values = np.array([buf + 1 for _, _, buf in members], dtype=np.intp)
+        self.fixed_validity = self.fixed_values - 1
+        self.fixed_itemsize = np.array([np.dtype(self.tags[pos]).itemsize for pos, _, _ in members], dtype=np.int64)
 
 
 _PLANS: dict[bytes, _Plan] = {}
@@ -762,19 +794,15 @@ class _Decoder:
             raise PeerError(f"column {name!r}: invalid Arrow data: {exc}") from None
         return _decode_array(name, tag, array)
 
-    def fixed_block(self, plan: _Plan, tag: str, rows: int) -> list[tuple[Any, np.ndarray]]:
+    def fixed_block(self, plan: _Plan, tag: str, rows: int, bitmaps: bool) -> list[tuple[Any, np.ndarray]]:
         """All null-free columns of one numpy dtype as one fresh (columns, rows) block, with
         a single strided copy when they sit at a constant stride in the body (as this
         encoder writes them). Columns with a validity bitmap go the slow, checked way."""
         positions, node_index, validity_index, value_index = plan.fixed[tag]
-        nodes, buffers, dtype = self.batch.nodes, self.batch.buffers, np.dtype(tag)
-        bad = (nodes[node_index, 0] != rows) | (nodes[node_index, 1] != 0) | (buffers[value_index, 1] < rows * dtype.itemsize)
-        if bad.any():
-            name = plan.names[positions[bad.argmax()]]
-            raise PeerError(f"column {name!r} of dtype {tag}: nulls, or a length or buffer size that does not match")
+        buffers, dtype = self.batch.buffers, np.dtype(tag)
         out: list[tuple[Any, np.ndarray]] = []
-        slow = buffers[validity_index, 1] != 0
-        if slow.any():
+        slow = buffers[validity_index, 1] != 0 if bitmaps else None
+        if bitmaps and slow.any():
             for j in np.flatnonzero(slow).tolist():
                 pos = int(positions[j])
                 values = self.column(plan.names[pos], tag, plan.types[pos], rows, int(node_index[j]), int(validity_index[j]))
@@ -783,14 +811,18 @@ class _Decoder:
             positions, value_index = positions[keep], value_index[keep]
             if not len(positions):
                 return out
-        offsets = buffers[value_index, 0] + self.batch.body_start
-        block = np.empty((len(positions), rows), dtype)
-        steps = np.diff(offsets)
-        if rows and len(steps) and steps[0] > 0 and (steps == steps[0]).all():
-            block[...] = np.ndarray(block.shape, dtype, buffer=self.raw, offset=int(offsets[0]),
-                                    strides=(int(steps[0]), dtype.itemsize))
+        offsets = (buffers[value_index, 0] + self.batch.body_start).tolist()
+        count, first = len(offsets), offsets[0]
+        step = offsets[1] - first if count > 1 else rows * dtype.itemsize
+        if rows and step > 0 and offsets == list(range(first, first + count * step, step)):
+            if step == rows * dtype.itemsize:  # one contiguous region
+                block = np.frombuffer(self.raw, dtype, count=count * rows, offset=first).reshape(count, rows).copy()
+            else:
+                block = np.ndarray((count, rows), dtype, buffer=self.raw, offset=first,
+                                   strides=(step, dtype.itemsize)).copy()
         else:
-            for j, offset in enumerate(offsets.tolist()):
+            block = np.empty((count, rows), dtype)
+            for j, offset in enumerate(offsets):
                 block[j] = np.frombuffer(self.raw, dtype, count=rows, offset=offset)
         out.append((block, positions))
         return out
@@ -853,8 +885,16 @@ def _decode(data: Any) -> pd.DataFrame:
     for pos, node, buf in plan.others:
         values = decoder.column(plan.names[pos], plan.tags[pos], plan.types[pos], rows, node, buf)
         pieces.append((values, np.array([pos], dtype=np.intp)))
-    for tag in plan.fixed:
-        pieces.extend(decoder.fixed_block(plan, tag, rows))
+    if plan.fixed:
+        nodes = batch.nodes[plan.fixed_nodes]
+        values = batch.buffers[plan.fixed_values]
+        bad = (nodes[:, 0] != rows) | (nodes[:, 1] != 0) | (values[:, 1] < rows * plan.fixed_itemsize)
+        if bad.any():
+            name = plan.names[[pos for tag in plan.fixed for pos in plan.fixed[tag][0].tolist()][int(bad.argmax())]]
+            raise PeerError(f"column {name!r}: nulls in a numpy column, or a length or buffer size that does not match")
+        bitmaps = bool(batch.buffers[plan.fixed_validity, 1].any())
+        for tag in plan.fixed:
+            pieces.extend(decoder.fixed_block(plan, tag, rows, bitmaps))
     return _assemble(plan.columns, rows, pieces)
 
 
