@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
 from mlcore.atomic import write_json_atomic
@@ -53,14 +52,14 @@ def main(argv: list[str] | None = None) -> int:
             write_json_atomic(args.out, result)
             log.info("wrote %s", args.out)
             return 0
-        from protocol import read_token_file
+        from protocol import read_token_file, run
 
         from .server import serve
         from .service import DataCenter
 
         token = read_token_file(args.token_file) if args.token_file else None
         log.info("serving on %s:%s (port file %s)", args.host, args.port, args.port_file)
-        asyncio.run(serve(DataCenter(settings, dataset, splits, store), host=args.host, port=args.port,
+        run(serve(DataCenter(settings, dataset, splits, store), host=args.host, port=args.port,
                           port_file=args.port_file, token=token, exit_with_pid=args.exit_with_pid))
         log.info("stopped")
         return 0

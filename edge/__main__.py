@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import json
 import sys
@@ -62,7 +61,8 @@ def wait_for_port(path: str, read_port_file, timeout: float) -> int:
 
 async def run_with_client(round_: EdgeRound, client) -> dict:
     async def exchange(message, query, random, extra):
-        response = await client.send_data(message, query, random, round=extra["round"], extra=extra)
+        fields = {k: v for k, v in extra.items() if k not in ("round", "edge_id")}  # travel as fields of their own
+        response = await client.send_data(message, query, random, round=extra["round"], extra=fields)
         return response.retraining_flag, response.checkpoint, dict(response.info or {})
 
     round_.exchange = exchange
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     log = setup_logging("edge", args.verbose)
 
     def run() -> int:
-        from protocol import AsyncClient, ProtocolError, read_port_file, read_token_file
+        from protocol import AsyncClient, ProtocolError, read_port_file, read_token_file, run
 
         settings = load_settings(args.config)
         spec = find_round(load_rounds(args.rounds), args.round_id)
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         round_ = EdgeRound(settings, dataset, splits, spec, previous, exchange=None, edge_id=args.edge_id)
         log.info("round %s: batch of %d, shift %s, data center on port %d", spec.id, len(round_.batch.ids), spec.tag, port)
         try:
-            outcome = asyncio.run(run_with_client(round_, client))
+            outcome = run(run_with_client(round_, client))
         except ProtocolError as exc:
             raise RoundError(f"talking to the data center failed: {exc}") from exc
         outcome.checkpoint.update(bytes_sent=client.bytes_sent, bytes_received=client.bytes_received)

@@ -306,7 +306,9 @@ class ServerConversation(_Conversation):
         if self.closed:
             return
         code, message = describe(exc)
-        self._out.extend(encode_response(error_response(code, message, limits=self.limits), limits=self.limits))
+        token = None if code == "auth_failed" else self.token  # a refused peer may not hold our token
+        self._out.extend(encode_response(error_response(code, message, limits=self.limits), token=token,
+                                         limits=self.limits))
         self.closed = True
         self._release()
         self._events.append(ConnectionClosed(exc))

@@ -54,7 +54,6 @@ DEFAULT_AUTH_TIMEOUT = 10.0  # from accept until the first frame's head is verif
 DEFAULT_WRITE_TIMEOUT = 60.0  # a reply the peer does not read for this long drops it
 DEFAULT_TLS_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_MAX_CONNECTIONS = 128
-DEFAULT_MAX_CONNECTIONS_PER_PEER = 64
 #: Bytes of frame bodies buffered at once across all connections of a server.
 DEFAULT_MAX_BUFFERED_BYTES = 2 << 30
 #: Bodies up to this size are decoded on the event loop (well under a millisecond: the

@@ -31,7 +31,7 @@ from .conversation import BodyBudget, ConnectionClosed, Event, RequestReceived, 
 from .errors import PeerError, ProtocolError, UsageError, describe
 from .limits import (
     DEFAULT_AUTH_TIMEOUT, DEFAULT_DECODE_INLINE_BYTES, DEFAULT_FRAME_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_PEER,
+    DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_TLS_HANDSHAKE_TIMEOUT, DEFAULT_WRITE_TIMEOUT, Limits,
 )
 from .workers import DaemonWorkers
@@ -95,7 +95,7 @@ class AsyncServer:
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         tls_handshake_timeout: float = DEFAULT_TLS_HANDSHAKE_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        max_connections_per_peer: int = DEFAULT_MAX_CONNECTIONS_PER_PEER,
+        max_connections_per_peer: int | None = None,
         max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
         drain_timeout: float = 30.0,
         workers: int = 4,
@@ -112,6 +112,9 @@ class AsyncServer:
         _positive(idle_timeout=idle_timeout, frame_timeout=frame_timeout, auth_timeout=auth_timeout,
                   write_timeout=write_timeout, tls_handshake_timeout=tls_handshake_timeout, drain_timeout=drain_timeout,
                   max_buffered_bytes=max_buffered_bytes)
+        # One host's share of the connections. Off (= max_connections) by default: on loopback,
+        # or behind a NAT, every edge is the same peer; set it when edges come from many hosts.
+        max_connections_per_peer = max_connections if max_connections_per_peer is None else max_connections_per_peer
         if max_connections < 1 or max_connections_per_peer < 1 or workers < 1:
             raise UsageError("max_connections, max_connections_per_peer and workers must be at least 1")
         self.callback = callback

@@ -232,7 +232,7 @@ class FrameWatcher:
                 if len(self.buffer) < HEADER_SIZE:
                     return
                 self.header = parse_header(self.buffer, Limits())
-            total = HEADER_SIZE + self.header.payload_len
+            total = self.header.frame_len
             if len(self.buffer) < HEADER_SIZE + self.header.meta_len:
                 return
             meta = json.loads(bytes(self.buffer[HEADER_SIZE : HEADER_SIZE + self.header.meta_len]))

@@ -24,7 +24,7 @@ import mlcore.checkpoints as checkpoints
 from mlcore.atomic import write_json_atomic
 from mlcore.checkpoints import CheckpointError, load_checkpoint, save_checkpoint, sha256_file
 from mlcore.models import ModelSpec, build_model
-from protocol import (AsyncClient, AsyncServer, ConnectionLost, ProtocolError, RemoteError, RequestBlock, UsageError,
+from protocol import (AsyncClient, AuthenticationError, AsyncServer, ConnectionLost, ProtocolError, RemoteError, RequestBlock, UsageError,
                       encode_request)
 from protocol.files import create_token_file, read_token_file
 from reliability_harness import (Faults, FaultyProxy, ServerThread, echo_callback, echo_request, expected_echo, make_server,
@@ -38,13 +38,14 @@ SPEC = ModelSpec("mlp", (8, 8), 10)
 def test_auth_is_enforced_and_a_captured_request_cannot_be_replayed() -> None:
     async def main(port: int) -> None:
         for token in (None, "another-token-of-enough-length-0000"):
-            with pytest.raises(RemoteError) as caught:
+            # no token: the server's refusal; a wrong one: the client refuses the unsigned refusal
+            with pytest.raises(RemoteError if token is None else AuthenticationError) as caught:
                 await echo_request(port, 1, token=token, timeout=5)
             assert caught.value.code == "auth_failed"
         await echo_request(port, 1, token=TOKEN)
-        # an eavesdropper replays a valid signed request byte for byte
+        # an eavesdropper replays a valid signed request byte for byte (read the refusal unverified)
         frame = b"".join(bytes(p) for p in encode_request(RequestBlock("normal"), token=TOKEN.encode()))
-        answers = [await raw_exchange(port, frame, token=TOKEN) for _ in range(2)]
+        answers = [await raw_exchange(port, frame, token=None) for _ in range(2)]
         assert answers[0].ok and answers[1].error_code == "auth_failed" and "replay" in answers[1].error
 
     with ServerThread(make_server(token=TOKEN)) as running:
