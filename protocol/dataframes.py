@@ -434,44 +434,56 @@ def _encode_with_pyarrow(frame: pd.DataFrame, names: list, tags: list, types: li
 
 
 # ----------------------------------------------------------------------------- decoding
+_STRUCTS = {fmt: struct.Struct(fmt) for fmt in ("<I", "<i", "<H", "<q", "<B")}
+
+
 class _Flatbuffer:
     """Bounds-checked reads of one flatbuffer (just what Message.fbs needs)."""
 
     def __init__(self, data: bytes) -> None:
         self.data = data
+        self.size = len(data)
 
     def _read(self, fmt: str, pos: int) -> Any:
-        if pos < 0 or pos + struct.calcsize(fmt) > len(self.data):
+        unpacker = _STRUCTS[fmt]
+        if pos < 0 or pos + unpacker.size > self.size:
             raise PeerError("malformed Arrow message header")
-        return struct.unpack_from(fmt, self.data, pos)[0]
+        return unpacker.unpack_from(self.data, pos)[0]
 
     def root(self) -> int:
         return self._read("<I", 0)
 
-    def field(self, table: int, index: int) -> int | None:
-        """Absolute position of a table's field, None when absent."""
+    def table(self, table: int) -> tuple[int, tuple[int, ...]]:
+        """A table's position and its vtable's field offsets (0 = absent)."""
         vtable = table - self._read("<i", table)
         vt_size = self._read("<H", vtable)
-        if 4 + 2 * index + 2 > vt_size:
-            return None
-        offset = self._read("<H", vtable + 4 + 2 * index)
-        return table + offset if offset else None
+        count = max(0, (vt_size - 4) // 2)
+        if vtable < 0 or vtable + 4 + 2 * count > self.size:
+            raise PeerError("malformed Arrow message header")
+        return table, struct.unpack_from(f"<{count}H", self.data, vtable + 4)
 
-    def scalar(self, table: int, index: int, fmt: str, default: Any = 0) -> Any:
+    @staticmethod
+    def field(table: tuple[int, tuple[int, ...]], index: int) -> int | None:
+        """Absolute position of a table's field, None when absent."""
+        position, offsets = table
+        offset = offsets[index] if index < len(offsets) else 0
+        return position + offset if offset else None
+
+    def scalar(self, table: tuple, index: int, fmt: str, default: Any = 0) -> Any:
         pos = self.field(table, index)
         return default if pos is None else self._read(fmt, pos)
 
-    def indirect(self, table: int, index: int) -> int | None:
+    def indirect(self, table: tuple, index: int) -> int | None:
         pos = self.field(table, index)
         return None if pos is None else pos + self._read("<I", pos)
 
-    def structs(self, table: int, index: int) -> np.ndarray:
+    def structs(self, table: tuple, index: int) -> np.ndarray:
         """A vector of {int64, int64} structs (FieldNode, Buffer) as an (n, 2) array."""
         pos = self.indirect(table, index)
         if pos is None:
             return np.empty((0, 2), np.int64)
         count = self._read("<I", pos)
-        if pos + 4 + 16 * count > len(self.data):
+        if pos + 4 + 16 * count > self.size:
             raise PeerError("malformed Arrow message header")
         return np.frombuffer(self.data, "<i8", count=2 * count, offset=pos + 4).reshape(count, 2)
 
@@ -484,9 +496,10 @@ class _Message:
         self.rows, self.nodes, self.buffers, self.dictionary_id = 0, None, None, None
 
 
-def _record_batch_header(fb: _Flatbuffer, table: int | None, message: _Message) -> None:
-    if table is None:
+def _record_batch_header(fb: _Flatbuffer, position: int | None, message: _Message) -> None:
+    if position is None:
         raise PeerError("Arrow record batch without a header")
+    table = fb.table(position)
     if fb.field(table, 3) is not None:
         raise PeerError("compressed Arrow buffers are not accepted")
     if fb.field(table, 4) is not None and len(fb.structs(table, 4)):
@@ -494,14 +507,14 @@ def _record_batch_header(fb: _Flatbuffer, table: int | None, message: _Message) 
     message.rows = fb.scalar(table, 0, "<q")
     message.nodes = fb.structs(table, 1)
     message.buffers = fb.structs(table, 2)
-    nodes, buffers = message.nodes, message.buffers
-    if message.rows < 0 or (len(nodes) and (nodes.min() < 0 or (nodes[:, 1] > nodes[:, 0]).any())):
+    nodes, buffers, body_len = message.nodes, message.buffers, message.body_len
+    if message.rows < 0 or (len(nodes) and ((nodes[:, 1] < 0) | (nodes[:, 1] > nodes[:, 0])).any()):
         raise PeerError("negative or inconsistent Arrow lengths")
     if len(buffers):
-        offsets, lengths = buffers[:, 0], buffers[:, 1]
-        if (offsets < 0).any() or (lengths < 0).any() or (offsets % 8).any():
+        # every offset and length in [0, body_len] first, so that the sums cannot overflow
+        if (buffers < 0).any() or (buffers > body_len).any() or (buffers[:, 0] & 7).any():
             raise PeerError("Arrow buffers must start at 8-byte aligned offsets inside the body")
-        if (offsets + lengths > message.body_len).any() or int(lengths.sum()) > message.body_len:
+        if (buffers[:, 0] + buffers[:, 1] > body_len).any() or int(buffers[:, 1].sum()) > body_len:
             raise PeerError("Arrow buffers do not fit in the bytes received")
 
 
@@ -521,7 +534,7 @@ def _split_messages(view: memoryview) -> list[_Message]:
         if length < 0 or length % 8 or pos + 8 + length > total:
             raise PeerError("bad Arrow message length")
         fb = _Flatbuffer(bytes(view[pos + 8 : pos + 8 + length]))
-        root = fb.root()
+        root = fb.table(fb.root())
         kind = fb.scalar(root, 1, "<B")
         body_len = fb.scalar(root, 3, "<q")
         body_start = pos + 8 + length
@@ -537,10 +550,11 @@ def _split_messages(view: memoryview) -> list[_Message]:
         elif kind == _DICTIONARY_BATCH:
             if header is None:
                 raise PeerError("Arrow dictionary batch without a header")
-            if fb.scalar(header, 2, "<B"):
+            dictionary = fb.table(header)
+            if fb.scalar(dictionary, 2, "<B"):
                 raise PeerError("Arrow dictionary deltas are not accepted")
-            message.dictionary_id = fb.scalar(header, 0, "<q")
-            _record_batch_header(fb, fb.indirect(header, 1), message)
+            message.dictionary_id = fb.scalar(dictionary, 0, "<q")
+            _record_batch_header(fb, fb.indirect(dictionary, 1), message)
         else:
             raise PeerError(f"unexpected Arrow message type {kind}")
         messages.append(message)
