@@ -122,7 +122,8 @@ def main() -> None:
                f"| {fmt(old_rt)} | {fmt(s['new encode'])} | {fmt(s['new decode'])} | {fmt(new_rt)} | {ratio:.2f}x |")
         lines.append(row)
         print(row, flush=True)
-    env = (f"{dt.date.today()}; Python {platform.python_version()}, pandas {pd.__version__}, pyarrow {pa.__version__}, "
+    load = "load average %.1f %.1f %.1f" % __import__("os").getloadavg()
+    env = (f"{dt.date.today()}; {load} at the end; Python {platform.python_version()}, pandas {pd.__version__}, pyarrow {pa.__version__}, "
            f"numpy {np.__version__}; {platform.machine()}, {len(__import__('os').sched_getaffinity(0))} CPUs")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
