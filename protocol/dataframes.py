@@ -742,6 +742,7 @@ class _Plan:
 
 
 _PLANS: dict[bytes, _Plan] = {}
+_MAX_CACHED_SCHEMA_BYTES = 64 << 10  # 256 plans of at most 64 KiB of schema each
 
 
 def _plan(buffer: pa.Buffer, message: _Message) -> _Plan:
@@ -749,9 +750,10 @@ def _plan(buffer: pa.Buffer, message: _Message) -> _Plan:
     plan = _PLANS.get(key)
     if plan is None:
         plan = _Plan(pa.ipc.read_schema(pa.py_buffer(key)))
-        if len(_PLANS) >= _CACHE_SIZE:
-            _PLANS.clear()
-        _PLANS[key] = plan
+        if len(key) <= _MAX_CACHED_SCHEMA_BYTES:  # a peer cannot make the cache hold much
+            if len(_PLANS) >= _CACHE_SIZE:
+                _PLANS.clear()
+            _PLANS[key] = plan
     return plan
 
 
