@@ -44,6 +44,8 @@ _RESPONSE_REQUIRED: dict[str, md.Checker] = {
     "sections": md.sections,
 }
 _RESPONSE_OPTIONAL: dict[str, md.Checker] = {"info": md.scalar_map}
+_REQUEST_FIELDS = (_REQUEST_REQUIRED, _REQUEST_OPTIONAL)
+_RESPONSE_FIELDS = (_RESPONSE_REQUIRED, _RESPONSE_OPTIONAL)
 
 _PAD = bytes(ALIGN)
 _DEFAULT_LIMITS = Limits()
@@ -78,8 +80,9 @@ def _frame(kind: int, meta: dict[str, Any], sections: Sequence[tuple[str, Any]],
     meta["sections"] = [{"name": name, "length": len(data)} for name, data in sections]
     try:
         meta_bytes = md.dumps(meta)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError) as exc:  # UnicodeEncodeError (a lone surrogate) is a ValueError
         raise UsageError(f"metadata cannot be encoded: {exc}") from None
+    _check_own(meta, meta_bytes, _REQUEST_FIELDS if kind == KIND_REQUEST else _RESPONSE_FIELDS, limits)
     if len(meta_bytes) > limits.max_metadata_bytes:
         raise UsageError(f"metadata of {len(meta_bytes)} bytes exceeds the limit of {limits.max_metadata_bytes}")
     body: Buffers = []
@@ -99,11 +102,20 @@ def _frame(kind: int, meta: dict[str, Any], sections: Sequence[tuple[str, Any]],
     return [header, meta_bytes, first, *body, body_mac(token, first, body)]
 
 
-def _check_own(meta: dict[str, Any], required: dict[str, md.Checker], optional: dict[str, md.Checker],
+def _check_own(meta: dict[str, Any], meta_bytes: bytes, fields: tuple[dict[str, md.Checker], dict[str, md.Checker]],
                limits: Limits) -> None:
-    """The decoder's field checks, applied before sending: our own peer would refuse the rest."""
+    """The decoder's field checks, applied before sending: our own peer would refuse the rest.
+
+    The blocks' constructors have checked every type already, and encoding to UTF-8 has
+    refused lone surrogates; what is left are lengths and map sizes. When the whole
+    metadata is no longer than one string may be and its maps are small, no field can be
+    past a limit, and the walk over the fields is skipped (the common, small case).
+    """
+    maps_small = all(len(meta.get(name) or ()) <= limits.max_map_items for name in ("extra", "info"))
+    if maps_small and len(meta_bytes) <= limits.max_string_chars and len(meta["sections"]) <= limits.max_sections:
+        return
     try:
-        md.check_fields(meta, required, optional, limits)
+        md.check_fields(meta, *fields, limits)
     except PeerError as exc:
         raise UsageError(f"cannot send: {exc.message}") from None
 
@@ -123,8 +135,6 @@ def encode_request(block: RequestBlock, *, token: bytes | None = None, limits: L
         meta["nonce"] = nonce()
     if len(block.request_type) > limits.max_request_type_chars:
         raise UsageError(f"request_type is longer than {limits.max_request_type_chars} characters")
-    meta["sections"] = []
-    _check_own(meta, _REQUEST_REQUIRED, _REQUEST_OPTIONAL, limits)
     try:
         sections = [(name, encode_dataframe(frame)) for name in REQUEST_SECTIONS
                     if (frame := getattr(block, name)) is not None]
@@ -135,19 +145,24 @@ def encode_request(block: RequestBlock, *, token: bytes | None = None, limits: L
     return _frame(KIND_REQUEST, meta, sections, token, limits)
 
 
-def encode_response(block: ResponseBlock, *, token: bytes | None = None, limits: Limits | None = None) -> Buffers:
-    """One response frame; raises `UsageError` if the peer would refuse any field of it."""
+_KEEP = object()
+
+
+def encode_response(block: ResponseBlock, *, token: bytes | None = None, limits: Limits | None = None,
+                    request_id: Any = _KEEP) -> Buffers:
+    """One response frame; raises `UsageError` if the peer would refuse any field of it.
+
+    `request_id` (when given) replaces the block's: the server echoes the request's.
+    """
     limits = limits or _DEFAULT_LIMITS
     meta: dict[str, Any] = {
         "retraining_flag": block.retraining_flag,
         "checkpoint": block.checkpoint,
         "error": None if block.error is None else {"code": block.error_code or "error", "message": block.error},
-        "request_id": block.request_id,
-        "sections": [],
+        "request_id": block.request_id if request_id is _KEEP else request_id,
     }
     if block.info:
         meta["info"] = dict(block.info)
-    _check_own(meta, _RESPONSE_REQUIRED, _RESPONSE_OPTIONAL, limits)
     return _frame(KIND_RESPONSE, meta, [], token, limits)
 
 

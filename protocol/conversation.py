@@ -225,7 +225,7 @@ class ServerConversation(_Conversation):
         """Answer the request in flight; a reply that cannot be encoded becomes `internal`."""
         request = self._require_in_flight()
         try:
-            parts = encode_response(response.with_request_id(request.request_id), token=self.token, limits=self.limits)
+            parts = encode_response(response, token=self.token, limits=self.limits, request_id=request.request_id)
         except Exception as exc:
             message = exc.message if isinstance(exc, ProtocolError) else type(exc).__name__
             self.send_error("internal", f"the reply could not be sent: {message}", now)

@@ -225,8 +225,13 @@ class FrameDecoder:
         frames: list[RawFrame] = []
         view = memoryview(data).cast("B")
         while True:
-            while (frame := self.next_frame()) is not None:
-                frames.append(frame)
+            try:
+                while (frame := self.next_frame()) is not None:
+                    frames.append(frame)
+            except ProtocolError:
+                if frames:  # frames before the bad bytes are delivered; the next call raises
+                    return frames
+                raise
             if not view.nbytes:
                 return frames
             target = self.get_buffer()

@@ -134,14 +134,13 @@ def check_fields(
     meta: dict[str, Any], required: dict[str, Checker], optional: dict[str, Checker], limits: Limits
 ) -> dict[str, Any]:
     """Check every field of `meta`: required ones present, none unknown, each of its type."""
-    unknown = set(meta) - set(required) - set(optional)
-    if unknown:
+    if not meta.keys() <= required.keys() | optional.keys():
+        unknown = meta.keys() - required.keys() - optional.keys()
         raise PeerError(f"unknown metadata fields: {sorted(unknown)[:5]}", code="bad_metadata")
-    missing = set(required) - set(meta)
-    if missing:
-        raise PeerError(f"missing metadata fields: {sorted(missing)}", code="bad_metadata")
-    checked = {}
-    for name, check in (required | optional).items():
-        if name in meta:
-            checked[name] = check(name, meta[name], limits)
+    if not required.keys() <= meta.keys():
+        raise PeerError(f"missing metadata fields: {sorted(required.keys() - meta.keys())}", code="bad_metadata")
+    checked = {name: check(name, meta[name], limits) for name, check in required.items()}
+    for name, value in meta.items():
+        if name not in checked:
+            checked[name] = optional[name](name, value, limits)
     return checked

@@ -206,18 +206,24 @@ class AsyncServer:
         """Count an accepted socket; return (code, message) when it must be refused."""
         if self._stop.is_set():
             return "shutting_down", "server is shutting down"
-        if self._per_peer.get(host, 0) >= self.max_connections_per_peer:
+        if self._per_peer.get(host, 0) >= self.max_connections_per_peer and not self._evict(host):
             return "busy", f"server busy: {self.max_connections_per_peer} connections open from {host}"
-        if len(self._connections) >= self.max_connections:
-            victim = next((c for c in self._connections if not c.conversation.authenticated), None)
-            if victim is None:
-                return "busy", f"server busy: {self.max_connections} connections open"
-            log.warning("%s: evicted (not authenticated) to admit a new connection", victim.peer)
-            victim.refuse("busy", "server full: connections that have not authenticated are closed first")
-            self.release(victim)
+        if len(self._connections) >= self.max_connections and not self._evict(None):
+            return "busy", f"server busy: {self.max_connections} connections open"
         self._connections[conn] = host
         self._per_peer[host] = self._per_peer.get(host, 0) + 1
         return None
+
+    def _evict(self, host: str | None) -> bool:
+        """Close the oldest connection (of `host`, or any) that has not authenticated; False if none."""
+        victim = next((c for c, h in self._connections.items()
+                       if not c.conversation.authenticated and host in (None, h)), None)
+        if victim is None:
+            return False
+        log.warning("%s: evicted (not authenticated) to admit a new connection", victim.peer)
+        victim.refuse("busy", "server full: connections that have not authenticated are closed first")
+        self.release(victim)
+        return True
 
     def release(self, conn: "_ServerProtocol") -> None:
         host = self._connections.pop(conn, None)
