@@ -148,6 +148,7 @@ class RawFrame:
 HeadCheck = Callable[[Head], Any]
 
 _HEADER, _HEAD, _BODY = range(3)
+_EMPTY = memoryview(b"")
 
 
 class FrameDecoder:
@@ -254,27 +255,36 @@ class FrameDecoder:
     def _advance(self) -> RawFrame | None:
         while True:
             if self._state == _HEADER:
-                if self._end - self._start < HEADER_SIZE:
+                start, available = self._start, self._end - self._start
+                if available < HEADER_SIZE:
                     return None
-                raw = bytes(self._scratch[self._start : self._start + HEADER_SIZE])
-                self._header = parse_header(raw, self.limits)
+                raw = bytes(self._scratch[start : start + HEADER_SIZE])
+                header = self._header = parse_header(raw, self.limits)
                 self._header_bytes = raw
-                self._start += HEADER_SIZE
-                self._begin(_HEAD, bytearray(self._header.head_len))
+                start = self._start = start + HEADER_SIZE
+                if available - HEADER_SIZE >= header.head_len:  # the whole head is here (a small frame)
+                    self._start = start + header.head_len
+                    self._take_head(memoryview(self._scratch[start : self._start]))
+                else:
+                    self._begin(_HEAD, bytearray(header.head_len))
             elif self._state == _HEAD:
                 if not self._fill():
                     return None
-                header = self._header
-                assert header is not None and self._target is not None
-                meta = self._target[: header.meta_len]
-                mac = bytes(self._target[header.meta_len :]) if header.has_mac else None
-                self._head = Head(header, self._header_bytes, meta, mac)
-                self._checked = self.head_check(self._head) if self.head_check else None
-                self._begin(_BODY, receive_buffer(header.tail_len) if header.tail_len else memoryview(b""))
+                assert self._target is not None
+                self._take_head(self._target)
             else:
                 if not self._fill():
                     return None
                 return self._finish()
+
+    def _take_head(self, head: memoryview) -> None:
+        """Check a whole head (metadata and MAC), then make room for the body."""
+        header = self._header
+        assert header is not None
+        mac = bytes(head[header.meta_len :]) if header.has_mac else None
+        self._head = Head(header, self._header_bytes, head[: header.meta_len], mac)
+        self._checked = self.head_check(self._head) if self.head_check else None
+        self._begin(_BODY, receive_buffer(header.tail_len) if header.tail_len else _EMPTY)
 
     def _begin(self, state: int, target: Any) -> None:
         self._state = state
