@@ -1,7 +1,8 @@
 """Authentication of frames with a shared token: HMAC-SHA256 and a replay guard.
 
-With a token configured, every frame carries an HMAC-SHA256 of header, metadata and body
-under the token. Requests also carry a random nonce and their send time; the server
+With a token configured, every frame carries an HMAC-SHA256 of its header and metadata
+(the head MAC, checked before the body is accepted) and one of that MAC and its body
+(docs/protocol.md §2.4). Requests also carry a random nonce and their send time; the server
 refuses a request whose time is outside the allowed skew or whose nonce it has seen in
 that window, so a captured request cannot be replayed. A response echoes the request id
 under its own MAC, so a client also knows the answer came from a token holder and
@@ -53,18 +54,25 @@ def new_nonce() -> str:
     return os.urandom(16).hex()
 
 
-def compute_mac(token: bytes, parts: Iterable[bytes | bytearray | memoryview]) -> bytes:
-    mac = hmac.new(token, digestmod=hashlib.sha256)
-    for part in parts:
+def head_mac(token: bytes, header: bytes, metadata: bytes | memoryview) -> bytes:
+    """HMAC-SHA256 over header and metadata: lets the receiver authenticate before the body."""
+    return hmac.digest(token, header + bytes(metadata), hashlib.sha256)
+
+
+def body_mac(token: bytes, first_mac: bytes, body: Iterable[bytes | bytearray | memoryview]) -> bytes:
+    """HMAC-SHA256 over the head MAC and the body: binds the body to its authenticated head."""
+    mac = hmac.new(token, first_mac, hashlib.sha256)
+    for part in body:
         mac.update(part)
     return mac.digest()
 
 
-def verify_mac(token: bytes, parts: Iterable[bytes | bytearray | memoryview], received: bytes | None) -> None:
+def verify_mac(expected: bytes, received: bytes | None, what: str) -> None:
+    """Constant-time comparison; a missing MAC is refused like a wrong one."""
     if received is None:
-        raise AuthenticationError("authentication required: the frame carries no MAC")
-    if not hmac.compare_digest(compute_mac(token, parts), received):
-        raise AuthenticationError("authentication failed: bad MAC (wrong token?)")
+        raise AuthenticationError(f"authentication required: the {what} carries no MAC")
+    if not hmac.compare_digest(expected, received):
+        raise AuthenticationError(f"authentication failed: bad {what} MAC (wrong token?)")
 
 
 class ReplayGuard:

@@ -10,15 +10,13 @@ decode its DataFrames. The MAC is always checked before the JSON it covers is pa
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import time
 from typing import Any, Callable, Sequence
 
 import pandas as pd
 
 from . import metadata as md
-from .auth import ReplayGuard, new_nonce
+from .auth import ReplayGuard, body_mac, head_mac, new_nonce, verify_mac
 from .blocks import RESERVED_EXTRA_KEYS, RequestBlock, ResponseBlock
 from .dataframes import decode_dataframe, encode_dataframe
 from .errors import AuthenticationError, LimitExceeded, PeerError, ProtocolError, UsageError
@@ -51,27 +49,6 @@ _PAD = bytes(ALIGN)
 _DEFAULT_LIMITS = Limits()
 
 Buffers = list[Any]  # bytes-like objects, in wire order
-
-
-# --------------------------------------------------------------------------- MACs
-def head_mac(token: bytes, header: bytes, metadata: bytes | memoryview) -> bytes:
-    """HMAC-SHA256 over header and metadata: lets the receiver authenticate before the body."""
-    return hmac.digest(token, header + bytes(metadata), hashlib.sha256)
-
-
-def body_mac(token: bytes, first_mac: bytes, body: Sequence[Any]) -> bytes:
-    """HMAC-SHA256 over the head MAC and the body: binds the body to its authenticated head."""
-    mac = hmac.new(token, first_mac, hashlib.sha256)
-    for part in body:
-        mac.update(part)
-    return mac.digest()
-
-
-def _verify(expected: bytes, received: bytes | None, what: str) -> None:
-    if received is None:
-        raise AuthenticationError(f"authentication required: the {what} carries no MAC")
-    if not hmac.compare_digest(expected, received):
-        raise AuthenticationError(f"authentication failed: bad {what} MAC (wrong token?)")
 
 
 # --------------------------------------------------------------------------- encoding
@@ -178,7 +155,7 @@ def error_response(code: str, message: str, *, request_id: str | None = None, li
 # --------------------------------------------------------------------------- decoding
 def _authenticate_head(head: Head, token: bytes | None) -> None:
     if token is not None:
-        _verify(head_mac(token, head.header_bytes, head.metadata), head.mac, "frame head")
+        verify_mac(head_mac(token, head.header_bytes, head.metadata), head.mac, "frame head")
 
 
 def _sections(meta: dict[str, Any], header: Header, allowed: Sequence[str]) -> None:
@@ -226,7 +203,7 @@ def check_response_head(head: Head, *, token: bytes | None = None, limits: Limit
 def _authenticate_body(raw: RawFrame, token: bytes | None) -> None:
     if token is not None and raw.header.body_len:
         assert raw.head.mac is not None  # the head check required it
-        _verify(body_mac(token, raw.head.mac, [raw.body]), raw.body_mac, "frame body")
+        verify_mac(body_mac(token, raw.head.mac, [raw.body]), raw.body_mac, "frame body")
 
 
 def decode_request(raw: RawFrame, *, token: bytes | None = None, replay_guard: ReplayGuard | None = None,
