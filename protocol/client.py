@@ -22,7 +22,7 @@ import pandas as pd
 
 from .auth import normalize_token
 from .blocks import RequestBlock, ResponseBlock, Scalar
-from .connection import ConversationProtocol
+from .connection import JOIN_BELOW, ConversationProtocol
 from .conversation import ClientConversation, ConnectionClosed, Event, ResponseReceived, _remote_error
 from .errors import ConnectionLost
 from .limits import Limits
@@ -46,7 +46,10 @@ class _ClientProtocol(ConversationProtocol):
         waiter = self._waiter = self.loop.create_future()
         parts = self.conversation.data_to_send()
         self.drive()  # arms the response deadline
-        await self.write_sliced(parts)
+        if sum(map(len, parts)) <= JOIN_BELOW:
+            self.write(parts)
+        else:
+            await self.write_sliced(parts)
         return await waiter
 
     def handle_event(self, event: Event) -> None:

@@ -210,7 +210,10 @@ class ServerConversation(_Conversation):
 
     @property
     def wants_read(self) -> bool:
-        return not self.closed and self._in_flight is None
+        """Reading stops once bytes arrive while a request is answered: at most one read
+        past the request is held, and a peer that pipelines is held back by TCP. (Reading
+        is not stopped before then: a peer that waits for its answer costs no syscalls.)"""
+        return not self.closed and (self._in_flight is None or not self.decoder.in_frame)
 
     def _check_head(self, head: Head) -> dict[str, Any]:
         meta = check_request_head(head, token=self.token, replay_guard=self.replay_guard, limits=self.limits)
