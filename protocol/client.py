@@ -30,6 +30,8 @@ from .limits import Limits
 log = logging.getLogger("protocol.client")
 
 _REFUSED = (ConnectionRefusedError, ConnectionResetError)
+#: Seconds a one-shot request waits for its connection to finish closing.
+CLOSE_WAIT = 1.0
 _REFUSED_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.EADDRNOTAVAIL}
 
 
@@ -149,6 +151,7 @@ class AsyncClient:
             finally:
                 conn.close()
                 self._account(conn)
+                await conn.wait_closed(CLOSE_WAIT)  # a TLS close finishes before the caller's loop may end
         if response.error is not None:
             raise _remote_error(response)
         return response

@@ -160,6 +160,13 @@ class ConversationProtocol(asyncio.BufferedProtocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
+    async def wait_closed(self, timeout: float) -> None:
+        """Wait (up to `timeout`) until the transport is gone; never raises."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self.closed), timeout)
+        except asyncio.TimeoutError:
+            pass
+
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
