@@ -101,13 +101,10 @@ class ConversationProtocol(asyncio.BufferedProtocol):
             self._reading = conv.wants_read
             (transport.resume_reading if self._reading else transport.pause_reading)()
         deadline = conv.deadline
-        if deadline is None:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = self._timer_at = None
-        elif self._timer_at is None or deadline < self._timer_at:
-            # Re-armed only when the deadline moves earlier: a timer that fires early finds
-            # nothing expired and is re-armed then, so a busy connection costs no timer churn.
+        if deadline is not None and (self._timer_at is None or deadline < self._timer_at):
+            # Re-armed only when the deadline moves earlier. A timer left running (the
+            # deadline moved later, or went away) fires, finds nothing expired, and is
+            # re-armed then: a busy connection costs no timer churn.
             if self._timer is not None:
                 self._timer.cancel()
             self._timer_at = deadline
