@@ -72,10 +72,17 @@ def run_fuzz(seconds: int, corpus: Path) -> tuple[dict, str]:
 SERVE = """
 import sys
 sys.path[:0] = {paths!r}
+import asyncio, signal
 from reliability_harness import make_server
-from protocol import run
-server = make_server(token={token!r}, max_connections=256, port_file=sys.argv[1], handle_signals=True)
-run(server.start_server())
+from protocol import run, write_port_file
+server = make_server(token={token!r}, max_connections=256)
+async def main():
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, server.stop)
+    serving = asyncio.create_task(server.start_server())
+    write_port_file(sys.argv[1], await server.wait_started())
+    await serving
+run(main())
 """
 
 
