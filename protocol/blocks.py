@@ -100,13 +100,15 @@ class ResponseBlock(tuple):
     `flag, checkpoint = response`, `response[0]` and `response == (flag, checkpoint)` all
     work, and equality is the tuple's. `error` is None on success; otherwise `error_code`
     says what kind of error. `info` carries small facts (protocol and model information
-    for a handshake, sha256 of the checkpoint, a state key, ...).
+    for a handshake, sha256 of the checkpoint, a state key, ...). `checkpoint_data` carries
+    the checkpoint's bytes when the server sends the model itself.
     """
 
     error: str | None
     error_code: str | None
     info: dict[str, Scalar]
     request_id: str | None
+    checkpoint_data: bytes | None
 
     def __new__(
         cls,
@@ -117,6 +119,7 @@ class ResponseBlock(tuple):
         error_code: str | None = None,
         info: Mapping[str, Scalar] | None = None,
         request_id: str | None = None,
+        checkpoint_data: bytes | bytearray | memoryview | None = None,
     ) -> "ResponseBlock":
         if not isinstance(retraining_flag, bool):
             # numpy.bool_ and friends are accepted and normalised; anything else is a bug.
@@ -133,6 +136,9 @@ class ResponseBlock(tuple):
         self.error_code = error_code if error_code is not None or error is None else "error"
         self.info = check_scalar_map("info", info)
         self.request_id = request_id
+        if checkpoint_data is not None and not isinstance(checkpoint_data, (bytes, bytearray, memoryview)):
+            raise UsageError(f"checkpoint_data must be bytes or None, got {type(checkpoint_data).__name__}")
+        self.checkpoint_data = None if checkpoint_data is None else bytes(checkpoint_data)
         return self
 
     @property
@@ -147,16 +153,13 @@ class ResponseBlock(tuple):
     def ok(self) -> bool:
         return self.error is None
 
-    def with_request_id(self, request_id: str | None) -> "ResponseBlock":
-        return ResponseBlock(self[0], self[1], error=self.error, error_code=self.error_code, info=self.info,
-                             request_id=request_id)
-
     def __repr__(self) -> str:
         extra = f", error_code={self.error_code!r}, error={self.error!r}" if self.error is not None else ""
         return f"ResponseBlock(retraining_flag={self[0]!r}, checkpoint={self[1]!r}{extra}, info={self.info!r})"
 
     def __reduce__(self) -> Any:  # never sent by pickle, but copy/deepcopy should keep the fields
-        return (_rebuild_response, (self[0], self[1], self.error, self.error_code, dict(self.info), self.request_id))
+        return (_rebuild_response, (self[0], self[1], self.error, self.error_code, dict(self.info), self.request_id,
+                                    self.checkpoint_data))
 
     @classmethod
     def failure(cls, code: str, message: str, *, request_id: str | None = None) -> "ResponseBlock":
@@ -164,5 +167,6 @@ class ResponseBlock(tuple):
 
 
 def _rebuild_response(flag: bool, checkpoint: str | None, error: str | None, error_code: str | None,
-                      info: dict[str, Scalar], request_id: str | None) -> ResponseBlock:
-    return ResponseBlock(flag, checkpoint, error=error, error_code=error_code, info=info, request_id=request_id)
+                      info: dict[str, Scalar], request_id: str | None, data: bytes | None) -> ResponseBlock:
+    return ResponseBlock(flag, checkpoint, error=error, error_code=error_code, info=info, request_id=request_id,
+                         checkpoint_data=data)

@@ -24,7 +24,9 @@ from .frame import ALIGN, FLAG_MAC, KIND_REQUEST, KIND_RESPONSE, Head, Header, R
 from .limits import Limits
 
 REQUEST_SECTIONS = ("query_data", "random_data")
-RESPONSE_SECTIONS: tuple[str, ...] = ()  # responses carry no body in version 2
+#: A response may carry the bytes of the checkpoint it names, so a model travels with the
+#: answer and the two systems need not share a filesystem.
+RESPONSE_SECTIONS = ("checkpoint_data",)
 
 _REQUEST_REQUIRED: dict[str, md.Checker] = {"request_type": md.string, "request_id": md.string, "sections": md.sections}
 _REQUEST_OPTIONAL: dict[str, md.Checker] = {
@@ -140,7 +142,8 @@ def encode_response(block: ResponseBlock, *, token: bytes | None = None, limits:
     }
     if block.info:
         meta["info"] = dict(block.info)
-    return _frame(KIND_RESPONSE, meta, [], token, limits)
+    data = block.checkpoint_data
+    return _frame(KIND_RESPONSE, meta, [] if data is None else [("checkpoint_data", data)], token, limits)
 
 
 def error_response(code: str, message: str, *, request_id: str | None = None, limits: Limits | None = None) -> ResponseBlock:
@@ -235,6 +238,10 @@ def decode_request(raw: RawFrame, *, token: bytes | None = None, replay_guard: R
 def decode_response(raw: RawFrame, *, token: bytes | None = None, limits: Limits | None = None) -> ResponseBlock:
     """Decode a response frame; raises `PeerError` on anything wrong (a bad or missing MAC included)."""
     meta = raw.checked if raw.checked is not None else check_response_head(raw.head, token=token, limits=limits)
+    _authenticate_body(raw, token)
+    data = None
+    for name, length in meta["sections"]:  # only checkpoint_data is allowed (checked with the head)
+        data = bytes(raw.body[:length])
     error = meta["error"]
     return ResponseBlock(
         meta["retraining_flag"],
@@ -243,4 +250,5 @@ def decode_response(raw: RawFrame, *, token: bytes | None = None, limits: Limits
         error_code=None if error is None else error["code"],
         info=meta.get("info"),
         request_id=meta["request_id"],
+        checkpoint_data=data,
     )

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from protocol import AuthenticationError, RemoteError, decode_response, FrameDecoder
+from protocol import AuthenticationError, RemoteError, ResponseBlock, decode_response, FrameDecoder
 
 from conftest import request_bytes
 
@@ -126,3 +126,29 @@ def test_token_file_helpers(tmp_path):
     os.chmod(path, 0o644)
     with pytest.raises(UsageError, match="readable by others"):
         read_token_file(path)
+
+
+def test_a_checkpoint_travels_in_the_reply_signed_and_intact(start_server):
+    """The model's bytes come back in the reply's `checkpoint_data` section, under the MACs."""
+    blob = bytes(range(256)) * 4099  # ~1 MB, not a multiple of 8: padding must not leak into the bytes
+
+    def callback(message_type, query_dataframe, random_dataframe):
+        return ResponseBlock(True, "sha-of-it", checkpoint_data=blob if message_type == "retraining" else None)
+
+    server = start_server(callback=callback, token=TOKEN)
+    response = server.ask("retraining", token=TOKEN)
+    assert response == (True, "sha-of-it") and response.checkpoint_data == blob
+    assert server.ask("handshake", token=TOKEN).checkpoint_data is None  # absent section: None
+
+
+def test_a_flipped_checkpoint_byte_is_refused_by_the_body_mac():
+    from protocol.codec import encode_response
+    from protocol.codec import check_response_head
+
+    token = TOKEN.encode()
+    wire = bytearray(b"".join(bytes(p) for p in encode_response(
+        ResponseBlock(False, "x", checkpoint_data=b"weights" * 100, request_id="r"), token=token)))
+    wire[-40] ^= 1  # inside the body, before the body MAC
+    (frame,) = FrameDecoder(head_check=lambda head: check_response_head(head, token=token)).feed(bytes(wire))
+    with pytest.raises(AuthenticationError):
+        decode_response(frame, token=token)
