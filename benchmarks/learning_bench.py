@@ -32,6 +32,7 @@ from edge.round_runner import EdgeRound
 from edge.strategies import STRATEGIES, select_queries
 from mlcore.atomic import write_bytes_atomic
 from mlcore.checkpoints import load_checkpoint
+from mlcore.contract import in_process
 from mlcore.datasets import load_digits_dataset, split_dataset
 from mlcore.rounds import parse_round
 from mlcore.seeding import make_deterministic, rng_for
@@ -75,11 +76,10 @@ class World:
         return clone
 
     def round(self, round_id: str, shift: list, previous: dict):
-        async def exchange(message, query, random, extra):
-            reply = self.center.handle(message, query, random, extra)
-            return reply.retraining_flag, reply.checkpoint, reply.info
         spec = parse_round({"id": round_id, "shift": shift}, "round")
-        return asyncio.run(EdgeRound(self.settings, self.digits, self.splits, spec, previous, exchange).run())
+        store = self.store.root.parent / f"{self.store.root.name}-edge"
+        return asyncio.run(EdgeRound(self.settings, self.digits, self.splits, spec, previous,
+                                     in_process(self.center.handle), store).run())
 
 
 def bench_trigger(world: World, stable_rounds: int, shifted_rounds: int) -> dict:

@@ -92,6 +92,7 @@ def in_process(workdir: Path) -> dict:
     from datacenter.service import DataCenter
     from datacenter.state import StateStore
     from edge.round_runner import EdgeRound
+    from mlcore.contract import in_process
     from mlcore.datasets import load_dataset_and_splits
     from mlcore.rounds import load_rounds
     from mlcore.seeding import make_deterministic
@@ -106,14 +107,11 @@ def in_process(workdir: Path) -> dict:
     base_done = time.time()
     center = DataCenter(settings, dataset, splits, store)
 
-    async def exchange(message, query, random, extra):
-        reply = center.handle(message, query, random, extra)
-        return reply.retraining_flag, reply.checkpoint, dict(reply.info)
-
     compute, hashes = [], []
     for spec in load_rounds(REPO / "config/rounds.yaml"):
         t0 = time.time()
-        outcome = asyncio.run(EdgeRound(settings, dataset, splits, spec, previous, exchange).run())
+        outcome = asyncio.run(EdgeRound(settings, dataset, splits, spec, previous, in_process(center.handle),
+                                        workdir / "edge").run())
         compute.append(time.time() - t0)
         previous = outcome.checkpoint
         hashes.append(previous["sha256"])

@@ -19,7 +19,7 @@ def make_callback(center: DataCenter):
 
     def callback(message_type, query_dataframe=None, random_dataframe=None, metadata=None):
         reply = center.handle(message_type, query_dataframe, random_dataframe, metadata)
-        return ResponseBlock(reply.retraining_flag, reply.checkpoint, info=reply.info)
+        return ResponseBlock(reply.flag, reply.sha256, info=reply.info, checkpoint_data=reply.data)
 
     return callback
 

@@ -1,22 +1,25 @@
 """The data center's decisions, one method per message type, free of any network code.
 
 `DataCenter.handle(message_type, query_dataframe, random_dataframe, metadata)` is what the
-protocol server calls. Each request names the parent state it builds on (`metadata["state"]`)
-and the round; the reply carries the child state's key in `info["state"]`.
+protocol server (or `mlcore.contract.in_process`) calls. Each request names the parent state
+it builds on (`metadata["state"]`) and the round; the reply (`mlcore.contract.Reply`) carries
+the child state's key in `info["state"]` and, when it names a checkpoint, the checkpoint's
+bytes: the model travels with the answer, so the edge never opens a data-center path.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from torch import nn
 
-from mlcore.checkpoints import load_checkpoint, save_checkpoint
+from mlcore.checkpoints import load_checkpoint, save_checkpoint, sha256_file
+from mlcore.contract import LabelNeeds, Reply, may_query
 from mlcore.datasets import Dataset, Splits
 from mlcore.frames import frame_digest, frame_features, frame_labels, validate_sample_frame
 from mlcore.models import ModelSpec
@@ -37,13 +40,6 @@ class RequestError(ValueError):
     """The request cannot be served as sent; the message says why (it reaches the edge)."""
 
 
-@dataclass(frozen=True)
-class Reply:
-    retraining_flag: bool
-    checkpoint: str | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-
-
 class DataCenter:
     def __init__(self, settings: Settings, dataset: Dataset, splits: Splits, store: StateStore) -> None:
         self.settings = settings
@@ -58,6 +54,20 @@ class DataCenter:
         if sha not in self._models:
             self._models[sha], _ = load_checkpoint(self.store.checkpoint_path(sha), sha)
         return self._models[sha]
+
+    def checkpoint_reply(self, flag: bool, sha: str, info: dict[str, Any]) -> Reply:
+        """A reply naming checkpoint `sha`, with its bytes (verified against the name)."""
+        path = self.store.checkpoint_path(sha)
+        data = path.read_bytes()
+        if sha256_file(path) != sha:
+            raise RequestError(f"the data center's copy of checkpoint {sha[:12]} is damaged")
+        return Reply(flag, sha, info, data)
+
+    def label_needs(self) -> LabelNeeds:
+        """Which labels this data center's detector and selection need from the edge."""
+        config = self.settings.datacenter
+        return LabelNeeds(check=self.settings.edge.random_sample if config.detector == "ece" else 0,
+                          prepare=config.selection_labels if config.selection in ("leep", "logme") else 0)
 
     def _images(self, frame: pd.DataFrame) -> np.ndarray:
         return frame_features(frame).reshape(len(frame), *self.dataset.image_shape)
@@ -89,7 +99,7 @@ class DataCenter:
             raise RequestError(f"unknown message type {message_type!r}; known: {sorted(handlers)}")
         reply = handlers[message_type](query_dataframe, random_dataframe, metadata)
         log.info("%s round=%s edge=%s -> flag=%s state=%s", message_type, metadata.get("round"),
-                 metadata.get("edge_id"), reply.retraining_flag, str(reply.info.get("state", ""))[:12])
+                 metadata.get("edge_id"), reply.flag, str(reply.info.get("state", ""))[:12])
         return reply
 
     def handshake(self, query: Any, random: Any, metadata: dict[str, Any]) -> Reply:
@@ -97,11 +107,18 @@ class DataCenter:
             "ready": True, "arch": self.settings.model.arch, "n_classes": self.dataset.n_classes,
             "n_features": self.n_features, "dataset": self.dataset.name,
             "detector": self.settings.datacenter.detector, "selection": self.settings.datacenter.selection,
+            **self.label_needs().to_info(),
         }
-        if metadata.get("state") is not None:
-            key, snapshot = self._parent(metadata)
-            info.update(state=key, current=snapshot.current, zoo_size=len(snapshot.zoo))
-        return Reply(False, None, info)
+        if metadata.get("state") is None:
+            return Reply(False, None, info)
+        key, snapshot = self._parent(metadata)
+        info.update(state=key, current=snapshot.current, zoo_size=len(snapshot.zoo))
+        fetch = metadata.get("fetch")
+        if fetch is None:
+            return Reply(False, None, info)
+        if fetch != snapshot.current and fetch not in {entry.sha256 for entry in snapshot.zoo}:
+            raise RequestError(f"checkpoint {str(fetch)[:12]} is not in the lineage of state {key[:12]}")
+        return self.checkpoint_reply(False, fetch, info)
 
     def normal(self, query: Any, random: Any, metadata: dict[str, Any]) -> Reply:
         """Drift check of the current model on the unlabelled random sample; state unchanged."""
@@ -169,7 +186,7 @@ class DataCenter:
         child = Snapshot(key, round_id, "prep_retraining", start, snapshot.zoo, episode, arrays)
         self.store.save(child_key, child)
         ranking = {snapshot.zoo[i].sha256[:12]: round(float(s), 6) for i, s in enumerate(scores)}
-        return Reply(needed, str(self.store.checkpoint_path(start)), {
+        return self.checkpoint_reply(needed, start, {
             "start_accuracy": start_accuracy, "retraining_needed": needed,
             "state": child_key, "sha256": start, "selection": method, "selected_index": best,
             "selected_round": snapshot.zoo[best].round, "selected_shift": snapshot.zoo[best].shift,
@@ -194,9 +211,12 @@ class DataCenter:
             raise RequestError("retraining needs an open episode: send prep_retraining first and pass its state")
         episode = snapshot.episode
         config = self.settings.datacenter
-        if episode.iterations >= self.settings.edge.max_iterations:
-            raise RequestError(f"the episode already ran max_iterations={self.settings.edge.max_iterations} retrainings")
+        edge = self.settings.edge
         new = self._frame(query, "query_dataframe", labelled=True)
+        if not may_query(edge.label_budget - episode.labels_used, episode.iterations, query_size=len(new),
+                         max_iterations=edge.max_iterations):
+            raise RequestError(f"these {len(new)} labels are past the episode's budget (max_iterations="
+                               f"{edge.max_iterations}, label_budget={edge.label_budget}, used {episode.labels_used})")
         new_ids = new["id"].to_numpy(dtype=np.int64)
         if np.isin(new_ids, snapshot.arrays["episode_ids"]).any():
             raise RequestError("query_dataframe repeats sample ids already labelled in this episode")
@@ -209,7 +229,7 @@ class DataCenter:
         model = finetune(self.model(episode.start), ep_x, ep_y, self.dataset, self.splits, config.finetune,
                          self.settings.seed, episode.id)
         spec = ModelSpec(self.settings.model.arch, self.dataset.image_shape, self.dataset.n_classes)
-        path, sha = save_checkpoint(model, spec, self.store.checkpoints)
+        _, sha = save_checkpoint(model, spec, self.store.checkpoints)
         self._models.setdefault(sha, model)
         post_x = snapshot.arrays["post_x"].reshape(-1, *self.dataset.image_shape)
         unseen = ~np.isin(snapshot.arrays["post_ids"], ep_ids)
@@ -236,16 +256,15 @@ class DataCenter:
         arrays = {k: v for k, v in snapshot.arrays.items()
                   if k != "monitor_ref" and (not k.startswith("ref:") or k[4:] in kept)}
         arrays.update({f"ref:{sha}": reference, "episode_x": ep_x, "episode_y": ep_y, "episode_ids": ep_ids})
-        budget_left = self.settings.edge.label_budget - labels_used
         converged = iterations >= 2 and agreement >= config.stop_agreement
         reached = config.target_accuracy is not None and prequential >= config.target_accuracy
-        more = (iterations < self.settings.edge.max_iterations and budget_left >= self.settings.edge.query_size
-                and not converged and not reached)
+        more = (may_query(edge.label_budget - labels_used, iterations, query_size=edge.query_size,
+                          max_iterations=edge.max_iterations) and not converged and not reached)
         child_key = state_key(key, round_id, "retraining", frame_digest(new))
         child = Snapshot(key, round_id, "retraining", sha, zoo,
                          replace(episode, iterations=iterations, labels_used=labels_used), arrays)
         self.store.save(child_key, child)
-        return Reply(more, str(path), {
+        return self.checkpoint_reply(more, sha, {
             "state": child_key, "sha256": sha, "more_needed": more, "iteration": iterations,
             "labels_used": labels_used, "prequential_accuracy": prequential, "agreement": agreement,
             "converged": converged,

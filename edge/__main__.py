@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mlcore.atomic import write_atomic, write_json_atomic
 from mlcore.cli import run_cli, setup_logging
+from mlcore.contract import Context, Exchange, Message, Reply
 from mlcore.datasets import load_dataset_and_splits
 from mlcore.rounds import find_round, load_rounds
 from mlcore.seeding import make_deterministic
@@ -32,6 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     one.add_argument("--host", default="127.0.0.1")
     one.add_argument("--edge-id", default="edge")
     one.add_argument("--outdir", required=True)
+    one.add_argument("--store", help="the edge's own checkpoint store (default results/edge/<edge-id>/models)")
     one.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the port file (default 120)")
     one.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)
@@ -59,13 +61,17 @@ def wait_for_port(path: str, read_port_file, timeout: float) -> int:
             time.sleep(0.1)
 
 
-async def run_with_client(round_: EdgeRound, client) -> dict:
-    async def exchange(message, query, random, extra):
-        fields = {k: v for k, v in extra.items() if k not in ("round", "edge_id")}  # travel as fields of their own
-        response = await client.send_data(message, query, random, round=extra["round"], extra=fields)
-        return response.retraining_flag, response.checkpoint, dict(response.info or {})
+def protocol_exchange(client) -> Exchange:
+    """The contract's `Exchange` over the protocol client (one session for the round)."""
 
-    round_.exchange = exchange
+    async def exchange(message: Message, query, random, context: Context) -> Reply:
+        response = await client.send_data(message.value, query, random, round=context.round, extra=context.extra())
+        return Reply(response.retraining_flag, response.checkpoint, dict(response.info), response.checkpoint_data)
+
+    return exchange
+
+
+async def run_with_client(round_: EdgeRound, client) -> dict:
     async with client:
         return await round_.run()
 
@@ -85,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         port = wait_for_port(args.port_file, read_port_file, args.wait)
         token = read_token_file(args.token_file) if args.token_file else None
         client = AsyncClient(port, host=args.host, token=token, edge_id=args.edge_id)
-        round_ = EdgeRound(settings, dataset, splits, spec, previous, exchange=None, edge_id=args.edge_id)
+        store = args.store or str(Path("results") / "edge" / args.edge_id / "models")
+        round_ = EdgeRound(settings, dataset, splits, spec, previous, protocol_exchange(client), store,
+                           edge_id=args.edge_id)
         log.info("round %s: batch of %d, shift %s, data center on port %d", spec.id, len(round_.batch.ids), spec.tag, port)
         try:
             outcome = run(run_with_client(round_, client))

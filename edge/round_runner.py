@@ -1,8 +1,9 @@
 """One edge round: infer the batch, ask for a state check, and run a retraining episode if flagged.
 
-The data center is reached through `exchange(message_type, query, random, extra)`, an async
-callable returning (flag, checkpoint_path, info); the CLI binds it to the protocol client.
-True labels are read only by the oracle (for queried rows) and by the evaluation figures.
+The data center is reached through an `mlcore.contract.Exchange` (the protocol client in the
+CLI, `contract.in_process` in tests and benchmarks). Checkpoints arrive as bytes in the
+replies and are kept, verified, in the edge's own store: the edge never opens a data-center
+path. True labels are read only by the oracle (for queried rows) and by the evaluation figures.
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from torch import nn
 
-from mlcore.checkpoints import load_checkpoint
+from mlcore.checkpoints import load_checkpoint, store_checkpoint
+from mlcore.contract import Context, Exchange, LabelNeeds, Message, Reply, may_query
 from mlcore.datasets import Dataset, Splits
 from mlcore.frames import build_sample_frame
 from mlcore.rounds import RoundSpec
@@ -29,8 +32,6 @@ from .oracle import LabelOracle
 from .strategies import select_queries
 
 log = logging.getLogger("edge")
-
-Exchange = Callable[[str, pd.DataFrame | None, pd.DataFrame | None, dict[str, Any]], Awaitable[tuple[bool, str | None, dict[str, Any]]]]
 
 
 class RoundError(RuntimeError):
@@ -52,17 +53,16 @@ def _require(info: dict[str, Any], key: str, message: str) -> Any:
 
 class EdgeRound:
     def __init__(self, settings: Settings, dataset: Dataset, splits: Splits, spec: RoundSpec, previous: dict[str, Any],
-                 exchange: Exchange, edge_id: str = "edge") -> None:
-        for key in ("checkpoint", "sha256", "state"):
+                 exchange: Exchange, store: str | Path, edge_id: str = "edge") -> None:
+        for key in ("sha256", "state"):
             if not isinstance(previous.get(key), str):
-                raise RoundError(f"previous output lacks a string {key!r} (need checkpoint, sha256, state)")
+                raise RoundError(f"previous output lacks a string {key!r} (need sha256 and state)")
         self.settings, self.dataset, self.spec = settings, dataset, spec
         self.previous, self.exchange, self.edge_id = previous, exchange, edge_id
+        self.store = Path(store)
         self.batch: RoundBatch = draw_round_batch(dataset, splits, spec, settings.seed, settings.edge.batch_size)
-        # the ece detector needs a labelled random sample: those labels are counted on top of the
-        # episode's budget (the label-free detectors spend none)
-        monitoring = settings.edge.random_sample if settings.datacenter.detector == "ece" else 0
-        self.oracle = LabelOracle(self.batch.labels, settings.edge.label_budget + monitoring)
+        self.oracle = LabelOracle(self.batch.labels, settings.edge.label_budget)  # until the handshake says more
+        self.needs = LabelNeeds(0, 0)
         self.state = previous["state"]
         self.labelled_rows = np.zeros(0, dtype=np.int64)
 
@@ -70,51 +70,77 @@ class EdgeRound:
         labels = self.oracle.reveal(rows) if labelled else None
         return build_sample_frame(self.batch.ids[rows], self.batch.images[rows], labels, self.spec.id, self.spec.tag)
 
-    async def ask(self, message: str, query: pd.DataFrame | None, random: pd.DataFrame | None) -> tuple[bool, str | None, dict]:
-        flag, checkpoint, info = await self.exchange(message, query, random,
-                                                     {"state": self.state, "round": self.spec.id, "edge_id": self.edge_id})
-        self.state = _require(info, "state", message)
-        return flag, checkpoint, info
+    async def ask(self, message: Message, query: pd.DataFrame | None, random: pd.DataFrame | None,
+                  fetch: str | None = None) -> Reply:
+        reply = await self.exchange(message, query, random, Context(self.state, self.spec.id, self.edge_id, fetch))
+        if message is not Message.HANDSHAKE:
+            self.state = _require(dict(reply.info), "state", message.value)
+        return reply
 
-    def load(self, path: str | None, info: dict, message: str) -> tuple[nn.Module, str, str]:
-        if not path:
-            raise RoundError(f"the data center's {message} reply carries no checkpoint path")
-        sha = _require(info, "sha256", message)
+    async def handshake(self) -> None:
+        """Learn which labels the data center needs; fetch the starting checkpoint if it is not here."""
+        sha = self.previous["sha256"]
+        fetch = None if (self.store / f"{sha}.pt").is_file() else sha
+        reply = await self.ask(Message.HANDSHAKE, None, None, fetch=fetch)
+        try:
+            self.needs = LabelNeeds.from_info(reply.info)
+        except ValueError as exc:
+            raise RoundError(str(exc)) from None
+        # labels for the state check are counted on top of the episode's budget
+        self.oracle = LabelOracle(self.batch.labels, self.settings.edge.label_budget + self.needs.check)
+        if fetch is not None:
+            self.keep(reply, Message.HANDSHAKE)
+
+    def keep(self, reply: Reply, message: Message) -> Path:
+        """Verify and store the checkpoint a reply carries; return the edge's own copy."""
+        if reply.sha256 is None or reply.data is None:
+            raise RoundError(f"the data center's {message.value} reply carries no checkpoint")
+        try:
+            return store_checkpoint(self.store, reply.data, reply.sha256)
+        except ValueError as exc:  # CheckpointError: the bytes do not hash to their name
+            raise RoundError(str(exc)) from exc
+
+    def load(self, sha: str) -> tuple[nn.Module, str, str]:
+        path = self.store / f"{sha}.pt"
         model, _ = load_checkpoint(path, sha)
-        return model, path, sha
+        return model, str(path), sha
 
     async def run(self) -> RoundOutcome:
         started = time.monotonic()
         edge, rounds_seed = self.settings.edge, self.settings.seed
-        model, path, sha = self.load(self.previous["checkpoint"], self.previous, "previous")
+        await self.handshake()
+        model, path, sha = self.load(self.previous["sha256"])
         probs_before = predict_proba(model, self.batch.images)
         accuracy_before = float(np.mean(probs_before.argmax(1) == self.batch.labels))  # evaluation only
 
         random_rows = np.sort(rng_for(rounds_seed, "random-sample", self.spec.id).choice(
             len(self.batch.ids), size=edge.random_sample, replace=False))
-        label_random = self.settings.datacenter.detector == "ece"  # the only detector that needs labels
-        random_frame = self.frame(random_rows, labelled=label_random)
-        flagged, _, normal_info = await self.ask("normal", None, random_frame)
+        random_frame = self.frame(random_rows, labelled=self.needs.check > 0)
+        check = await self.ask(Message.CHECK, None, random_frame)
+        flagged, normal_info = check.flag, dict(check.info)
         log.info("round %s: state check by %s: flagged=%s p=%s", self.spec.id, normal_info.get("detector"),
                  flagged, normal_info.get("p_value"))
 
         retrained, iterations, selection_info = False, 0, {}
         if flagged:
             selection_frame = None
-            if self.settings.datacenter.selection in ("leep", "logme"):
-                count = min(self.settings.datacenter.selection_labels, self.oracle.remaining)
+            if self.needs.prepare:
+                count = min(self.needs.prepare, self.oracle.remaining)
                 if count > 0:
                     rows = np.sort(rng_for(rounds_seed, "selection", self.spec.id).choice(len(self.batch.ids), size=count, replace=False))
                     selection_frame = self.frame(rows, labelled=True)
                     self.labelled_rows = rows
-            if self.settings.datacenter.selection in ("leep", "logme") and selection_frame is None:
+            if self.needs.prepare and selection_frame is None:
                 log.info("round %s: flagged but no label budget for model selection: keeping the model", self.spec.id)
             else:
-                more, start_path, selection_info = await self.ask("prep_retraining", selection_frame, self.frame(random_rows, labelled=False))
-                model, path, sha = self.load(start_path, selection_info, "prep_retraining")
+                prepared = await self.ask(Message.PREPARE, selection_frame, self.frame(random_rows, labelled=False))
+                more, selection_info = prepared.flag, dict(prepared.info)
+                self.keep(prepared, Message.PREPARE)
+                model, path, sha = self.load(prepared.sha256)
                 log.info("round %s: start from %s (round %s, %s); retraining needed: %s", self.spec.id, sha[:12],
                          selection_info.get("selected_round"), selection_info.get("selected_shift"), more)
-                while more and iterations < edge.max_iterations and self.oracle.remaining >= edge.query_size:
+                while more and may_query(self.oracle.remaining, iterations, query_size=edge.query_size,
+                                         max_iterations=edge.max_iterations):
                     probs = predict_proba(model, self.batch.images)
                     needs_embedding = edge.strategy in ("kcenter", "badge")
                     rows = select_queries(edge.strategy, probs, edge.query_size,
@@ -123,9 +149,11 @@ class EdgeRound:
                                           embeddings=embed(model, self.batch.images) if needs_embedding else None)
                     if len(rows) == 0:
                         break
-                    more, new_path, info = await self.ask("retraining", self.frame(rows, labelled=True), None)
+                    retrained_reply = await self.ask(Message.RETRAIN, self.frame(rows, labelled=True), None)
+                    more = retrained_reply.flag
                     self.labelled_rows = np.concatenate([self.labelled_rows, rows])
-                    model, path, sha = self.load(new_path, info, "retraining")
+                    self.keep(retrained_reply, Message.RETRAIN)
+                    model, path, sha = self.load(retrained_reply.sha256)
                     iterations += 1
                     retrained = True
                     log.info("round %s: retraining %d with %d labels -> %s (more needed: %s)", self.spec.id,

@@ -48,6 +48,21 @@ def save_checkpoint(model: nn.Module, spec: ModelSpec, directory: str | Path) ->
     return path, sha
 
 
+def store_checkpoint(directory: str | Path, data: bytes, sha256: str) -> Path:
+    """Keep checkpoint bytes that arrived from elsewhere as `<directory>/<sha256>.pt`.
+
+    The bytes must hash to the sha256 they were announced with; the file is written
+    atomically, once (an intact copy already there is kept).
+    """
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise CheckpointError(f"received checkpoint bytes hash to {actual}, not the announced {sha256}")
+    path = Path(directory) / f"{sha256}.pt"
+    if not (path.is_file() and sha256_file(path) == sha256):
+        write_bytes_atomic(path, data)
+    return path
+
+
 def load_checkpoint(path: str | Path, sha256: str) -> tuple[nn.Module, ModelSpec]:
     """Verify the file's sha256 first, then load weights only, strictly."""
     file = Path(path)

@@ -1,10 +1,12 @@
 """The two command lines as the workflow calls them: real processes, a real server, real rounds."""
 
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -104,3 +106,35 @@ def test_bad_input_exits_non_zero_with_one_clear_line(workdir):
     result = run("edge", "round", "--config", "config.yaml", "--rounds", "rounds.yaml", "--round", "r99",
                  "--previous", "none.json", "--port-file", "p", "--outdir", "o", cwd=workdir, check=False)
     assert result.returncode == 2 and "r99" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_edge_and_data_center_share_nothing_but_the_socket(workdir, tmp_path_factory):
+    """Separate result roots: the edge gets every checkpoint as bytes over the protocol and
+    keeps its own copies; no output of the edge names a data-center path."""
+    center_root = workdir
+    edge_root = tmp_path_factory.mktemp("edge-host")
+    for name in ("config.yaml", "rounds.yaml"):
+        (edge_root / name).write_text((center_root / name).read_text())
+    run("datacenter", "train-base", "--config", "config.yaml", "--state-dir", "results/datacenter",
+        "--out", "results/models/base.json", cwd=center_root)
+    base = json.loads((center_root / "results/models/base.json").read_text())
+    # what the edge is told of the base model: its name and state, not where it lies
+    (edge_root / "base.json").write_text(json.dumps({"sha256": base["sha256"], "state": base["state"]}))
+    server = start_server(center_root, center_root / "port", os.getpid())
+    try:
+        deadline = time.monotonic() + 60
+        while not (center_root / "port").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (edge_root / "port").write_text((center_root / "port").read_text())  # only the port number crosses
+        edge_round(edge_root, "r01", "base.json", "out/r01", edge_root / "port")
+        edge_round(edge_root, "r02", "out/r01/checkpoint.json", "out/r02", edge_root / "port")
+    finally:
+        assert stop(server) == 0
+    for round_id in ("r01", "r02"):
+        checkpoint = json.loads((edge_root / f"out/{round_id}/checkpoint.json").read_text())
+        path = (edge_root / checkpoint["checkpoint"]).resolve()
+        assert edge_root.resolve() in path.parents, checkpoint["checkpoint"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == checkpoint["sha256"]
+    assert checkpoint["retrained"] and checkpoint["sha256"] != base["sha256"]
+    outputs = "".join(p.read_text(errors="replace") for p in (edge_root / "out").rglob("*.json"))
+    assert str(center_root) not in outputs and "results/datacenter" not in outputs

@@ -1,6 +1,7 @@
 """The data center's episodes, lineage-keyed state, restarts, idempotence and bad requests."""
 
 import asyncio
+import hashlib
 import json
 
 import numpy as np
@@ -10,6 +11,7 @@ from datacenter.base import train_base
 from datacenter.service import DataCenter, RequestError
 from datacenter.state import StateStore
 from edge.round_runner import EdgeRound, summary_line
+from mlcore.contract import in_process
 from mlcore.frames import build_sample_frame
 from mlcore.rounds import parse_round
 
@@ -19,16 +21,11 @@ def center_over(state_dir, settings, digits, splits):
     return DataCenter(settings, digits, splits, StateStore(state_dir))
 
 
-def exchange_with(center):
-    async def exchange(message, query, random, extra):
-        reply = center.handle(message, query, random, extra)
-        return reply.retraining_flag, reply.checkpoint, reply.info
-    return exchange
-
-
 def run_round(center, settings, digits, splits, round_spec, previous):
+    """One edge round against `center` in process; the edge keeps its checkpoints in a store of its own."""
     spec = parse_round(round_spec, "round")
-    return asyncio.run(EdgeRound(settings, digits, splits, spec, previous, exchange_with(center)).run())
+    store = center.store.root.parent / f"{center.store.root.name}-edge"
+    return asyncio.run(EdgeRound(settings, digits, splits, spec, previous, in_process(center.handle), store).run())
 
 
 ROT = [{"name": "rotate", "degrees": 20}]
@@ -100,6 +97,11 @@ def test_bad_requests_get_clear_errors(trained, settings, digits, splits):
         center.handle("prep_retraining", frame, frame, {"state": base["state"], "round": "b1"})
     hello = center.handle("handshake", None, None, {"state": base["state"]})
     assert hello.info["ready"] and hello.info["n_features"] == 64 and hello.info["zoo_size"] >= 1
+    assert hello.data is None and hello.info["labels_check"] == 0  # the default detector (ks) is label-free
+    fetched = center.handle("handshake", None, None, {"state": base["state"], "fetch": base["sha256"]})
+    assert fetched.sha256 == base["sha256"] and hashlib.sha256(fetched.data).hexdigest() == base["sha256"]
+    with pytest.raises(RequestError, match="not in the lineage"):
+        center.handle("handshake", None, None, {"state": base["state"], "fetch": "0" * 64})
 
 
 @pytest.mark.parametrize("method", ["leep", "label_free"])
