@@ -6,15 +6,13 @@ import hashlib
 import json
 import logging
 
-import numpy as np
-
 from mlcore.checkpoints import save_checkpoint
 from mlcore.datasets import Dataset, Splits
 from mlcore.models import ModelSpec, build_model
 from mlcore.seeding import derive_seed, rng_for
 from mlcore.settings import Settings
 from mlcore.shifts import apply_image_shifts, parse_shift_list, shift_tag
-from mlcore.training import accuracy, predict_proba, train_model
+from mlcore.training import accuracy, accuracy_of, predict_proba, train_model
 
 from .state import Snapshot, StateStore, ZooEntry, state_key
 
@@ -32,7 +30,7 @@ def _train_one(settings: Settings, dataset: Dataset, splits: Splits, shifts: tup
     reference = predict_proba(model, reference_x)
     metrics = {
         "eval_accuracy": accuracy(model, dataset.images[splits.evaluation], dataset.labels[splits.evaluation]),
-        "reference_accuracy": float(np.mean(reference.argmax(1) == dataset.labels[splits.reference])),
+        "reference_accuracy": accuracy_of(reference, dataset.labels[splits.reference]),
     }
     return model, spec, reference, metrics
 

@@ -25,7 +25,7 @@ from mlcore.frames import frame_digest, frame_features, frame_labels, validate_s
 from mlcore.models import ModelSpec
 from mlcore.seeding import rng_for
 from mlcore.settings import Settings
-from mlcore.training import accuracy, embed, predict_proba
+from mlcore.training import accuracy, accuracy_of, embed, predict_proba
 
 from . import detectors, selection
 from .adaptation import finetune
@@ -169,8 +169,7 @@ class DataCenter:
         n_labels = 0 if labelled is None else len(labelled)
         start_accuracy = None
         if labelled is not None:
-            start_accuracy = float(np.mean(predict_proba(self.model(start), self._images(labelled)).argmax(1)
-                                           == frame_labels(labelled)))
+            start_accuracy = accuracy_of(predict_proba(self.model(start), self._images(labelled)), frame_labels(labelled))
         target = self.settings.datacenter.target_accuracy
         needed = target is None or start_accuracy is None or start_accuracy < target
         if needed:
@@ -222,7 +221,7 @@ class DataCenter:
             raise RequestError("query_dataframe repeats sample ids already labelled in this episode")
         previous = self.model(snapshot.current)
         new_x, new_y = frame_features(new), frame_labels(new)
-        prequential = float(np.mean(predict_proba(previous, self._images(new)).argmax(1) == new_y))
+        prequential = accuracy_of(predict_proba(previous, self._images(new)), new_y)
         ep_x = np.concatenate([snapshot.arrays["episode_x"], new_x])
         ep_y = np.concatenate([snapshot.arrays["episode_y"], new_y])
         ep_ids = np.concatenate([snapshot.arrays["episode_ids"], new_ids])

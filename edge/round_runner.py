@@ -26,7 +26,7 @@ from mlcore.rounds import RoundSpec
 from mlcore.seeding import rng_for
 from mlcore.settings import Settings
 from mlcore.stream import RoundBatch, draw_round_batch
-from mlcore.training import embed, predict_proba
+from mlcore.training import accuracy_of, embed, predict_proba
 
 from .oracle import LabelOracle
 from .strategies import select_queries
@@ -105,62 +105,76 @@ class EdgeRound:
         model, _ = load_checkpoint(path, sha)
         return model, str(path), sha
 
+    async def check(self, random_rows: np.ndarray) -> tuple[bool, dict[str, Any]]:
+        """The state check: a random sample (labelled only if the data center said so)."""
+        reply = await self.ask(Message.CHECK, None, self.frame(random_rows, labelled=self.needs.check > 0))
+        info = dict(reply.info)
+        log.info("round %s: state check by %s: flagged=%s p=%s", self.spec.id, info.get("detector"), reply.flag,
+                 info.get("p_value"))
+        return reply.flag, info
+
+    async def choose_start(self, random_rows: np.ndarray) -> Reply | None:
+        """Ask for the best starting checkpoint of the zoo (with the labels selection needs)."""
+        selection_frame = None
+        if self.needs.prepare:
+            count = min(self.needs.prepare, self.oracle.remaining)
+            if count <= 0:
+                log.info("round %s: flagged but no label budget for model selection: keeping the model", self.spec.id)
+                return None
+            rows = np.sort(rng_for(self.settings.seed, "selection", self.spec.id).choice(
+                len(self.batch.ids), size=count, replace=False))
+            selection_frame = self.frame(rows, labelled=True)
+            self.labelled_rows = rows
+        prepared = await self.ask(Message.PREPARE, selection_frame, self.frame(random_rows, labelled=False))
+        self.keep(prepared, Message.PREPARE)
+        log.info("round %s: start from %s (round %s, %s); retraining needed: %s", self.spec.id,
+                 str(prepared.sha256)[:12], prepared.info.get("selected_round"), prepared.info.get("selected_shift"),
+                 prepared.flag)
+        return prepared
+
+    async def episode(self, model: nn.Module, path: str, sha: str, *, more: bool) -> tuple[nn.Module, str, str, int]:
+        """Query the most informative samples and retrain until the data center or the budget says stop."""
+        edge, iterations = self.settings.edge, 0
+        while more and may_query(self.oracle.remaining, iterations, query_size=edge.query_size,
+                                 max_iterations=edge.max_iterations):
+            probs = predict_proba(model, self.batch.images)
+            needs_embedding = edge.strategy in ("kcenter", "badge")
+            rows = select_queries(edge.strategy, probs, edge.query_size,
+                                  rng_for(self.settings.seed, "query", self.spec.id, iterations),
+                                  labelled=self.labelled_rows,
+                                  embeddings=embed(model, self.batch.images) if needs_embedding else None)
+            if len(rows) == 0:
+                break
+            reply = await self.ask(Message.RETRAIN, self.frame(rows, labelled=True), None)
+            more = reply.flag
+            self.labelled_rows = np.concatenate([self.labelled_rows, rows])
+            self.keep(reply, Message.RETRAIN)
+            model, path, sha = self.load(reply.sha256)
+            iterations += 1
+            log.info("round %s: retraining %d with %d labels -> %s (more needed: %s)", self.spec.id,
+                     iterations, self.oracle.labels_used, sha[:12], more)
+        return model, path, sha, iterations
+
     async def run(self) -> RoundOutcome:
+        """Check the model on this batch; if flagged, choose a start and run an episode."""
         started = time.monotonic()
-        edge, rounds_seed = self.settings.edge, self.settings.seed
         await self.handshake()
         model, path, sha = self.load(self.previous["sha256"])
         probs_before = predict_proba(model, self.batch.images)
-        accuracy_before = float(np.mean(probs_before.argmax(1) == self.batch.labels))  # evaluation only
-
-        random_rows = np.sort(rng_for(rounds_seed, "random-sample", self.spec.id).choice(
-            len(self.batch.ids), size=edge.random_sample, replace=False))
-        random_frame = self.frame(random_rows, labelled=self.needs.check > 0)
-        check = await self.ask(Message.CHECK, None, random_frame)
-        flagged, normal_info = check.flag, dict(check.info)
-        log.info("round %s: state check by %s: flagged=%s p=%s", self.spec.id, normal_info.get("detector"),
-                 flagged, normal_info.get("p_value"))
-
-        retrained, iterations, selection_info = False, 0, {}
+        accuracy_before = accuracy_of(probs_before, self.batch.labels)  # evaluation only
+        random_rows = np.sort(rng_for(self.settings.seed, "random-sample", self.spec.id).choice(
+            len(self.batch.ids), size=self.settings.edge.random_sample, replace=False))
+        flagged, normal_info = await self.check(random_rows)
+        iterations, selection_info = 0, {}
         if flagged:
-            selection_frame = None
-            if self.needs.prepare:
-                count = min(self.needs.prepare, self.oracle.remaining)
-                if count > 0:
-                    rows = np.sort(rng_for(rounds_seed, "selection", self.spec.id).choice(len(self.batch.ids), size=count, replace=False))
-                    selection_frame = self.frame(rows, labelled=True)
-                    self.labelled_rows = rows
-            if self.needs.prepare and selection_frame is None:
-                log.info("round %s: flagged but no label budget for model selection: keeping the model", self.spec.id)
-            else:
-                prepared = await self.ask(Message.PREPARE, selection_frame, self.frame(random_rows, labelled=False))
-                more, selection_info = prepared.flag, dict(prepared.info)
-                self.keep(prepared, Message.PREPARE)
+            prepared = await self.choose_start(random_rows)
+            if prepared is not None:
+                selection_info = dict(prepared.info)
                 model, path, sha = self.load(prepared.sha256)
-                log.info("round %s: start from %s (round %s, %s); retraining needed: %s", self.spec.id, sha[:12],
-                         selection_info.get("selected_round"), selection_info.get("selected_shift"), more)
-                while more and may_query(self.oracle.remaining, iterations, query_size=edge.query_size,
-                                         max_iterations=edge.max_iterations):
-                    probs = predict_proba(model, self.batch.images)
-                    needs_embedding = edge.strategy in ("kcenter", "badge")
-                    rows = select_queries(edge.strategy, probs, edge.query_size,
-                                          rng_for(rounds_seed, "query", self.spec.id, iterations),
-                                          labelled=self.labelled_rows,
-                                          embeddings=embed(model, self.batch.images) if needs_embedding else None)
-                    if len(rows) == 0:
-                        break
-                    retrained_reply = await self.ask(Message.RETRAIN, self.frame(rows, labelled=True), None)
-                    more = retrained_reply.flag
-                    self.labelled_rows = np.concatenate([self.labelled_rows, rows])
-                    self.keep(retrained_reply, Message.RETRAIN)
-                    model, path, sha = self.load(retrained_reply.sha256)
-                    iterations += 1
-                    retrained = True
-                    log.info("round %s: retraining %d with %d labels -> %s (more needed: %s)", self.spec.id,
-                             iterations, self.oracle.labels_used, sha[:12], more)
-
+                model, path, sha, iterations = await self.episode(model, path, sha, more=prepared.flag)
+        retrained = iterations > 0
         probs_after = predict_proba(model, self.batch.images)
-        accuracy_after = float(np.mean(probs_after.argmax(1) == self.batch.labels))
+        accuracy_after = accuracy_of(probs_after, self.batch.labels)
         seconds = time.monotonic() - started
         checkpoint = {"checkpoint": path, "sha256": sha, "state": self.state, "retrained": retrained,
                       "labels_used": self.oracle.labels_used, "round": self.spec.id, "shift": self.spec.tag,
@@ -170,7 +184,7 @@ class EdgeRound:
             "accuracy_after": accuracy_after, "flagged": bool(flagged), "retrained": retrained,
             "labels_used": self.oracle.labels_used, "iterations": iterations,
             "detector": normal_info.get("detector"), "p_value": normal_info.get("p_value"),
-            "statistic": normal_info.get("statistic"), "strategy": edge.strategy,
+            "statistic": normal_info.get("statistic"), "strategy": self.settings.edge.strategy,
             "selection": selection_info.get("selection"), "selected_checkpoint": selection_info.get("sha256"),
             "selected_round": selection_info.get("selected_round"), "selected_shift": selection_info.get("selected_shift"),
             "selection_scores": selection_info.get("scores"), "start_accuracy": selection_info.get("start_accuracy"), "checkpoint_sha256": sha, "batch_size": len(self.batch.ids),

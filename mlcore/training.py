@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from torch import nn
 
 from .seeding import torch_generator
+
+log = logging.getLogger("training")
 
 
 def _tensor(images: np.ndarray) -> torch.Tensor:
@@ -32,13 +36,17 @@ def train_model(
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
-    for _ in range(epochs):
+    for epoch in range(1, epochs + 1):
         order = torch.randperm(len(x), generator=generator)
+        total = 0.0
         for start in range(0, len(x), batch_size):
             rows = order[start:start + batch_size]
             optimizer.zero_grad()
-            loss_fn(model(x[rows]), y[rows]).backward()
+            loss = loss_fn(model(x[rows]), y[rows])
+            loss.backward()
             optimizer.step()
+            total += float(loss) * len(rows)
+        log.info("%s: epoch %d/%d, training loss %.4f (%d samples)", purpose, epoch, epochs, total / len(x), len(x))
     model.eval()
     return model
 
@@ -60,8 +68,13 @@ def embed(model: nn.Module, images: np.ndarray, batch_size: int = 1024) -> np.nd
     return torch.cat([model.features(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]).numpy().astype(np.float32)
 
 
-def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> float:
-    """Evaluation only: never feeds a decision."""
+def accuracy_of(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """The share of rows whose most probable class is the label (NaN for no rows)."""
     if len(labels) == 0:
         return float("nan")
-    return float(np.mean(predict_proba(model, images).argmax(axis=1) == labels))
+    return float(np.mean(probabilities.argmax(axis=1) == labels))
+
+
+def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> float:
+    """Evaluation only: never feeds a decision."""
+    return accuracy_of(predict_proba(model, images), labels) if len(labels) else float("nan")
