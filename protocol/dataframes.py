@@ -29,6 +29,7 @@ The row index is not part of the wire format: frames arrive with a RangeIndex.
 
 from __future__ import annotations
 
+import operator
 import re
 import struct
 import sys
@@ -64,6 +65,8 @@ _DATETIME_TAG = re.compile(rf"datetime64\[(s|ms|us|ns)(?:, ({_TZ_PATTERN}))?\]\Z
 _TZ = re.compile(rf"{_TZ_PATTERN}\Z")
 _ARRAY_TAG = re.compile(r"array\[(float32|float64|int8|int16|int32|int64|uint8)\]\Z")
 _LIST_VALUE_TYPES = {"float32", "float64", "int8", "int16", "int32", "int64", "uint8"}
+_LIST_VALUE_DTYPES = {np.dtype(name): f"array[{name}]" for name in _LIST_VALUE_TYPES}  # native byte order only
+_NDIM, _DTYPE = operator.attrgetter("ndim"), operator.attrgetter("dtype")
 #: A fixed-size-list column holds one feature vector a row; 2^20 values a row is plenty.
 MAX_LIST_SIZE = 1 << 20
 #: A frame without columns carries its row count only in the metadata.
@@ -84,8 +87,8 @@ def _pad(n: int) -> int:
 
 
 # ----------------------------------------------------------------------------- encoding
-def _string_array(values: Any) -> pa.Array:
-    array = pa.array(values, type=pa.large_string())
+def _string_array(values: Any, from_pandas: bool = False) -> pa.Array:
+    array = pa.array(values, type=pa.large_string(), from_pandas=from_pandas)
     return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
 
 
@@ -99,8 +102,8 @@ def _encode_object_column(name: str, values: np.ndarray) -> tuple[pa.Array, str]
     if isinstance(first, np.ndarray):
         return _encode_array_column(name, values)
     if first is None or isinstance(first, str):
-        try:
-            return _string_array([None if _is_missing(v) else v for v in values]), "object:str"
+        try:  # from_pandas: None, NaN and pd.NA become nulls, in C (no per-row Python)
+            return _string_array(values, from_pandas=True), "object:str"
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
             raise UsageError(f"column {name!r}: object column mixes str with other types ({exc})") from None
     if isinstance(first, (bytes, bytearray, memoryview)):
@@ -131,29 +134,59 @@ def _encode_array_column(name: str, values: np.ndarray) -> tuple[pa.Array, str]:
     The element type is the promotion over *every* row; a promotion that could change a
     value (int64 with float32, int64 with uint64, ...) is refused rather than wrapped.
     """
-    if {type(v) for v in values} != {np.ndarray}:
+    rows = list(values)
+    # per-row checks as C loops (map over a builtin), one set each
+    if set(map(type, rows)) != {np.ndarray} or set(map(_NDIM, rows)) != {1}:
         raise UsageError(f"column {name!r}: every row of an array column must be a 1-D numpy array")
-    dtypes = {v.dtype for v in values}
-    try:
-        dtype = np.result_type(*dtypes)
-    except TypeError:
-        raise UsageError(f"column {name!r}: array rows mix element types {sorted(map(str, dtypes))}") from None
-    if dtype.name not in _LIST_VALUE_TYPES:
+    dtypes = set(map(_DTYPE, rows))
+    if len(dtypes) == 1:
+        (dtype,) = dtypes
+    else:
+        try:
+            dtype = np.result_type(*dtypes)
+        except TypeError:
+            raise UsageError(f"column {name!r}: array rows mix element types {sorted(map(str, dtypes))}") from None
+    tag = _LIST_VALUE_DTYPES.get(dtype)
+    if tag is None:
         raise UsageError(f"column {name!r}: array element type {dtype} is not supported")
     lossy = sorted(str(d) for d in dtypes if not _lossless(d, dtype))
     if lossy:
         raise UsageError(f"column {name!r}: array rows of {lossy} cannot be widened to {dtype} without loss")
-    try:
-        matrix = np.stack(values).astype(dtype, copy=False)
-    except ValueError:
-        raise UsageError(f"column {name!r}: array rows differ in length") from None
-    if matrix.ndim != 2:
-        raise UsageError(f"column {name!r}: every row of an array column must be a 1-D numpy array")
-    width = matrix.shape[1]
+    widths = set(map(len, rows))
+    if len(widths) != 1:
+        raise UsageError(f"column {name!r}: array rows differ in length")
+    (width,) = widths
     if not 0 < width <= MAX_LIST_SIZE:
         raise UsageError(f"column {name!r}: array rows must hold 1 to {MAX_LIST_SIZE} values, not {width}")
-    flat = pa.array(matrix.reshape(-1))
-    return pa.FixedSizeListArray.from_arrays(flat, width), f"array[{dtype.name}]"
+    # one C loop over the rows (np.stack would make a view of every row first)
+    matrix = np.concatenate(rows if len(dtypes) == 1 else [v.astype(dtype) for v in rows])
+    return _FixedList(matrix, width), tag
+
+
+_LIST_TYPES: dict[tuple[np.dtype, int], pa.DataType] = {}
+
+
+class _FixedList:
+    """A fixed_size_list column without nulls, kept as its flat numpy values: the encoder
+    lays it into the body itself (two nodes, three empty-or-value buffers)."""
+
+    __slots__ = ("flat", "width", "type")
+
+    def __init__(self, flat: np.ndarray, width: int) -> None:
+        self.flat, self.width = flat, width
+        key = (flat.dtype, width)
+        arrow_type = _LIST_TYPES.get(key)
+        if arrow_type is None:
+            if len(_LIST_TYPES) >= _CACHE_SIZE:
+                _LIST_TYPES.clear()
+            arrow_type = _LIST_TYPES[key] = pa.list_(pa.from_numpy_dtype(flat.dtype), width)
+        self.type = arrow_type
+
+    def __len__(self) -> int:
+        return len(self.flat) // self.width
+
+    def to_arrow(self) -> pa.Array:
+        return pa.FixedSizeListArray.from_arrays(pa.array(self.flat), self.width)
 
 
 def _encode_values(name: str, values: Any) -> tuple[pa.Array, str]:
@@ -190,7 +223,10 @@ def _encode_values(name: str, values: Any) -> tuple[pa.Array, str]:
         arr = pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0), cats, ordered=bool(dtype.ordered))
         return arr, "category"
     if str(dtype) in _MASKED_TAGS:
-        return pa.array(values), str(dtype)
+        data, mask = getattr(values, "_data", None), getattr(values, "_mask", None)
+        if isinstance(data, np.ndarray) and isinstance(mask, np.ndarray):  # what __arrow_array__ does, minus its overhead
+            return pa.array(data, mask=mask if mask.any() else None), str(dtype)
+        return pa.array(values), str(dtype)  # pragma: no cover - another pandas
     raise UsageError(f"column {name!r}: dtype {dtype} cannot be sent")
 
 
@@ -343,16 +379,32 @@ def _schema_message(names: list[str], tags: list[str], types: list[pa.DataType],
 _FIXED_ARROW_TYPES = {name: pa.from_numpy_dtype(np.dtype(name)) for name in _FIXED_TAGS}
 
 
-def encode_dataframe(frame: pd.DataFrame) -> pa.Buffer:
-    """Encode a DataFrame as one Arrow IPC stream holding a single record batch."""
-    if not isinstance(frame, pd.DataFrame):
-        raise UsageError(f"expected a pandas DataFrame, got {type(frame).__name__}")
-    names = frame.columns.tolist()
+_LAST_COLUMNS: tuple[Any, tuple[str, ...]] = (None, ())  # the last columns Index seen, its checked names
+
+
+def _column_names(columns: pd.Index) -> list[str]:
+    """The frame's column names, checked; remembered for the last Index object (pandas
+    Indexes are immutable, and this reference keeps the object alive, so `is` is exact):
+    a stream of frames sharing their columns skips `Index.tolist` (~10 us for str Indexes)."""
+    global _LAST_COLUMNS
+    last = _LAST_COLUMNS  # one read: threads may encode at once
+    if columns is last[0]:
+        return last[1]
+    names = columns.tolist()
     for name in names:
         if not isinstance(name, str):
             raise UsageError(f"column names must be str, got {name!r}")
     if len(set(names)) != len(names):
         raise UsageError("column names must be unique")
+    _LAST_COLUMNS = (columns, tuple(names))
+    return _LAST_COLUMNS[1]
+
+
+def encode_dataframe(frame: pd.DataFrame) -> pa.Buffer:
+    """Encode a DataFrame as one Arrow IPC stream holding a single record batch."""
+    if not isinstance(frame, pd.DataFrame):
+        raise UsageError(f"expected a pandas DataFrame, got {type(frame).__name__}")
+    names = _column_names(frame.columns)
     try:
         return _encode(frame, names)
     except (pa.ArrowException, OverflowError, TypeError, ValueError) as exc:
@@ -396,6 +448,9 @@ def _encode(frame: pd.DataFrame, names: list[str]) -> pa.Buffer:
         if type(column) is tuple:
             nodes += (rows, 0)
             buffers += (0, 0, *column)
+        elif type(column) is _FixedList:
+            nodes += (rows, 0, len(column.flat), 0)
+            buffers += (0, 0, 0, 0, *body.add(column.flat, column.flat.nbytes))
         else:
             body.add_array(column, nodes, buffers)
     generic.sort(key=lambda item: item[0])
@@ -418,7 +473,7 @@ def _encode(frame: pd.DataFrame, names: list[str]) -> pa.Buffer:
 def _encode_with_pyarrow(frame: pd.DataFrame, names: list, tags: list, types: list, columns: list, blocks: list) -> pa.Buffer:
     """Frames with a dictionary (categorical) column: pyarrow's own IPC writer."""
     rows = len(frame)
-    arrays = list(columns)
+    arrays = [column.to_arrow() if type(column) is _FixedList else column for column in columns]
     for positions, values in _column_values(frame):
         if isinstance(values, np.ndarray) and values.ndim == 2:
             for j, pos in enumerate(positions.tolist()):
@@ -666,6 +721,7 @@ def _decode_array(name: str, tag: str, array: pa.Array) -> Any:
 
 
 _PANDAS_DTYPES: dict[str, Any] = {}
+_MASKED_INTEGERS = {tag: np.dtype(tag.lower()) for tag in _MASKED_TAGS if tag[0] in "IU"}
 
 
 def _pandas_dtype(tag: str) -> Any:
@@ -801,6 +857,9 @@ class _Decoder:
                 matrix = np.frombuffer(self.raw, dtype, count=rows * width, offset=offset).reshape(rows, width)
                 return _array_cells(matrix.copy())
             self.node, self.buf = node, buf
+        masked = _MASKED_INTEGERS.get(tag)
+        if masked is not None:  # Int64 & co: values and validity bitmap read with numpy, checked here
+            return self._masked_integers(name, tag, masked, rows)
         array = self._array(arrow_type)
         if len(array) != rows:
             raise PeerError(f"column {name!r}: {len(array)} rows where {rows} were expected")
@@ -809,6 +868,29 @@ class _Decoder:
         except pa.ArrowException as exc:
             raise PeerError(f"column {name!r}: invalid Arrow data: {exc}") from None
         return _decode_array(name, tag, array)
+
+    def _masked_integers(self, name: str, tag: str, dtype: np.dtype, rows: int) -> Any:
+        """A nullable integer column: a fresh copy of its values and a mask from its
+        validity bitmap, whose count of zero bits must equal the declared null count."""
+        (length, nulls), (validity, values) = self._take(2)
+        length, nulls = int(length), int(nulls)
+        if length != rows or int(values[1]) < rows * dtype.itemsize:
+            raise PeerError(f"column {name!r}: {length} rows or a value buffer that does not match {rows} rows")
+        start = self.batch.body_start
+        data = np.frombuffer(self.raw, dtype, count=rows, offset=start + int(values[0])).copy()
+        if int(validity[1]):
+            nbytes = (rows + 7) // 8
+            if int(validity[1]) < nbytes:
+                raise PeerError(f"column {name!r}: validity bitmap shorter than its rows")
+            bits = np.frombuffer(self.raw, np.uint8, count=nbytes, offset=start + int(validity[0]))
+            mask = np.unpackbits(bits, count=rows, bitorder="little") == 0
+            if int(np.count_nonzero(mask)) != nulls:
+                raise PeerError(f"column {name!r}: null count does not match the validity bitmap")
+        elif nulls:
+            raise PeerError(f"column {name!r}: nulls without a validity bitmap")
+        else:
+            mask = np.zeros(rows, dtype=bool)
+        return _pandas_dtype(tag).construct_array_type()(data, mask, copy=False)
 
     def fixed_block(self, plan: _Plan, tag: str, rows: int, bitmaps: bool) -> list[tuple[Any, np.ndarray]]:
         """All null-free columns of one numpy dtype as one fresh (columns, rows) block, with
@@ -846,11 +928,21 @@ class _Decoder:
 
 def _assemble(columns: pd.Index, rows: int, blocks: list[tuple[Any, np.ndarray]]) -> pd.DataFrame:
     """A DataFrame from (2-D numpy block | 1-D numpy | ExtensionArray, positions) pieces."""
-    pieces = []
+    pieces, objects = [], []
     for values, positions in blocks:
         if isinstance(values, np.ndarray) and values.ndim == 1:
+            if values.dtype == object:  # object columns share one 2-D block, as pandas keeps them
+                objects.append((values, positions))
+                continue
             values = values.reshape(1, -1)
         pieces.append((values, positions))
+    if len(objects) == 1:
+        pieces.append((objects[0][0].reshape(1, -1), objects[0][1]))
+    elif objects:
+        block = np.empty((len(objects), rows), dtype=object)
+        for j, (values, _) in enumerate(objects):
+            block[j] = values
+        pieces.append((block, np.concatenate([positions for _, positions in objects])))
     if _from_blocks is not None:
         return _from_blocks(pieces, index=pd.RangeIndex(rows), columns=columns)
     names, out = columns.tolist(), {}  # pragma: no cover - older pandas
