@@ -37,7 +37,7 @@ def _train_one(settings: Settings, dataset: Dataset, splits: Splits, shifts: tup
 
 def train_base(settings: Settings, dataset: Dataset, splits: Splits, store: StateStore) -> dict:
     """Train, save content-addressed checkpoints with registry entries, write the root state."""
-    zoo, arrays, base_result = [], {}, None
+    zoo, references, base_result = [], {}, None
     jobs = [("base", ())] + [(f"seed{i}", parse_shift_list(raw, f"zoo.seed_shifts[{i}]")) for i, raw in enumerate(settings.zoo.seed_shifts)]
     for name, shifts in jobs:
         model, spec, reference, metrics = _train_one(settings, dataset, splits, shifts, name)
@@ -46,12 +46,12 @@ def train_base(settings: Settings, dataset: Dataset, splits: Splits, store: Stat
         store.write_registry_entry(sha, {"parent": None, "round": None, "episode": None, "kind": name,
                                          "shift": tag, "labels_used": 0, "metrics": metrics})
         zoo.append(ZooEntry(sha, None, None, None, tag, 0))
-        arrays[f"ref:{sha}"] = reference
+        references[sha] = reference
         log.info("trained %s model (shift %s): sha256 %s, eval accuracy %.3f", name, tag, sha[:12], metrics["eval_accuracy"])
         if base_result is None:
             base_result = {"checkpoint": str(path), "sha256": sha, "metrics": metrics}
     digest = hashlib.sha256(json.dumps([e.sha256 for e in zoo]).encode()).hexdigest()
-    root = Snapshot(parent=None, round=None, message="train-base", current=zoo[0].sha256, zoo=tuple(zoo), arrays=arrays)
+    root = Snapshot(parent=None, round=None, message="train-base", current=zoo[0].sha256, zoo=tuple(zoo), references=references)
     key = store.save(state_key(None, None, "train-base", digest), root)
     log.info("root state %s with %d zoo model(s)", key[:12], len(zoo))
     return {**base_result, "state": key}

@@ -29,7 +29,7 @@ from mlcore.training import accuracy, accuracy_of, embed, predict_proba
 
 from . import detectors, selection
 from .adaptation import finetune
-from .state import Episode, Snapshot, StateError, StateStore, ZooEntry, state_key
+from .state import Episode, EpisodeData, Snapshot, StateError, StateStore, ZooEntry, state_key
 
 log = logging.getLogger("datacenter")
 
@@ -68,6 +68,12 @@ class DataCenter:
         config = self.settings.datacenter
         return LabelNeeds(check=self.settings.edge.random_sample if config.detector == "ece" else 0,
                           prepare=config.selection_labels if config.selection in ("leep", "logme") else 0)
+
+    def _reference_rows(self, data: EpisodeData) -> np.ndarray:
+        """Post-shift images for a new reference window: those no label was bought for, if enough."""
+        post_x = data.post_x.reshape(-1, *self.dataset.image_shape)
+        unseen = data.unseen_post()
+        return post_x[unseen] if unseen.sum() >= MIN_REFERENCE_ROWS else post_x
 
     def _images(self, frame: pd.DataFrame) -> np.ndarray:
         return frame_features(frame).reshape(len(frame), *self.dataset.image_shape)
@@ -160,12 +166,13 @@ class DataCenter:
         best = int(np.argmax(scores))  # ties: the earliest entry (the base model first)
         start = snapshot.zoo[best].sha256
         child_key = state_key(key, round_id, "prep_retraining", frame_digest(post) + frame_digest(labelled))
-        arrays = {k: v for k, v in snapshot.arrays.items() if k.startswith("ref:")}
-        arrays["post_x"] = frame_features(post)
-        arrays["post_ids"] = post["id"].to_numpy(dtype=np.int64)
-        arrays["episode_x"] = frame_features(labelled) if labelled is not None else np.zeros((0, self.n_features), np.float32)
-        arrays["episode_y"] = frame_labels(labelled) if labelled is not None else np.zeros(0, np.int64)
-        arrays["episode_ids"] = labelled["id"].to_numpy(dtype=np.int64) if labelled is not None else np.zeros(0, np.int64)
+        data = EpisodeData(
+            post_x=frame_features(post), post_ids=post["id"].to_numpy(dtype=np.int64),
+            x=frame_features(labelled) if labelled is not None else np.zeros((0, self.n_features), np.float32),
+            y=frame_labels(labelled) if labelled is not None else np.zeros(0, np.int64),
+            ids=labelled["id"].to_numpy(dtype=np.int64) if labelled is not None else np.zeros(0, np.int64),
+        )
+        monitor_ref = None
         n_labels = 0 if labelled is None else len(labelled)
         start_accuracy = None
         if labelled is not None:
@@ -178,11 +185,10 @@ class DataCenter:
             # the shift is harmless for the chosen model: adopt it and its outputs here as the new
             # normal (no fine-tuning), so the same shift does not trigger again next round
             episode = None
-            unseen = ~np.isin(arrays["post_ids"], arrays["episode_ids"])
-            post_x = arrays["post_x"].reshape(-1, *self.dataset.image_shape)
-            arrays = {k: v for k, v in arrays.items() if k.startswith("ref:")}
-            arrays["monitor_ref"] = predict_proba(self.model(start), post_x[unseen] if unseen.sum() >= MIN_REFERENCE_ROWS else post_x)
-        child = Snapshot(key, round_id, "prep_retraining", start, snapshot.zoo, episode, arrays)
+            monitor_ref = predict_proba(self.model(start), self._reference_rows(data))
+            data = None
+        child = Snapshot(key, round_id, "prep_retraining", start, snapshot.zoo, episode, snapshot.references,
+                         monitor_ref, data)
         self.store.save(child_key, child)
         ranking = {snapshot.zoo[i].sha256[:12]: round(float(s), 6) for i, s in enumerate(scores)}
         return self.checkpoint_reply(needed, start, {
@@ -206,9 +212,9 @@ class DataCenter:
     def retraining(self, query: Any, random: Any, metadata: dict[str, Any]) -> Reply:
         """One episode iteration: add the newly queried labels, fine-tune, register, reset the reference."""
         key, snapshot = self._parent(metadata)
-        if snapshot.episode is None:
+        if snapshot.episode is None or snapshot.data is None:
             raise RequestError("retraining needs an open episode: send prep_retraining first and pass its state")
-        episode = snapshot.episode
+        episode, seen = snapshot.episode, snapshot.data
         config = self.settings.datacenter
         edge = self.settings.edge
         new = self._frame(query, "query_dataframe", labelled=True)
@@ -217,23 +223,19 @@ class DataCenter:
             raise RequestError(f"these {len(new)} labels are past the episode's budget (max_iterations="
                                f"{edge.max_iterations}, label_budget={edge.label_budget}, used {episode.labels_used})")
         new_ids = new["id"].to_numpy(dtype=np.int64)
-        if np.isin(new_ids, snapshot.arrays["episode_ids"]).any():
+        if np.isin(new_ids, seen.ids).any():
             raise RequestError("query_dataframe repeats sample ids already labelled in this episode")
         previous = self.model(snapshot.current)
         new_x, new_y = frame_features(new), frame_labels(new)
         prequential = accuracy_of(predict_proba(previous, self._images(new)), new_y)
-        ep_x = np.concatenate([snapshot.arrays["episode_x"], new_x])
-        ep_y = np.concatenate([snapshot.arrays["episode_y"], new_y])
-        ep_ids = np.concatenate([snapshot.arrays["episode_ids"], new_ids])
-        model = finetune(self.model(episode.start), ep_x, ep_y, self.dataset, self.splits, config.finetune,
+        data = seen.with_labels(new_x, new_y, new_ids)
+        model = finetune(self.model(episode.start), data.x, data.y, self.dataset, self.splits, config.finetune,
                          self.settings.seed, episode.id)
         spec = ModelSpec(self.settings.model.arch, self.dataset.image_shape, self.dataset.n_classes)
         _, sha = save_checkpoint(model, spec, self.store.checkpoints)
         self._models.setdefault(sha, model)
-        post_x = snapshot.arrays["post_x"].reshape(-1, *self.dataset.image_shape)
-        unseen = ~np.isin(snapshot.arrays["post_ids"], ep_ids)
-        ref_rows = post_x[unseen] if unseen.sum() >= MIN_REFERENCE_ROWS else post_x
-        reference = predict_proba(model, ref_rows)
+        post_x = data.post_x.reshape(-1, *self.dataset.image_shape)
+        reference = predict_proba(model, self._reference_rows(data))
         post_now = predict_proba(model, post_x).argmax(1)
         post_before = predict_proba(previous, post_x).argmax(1)
         agreement = float(np.mean(post_now == post_before))
@@ -243,7 +245,7 @@ class DataCenter:
             "source_eval_accuracy": accuracy(model, self.dataset.images[self.splits.evaluation],
                                              self.dataset.labels[self.splits.evaluation]),
             "prequential_accuracy": prequential, "agreement_with_previous": agreement,
-            "train_labels": int(len(ep_y)), "replay": int(config.finetune.replay),
+            "train_labels": int(len(data.y)), "replay": int(config.finetune.replay),
         }
         round_id = str(metadata.get("round", episode.round))
         self.store.write_registry_entry(sha, {"parent": episode.start, "round": episode.round, "episode": episode.id,
@@ -252,16 +254,14 @@ class DataCenter:
         entry = ZooEntry(sha, episode.round, episode.start, episode.id, str(new["shift"].iloc[0]), labels_used)
         zoo = tuple(e for e in snapshot.zoo if e.episode != episode.id) + (entry,)
         kept = {e.sha256 for e in zoo}
-        arrays = {k: v for k, v in snapshot.arrays.items()
-                  if k != "monitor_ref" and (not k.startswith("ref:") or k[4:] in kept)}
-        arrays.update({f"ref:{sha}": reference, "episode_x": ep_x, "episode_y": ep_y, "episode_ids": ep_ids})
+        references = {z: window for z, window in snapshot.references.items() if z in kept} | {sha: reference}
         converged = iterations >= 2 and agreement >= config.stop_agreement
         reached = config.target_accuracy is not None and prequential >= config.target_accuracy
         more = (may_query(edge.label_budget - labels_used, iterations, query_size=edge.query_size,
                           max_iterations=edge.max_iterations) and not converged and not reached)
         child_key = state_key(key, round_id, "retraining", frame_digest(new))
         child = Snapshot(key, round_id, "retraining", sha, zoo,
-                         replace(episode, iterations=iterations, labels_used=labels_used), arrays)
+                         replace(episode, iterations=iterations, labels_used=labels_used), references, None, data)
         self.store.save(child_key, child)
         return self.checkpoint_reply(more, sha, {
             "state": child_key, "sha256": sha, "more_needed": more, "iteration": iterations,

@@ -63,6 +63,28 @@ class Episode:
 
 
 @dataclass(frozen=True)
+class EpisodeData:
+    """What an open episode has seen: the post-shift sample and the labelled rows bought so far."""
+
+    post_x: np.ndarray  # (n, features) float32
+    post_ids: np.ndarray  # (n,) int64
+    x: np.ndarray  # (m, features) float32, labelled rows
+    y: np.ndarray  # (m,) int64
+    ids: np.ndarray  # (m,) int64
+
+    def with_labels(self, x: np.ndarray, y: np.ndarray, ids: np.ndarray) -> "EpisodeData":
+        return EpisodeData(self.post_x, self.post_ids, np.concatenate([self.x, x]), np.concatenate([self.y, y]),
+                           np.concatenate([self.ids, ids]))
+
+    def unseen_post(self) -> np.ndarray:
+        """Mask of post-shift rows no label was bought for (a held-out reference)."""
+        return ~np.isin(self.post_ids, self.ids)
+
+
+_EPISODE_ARRAYS = {"post_x": "post_x", "post_ids": "post_ids", "x": "episode_x", "y": "episode_y", "ids": "episode_ids"}
+
+
+@dataclass(frozen=True)
 class Snapshot:
     parent: str | None
     round: str | None
@@ -70,16 +92,37 @@ class Snapshot:
     current: str
     zoo: tuple[ZooEntry, ...]
     episode: Episode | None = None
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # references "ref:<sha>", episode data
+    references: dict[str, np.ndarray] = field(default_factory=dict)  # zoo sha256 -> its softmax window
+    monitor_ref: np.ndarray | None = None  # a window adopted when a flagged shift was harmless
+    data: EpisodeData | None = None  # the open episode's samples
 
     def reference(self, sha: str) -> np.ndarray:
         """A zoo model's own in-distribution window (used by label-free selection)."""
-        return self.arrays[f"ref:{sha}"]
+        return self.references[sha]
 
     def monitor_reference(self) -> np.ndarray:
         """What the drift check compares against: the current model's window, or the window
         adopted when a flagged shift turned out harmless (`monitor_ref`)."""
-        return self.arrays.get("monitor_ref", self.arrays[f"ref:{self.current}"])
+        return self.monitor_ref if self.monitor_ref is not None else self.references[self.current]
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The flat, named arrays stored in the snapshot's .npz file."""
+        out = {f"ref:{sha}": window for sha, window in self.references.items()}
+        if self.monitor_ref is not None:
+            out["monitor_ref"] = self.monitor_ref
+        if self.data is not None:
+            out.update({name: getattr(self.data, attr) for attr, name in _EPISODE_ARRAYS.items()})
+        return out
+
+    @staticmethod
+    def typed_arrays(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        """The flat arrays of a .npz file back into `references`, `monitor_ref` and `data`."""
+        references = {name[4:]: value for name, value in arrays.items() if name.startswith("ref:")}
+        names = set(_EPISODE_ARRAYS.values())
+        data = EpisodeData(**{attr: arrays[name] for attr, name in _EPISODE_ARRAYS.items()}) \
+            if names <= set(arrays) else None
+        return {"references": references, "monitor_ref": arrays.get("monitor_ref"), "data": data}
 
     def entry(self, sha: str) -> ZooEntry:
         for entry in self.zoo:
@@ -169,7 +212,7 @@ class StateStore:
             current=meta["current"],
             zoo=tuple(ZooEntry(**e) for e in meta["zoo"]),
             episode=Episode(**meta["episode"]) if meta["episode"] else None,
-            arrays=arrays,
+            **Snapshot.typed_arrays(arrays),
         )
         self._remember(key, snapshot)
         return snapshot
