@@ -1,11 +1,14 @@
 """Is the edge's model still in its element? Tests on its outputs, label-free by default.
 
 Each detector returns a `Verdict`; only `ece` needs labels, and it is never the default.
+`DETECTORS` names them for the settings; the data center runs whichever is configured and
+tells the edge whether it needs labels.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 from scipy import stats
@@ -101,3 +104,34 @@ def _check_pair(reference: np.ndarray, sample: np.ndarray) -> None:
         raise ValueError(f"reference and sample must be (n, d) with equal d, got {reference.shape} and {sample.shape}")
     if len(reference) < 2 or len(sample) < 2:
         raise ValueError("a two-sample test needs at least 2 rows on each side")
+
+
+# ----------------------------------------------------------------------------- the registry
+@dataclass(frozen=True)
+class Observation:
+    """What a detector may look at: the reference window, the sample's outputs and labels."""
+
+    reference: np.ndarray  # softmax outputs of the current model on in-distribution data
+    probabilities: np.ndarray  # its outputs on the edge's random sample
+    labels: np.ndarray  # the sample's labels, -1 where unlabelled (only detectors that need labels get any)
+    config: Any  # the data center's settings (alpha, thresholds, permutations)
+    rng: np.random.Generator  # seeded per round, for permutation tests
+
+
+@dataclass(frozen=True)
+class Detector:
+    """A drift check, and whether it needs labels on the random sample (announced to the edge)."""
+
+    run: Callable[[Observation], Verdict]
+    needs_labels: bool = False
+
+
+#: Every detector by its settings name (`datacenter.detector`). Adding one: a function above,
+#: an entry here, its name in the config schema's enum.
+DETECTORS: dict[str, Detector] = {
+    "ks": Detector(lambda o: ks_softmax_test(o.reference, o.probabilities, o.config.alpha)),
+    "mmd": Detector(lambda o: mmd_permutation_test(o.reference, o.probabilities, o.config.alpha,
+                                                   o.config.mmd_permutations, o.rng)),
+    "ece": Detector(lambda o: ece_rule(o.probabilities, o.labels, o.config.ece_threshold), needs_labels=True),
+    "entropy": Detector(lambda o: entropy_rule(o.probabilities, o.config.entropy_threshold)),
+}

@@ -66,7 +66,7 @@ class DataCenter:
     def label_needs(self) -> LabelNeeds:
         """Which labels this data center's detector and selection need from the edge."""
         config = self.settings.datacenter
-        return LabelNeeds(check=self.settings.edge.random_sample if config.detector == "ece" else 0,
+        return LabelNeeds(check=self.settings.edge.random_sample if detectors.DETECTORS[config.detector].needs_labels else 0,
                           prepare=config.selection_labels if config.selection in ("leep", "logme") else 0)
 
     def _reference_rows(self, data: EpisodeData) -> np.ndarray:
@@ -139,17 +139,12 @@ class DataCenter:
 
     def detect(self, reference: np.ndarray, probabilities: np.ndarray, labels: np.ndarray, metadata: dict) -> detectors.Verdict:
         config = self.settings.datacenter
-        if config.detector == "ks":
-            return detectors.ks_softmax_test(reference, probabilities, config.alpha)
-        if config.detector == "mmd":
-            rng = rng_for(self.settings.seed, "mmd", metadata.get("round"))
-            return detectors.mmd_permutation_test(reference, probabilities, config.alpha, config.mmd_permutations, rng)
-        if config.detector == "ece":
-            try:
-                return detectors.ece_rule(probabilities, labels, config.ece_threshold)
-            except ValueError as exc:
-                raise RequestError(str(exc)) from exc
-        return detectors.entropy_rule(probabilities, config.entropy_threshold)
+        observation = detectors.Observation(reference, probabilities, labels, config,
+                                            rng_for(self.settings.seed, "mmd", metadata.get("round")))
+        try:
+            return detectors.DETECTORS[config.detector].run(observation)
+        except ValueError as exc:  # e.g. a labelled detector given no labels
+            raise RequestError(str(exc)) from exc
 
     def prep_retraining(self, query: Any, random: Any, metadata: dict[str, Any]) -> Reply:
         """Open an episode: score every zoo model on post-shift data, start from the best."""

@@ -148,3 +148,28 @@ def test_harmless_shift_is_adopted_without_retraining_when_a_target_is_set(train
     # a harmful shift still gets its episode
     third = run_round(center, relaxed, digits, splits, {"id": "t03", "shift": [{"name": "invert"}]}, second.checkpoint)
     assert third.metrics["flagged"] and third.metrics["retrained"]
+
+
+def test_a_new_detector_is_one_registry_entry_and_the_edge_learns_its_label_needs(
+        trained, settings, digits, splits, monkeypatch):
+    """Adding a detector: a function and an entry in `DETECTORS` (plus its name in the schema).
+    The data center runs it and announces in its handshake that it needs labels."""
+    import dataclasses
+
+    from datacenter import detectors
+
+    seen = []
+
+    def always(observation):
+        seen.append(int((observation.labels >= 0).sum()))
+        return detectors.Verdict(True, None, 1.0, "always")
+
+    monkeypatch.setitem(detectors.DETECTORS, "always", detectors.Detector(always, needs_labels=True))
+    state_dir, base = trained
+    chosen = dataclasses.replace(settings, datacenter=dataclasses.replace(settings.datacenter, detector="always"))
+    center = center_over(state_dir, chosen, digits, splits)
+    hello = center.handle("handshake", None, None, {"state": base["state"]})
+    assert hello.info["labels_check"] == chosen.edge.random_sample > 0
+    out = run_round(center, chosen, digits, splits, {"id": "d01", "shift": []}, base)
+    assert out.metrics["flagged"] and out.metrics["detector"] == "always"
+    assert seen == [chosen.edge.random_sample]  # the edge labelled the random sample because it was asked to
