@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Coroutine
 
 from .conversation import Event, _Conversation
 
@@ -39,6 +39,7 @@ class ConversationProtocol(asyncio.BufferedProtocol):
         self._timer_at: float | None = None
         self._can_write = asyncio.Event()
         self._can_write.set()
+        self._driving = self._drive_again = False
 
     # -- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -82,7 +83,24 @@ class ConversationProtocol(asyncio.BufferedProtocol):
 
     # -- the pump
     def drive(self) -> None:
-        """Do what the conversation asks: send, report events, read or not, time, close."""
+        """Do what the conversation asks: send, report events, read or not, time, close.
+
+        Not re-entrant: an event handler that answers at once (a request served eagerly)
+        calls `drive` again from inside it; that call only asks for one more pass, so a
+        burst of pipelined requests is served in a loop, not in a recursion."""
+        if self._driving:
+            self._drive_again = True
+            return
+        self._driving = True
+        try:
+            self._drive_again = True
+            while self._drive_again:
+                self._drive_again = False
+                self._drive_once()
+        finally:
+            self._driving = False
+
+    def _drive_once(self) -> None:
         conv, transport = self.conversation, self.transport
         if transport is None or transport.is_closing():
             return
@@ -91,6 +109,9 @@ class ConversationProtocol(asyncio.BufferedProtocol):
             self.write(parts)
         while (event := conv.next_event()) is not None:
             self.handle_event(event)
+            parts = conv.data_to_send()  # a request answered at once, before a close is acted on
+            if parts:
+                self.write(parts)
         if conv.aborted:
             transport.abort()
             return
@@ -167,3 +188,46 @@ class ConversationProtocol(asyncio.BufferedProtocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+def start_eagerly(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> asyncio.Task | None:
+    """Run a coroutine's first step now; only if it suspends does a Task carry it on.
+
+    A request whose callback answers without waiting (the common case: an async callback
+    that returns at once, a small body decoded on the loop) is served inside the read
+    callback that completed it: no Task, no extra turn of the loop. (Python 3.12's eager
+    task factory does the same.) An exception that escapes the coroutine is logged, as an
+    unretrieved Task exception would be."""
+    try:
+        yielded = coro.send(None)
+    except StopIteration:
+        return None
+    except Exception:
+        log.exception("request handler failed")
+        return None
+    return loop.create_task(_carry_on(loop, coro, yielded))
+
+
+async def _carry_on(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:
+    """Drive a started coroutine as a Task would: wait for the future it yielded, resume it."""
+    while True:
+        try:
+            if yielded is None:  # a bare yield (asyncio.sleep(0)): one turn of the loop
+                await asyncio.sleep(0)
+            else:
+                yielded._asyncio_future_blocking = False
+                waiter = loop.create_future()
+                yielded.add_done_callback(lambda _, w=waiter: w.done() or w.set_result(None))
+                await waiter
+        except BaseException as exc:  # cancelled: the awaited future goes too, the coroutine hears it
+            if yielded is not None:
+                yielded.cancel()
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+            continue
+        try:
+            yielded = coro.send(None)
+        except StopIteration as stop:
+            return stop.value

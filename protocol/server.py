@@ -26,7 +26,7 @@ from typing import Any, Callable, Collection
 from .auth import DEFAULT_MAX_SKEW_SECONDS, ReplayGuard, normalize_token
 from .blocks import MESSAGE_TYPES, MessageType, RequestBlock, ResponseBlock
 from .codec import decode_request
-from .connection import ConversationProtocol
+from .connection import ConversationProtocol, start_eagerly
 from .conversation import BodyBudget, ConnectionClosed, Event, RequestReceived, ServerConversation
 from .errors import PeerError, ProtocolError, UsageError, describe
 from .limits import (
@@ -338,7 +338,7 @@ class _ServerProtocol(ConversationProtocol):
     def handle_event(self, event: Event) -> None:
         if isinstance(event, RequestReceived):
             self.server._request_started()
-            self.loop.create_task(self._serve(event))
+            start_eagerly(self.loop, self._serve(event))
         elif isinstance(event, ConnectionClosed) and event.error is not None:
             log.warning("%s: %s (%s)", self.peer, getattr(event.error, "message", event.error),
                         getattr(event.error, "code", "?"))
