@@ -71,12 +71,13 @@ class DataCenter:
 
     def _reference_rows(self, data: EpisodeData) -> np.ndarray:
         """Post-shift images for a new reference window: those no label was bought for, if enough."""
-        post_x = data.post_x.reshape(-1, *self.dataset.image_shape)
+        post_x = self._shape(data.post_x)
         unseen = data.unseen_post()
         return post_x[unseen] if unseen.sum() >= MIN_REFERENCE_ROWS else post_x
 
-    def _images(self, frame: pd.DataFrame) -> np.ndarray:
-        return frame_features(frame).reshape(len(frame), *self.dataset.image_shape)
+    def _shape(self, features: np.ndarray) -> np.ndarray:
+        """Flat feature rows as images (the model's input shape)."""
+        return features.reshape(len(features), *self.dataset.image_shape)
 
     def _parent(self, metadata: dict[str, Any]) -> tuple[str, Snapshot]:
         key = metadata.get("state")
@@ -130,7 +131,7 @@ class DataCenter:
         """Drift check of the current model on the unlabelled random sample; state unchanged."""
         key, snapshot = self._parent(metadata)
         frame = self._frame(random, "random_dataframe")
-        probabilities = predict_proba(self.model(snapshot.current), self._images(frame))
+        probabilities = predict_proba(self.model(snapshot.current), self._shape(frame_features(frame)))
         verdict = self.detect(snapshot.monitor_reference(), probabilities, frame_labels(frame), metadata)
         return Reply(verdict.drift, None, {
             "state": key, "flagged": verdict.drift, "detector": verdict.detector, "p_value": verdict.p_value,
@@ -157,21 +158,22 @@ class DataCenter:
             labelled = self._frame(query, "query_dataframe", labelled=True)
         elif query is not None:
             labelled = self._frame(query, "query_dataframe", labelled=True)
-        scores = [self.transferability(entry.sha256, snapshot, post, labelled) for entry in snapshot.zoo]
-        best = int(np.argmax(scores))  # ties: the earliest entry (the base model first)
-        start = snapshot.zoo[best].sha256
-        child_key = state_key(key, round_id, "prep_retraining", frame_digest(post) + frame_digest(labelled))
+        # the frames become arrays once, here at the boundary
         data = EpisodeData(
             post_x=frame_features(post), post_ids=post["id"].to_numpy(dtype=np.int64),
             x=frame_features(labelled) if labelled is not None else np.zeros((0, self.n_features), np.float32),
             y=frame_labels(labelled) if labelled is not None else np.zeros(0, np.int64),
             ids=labelled["id"].to_numpy(dtype=np.int64) if labelled is not None else np.zeros(0, np.int64),
         )
+        scores = [self.transferability(entry.sha256, snapshot, data) for entry in snapshot.zoo]
+        best = int(np.argmax(scores))  # ties: the earliest entry (the base model first)
+        start = snapshot.zoo[best].sha256
+        child_key = state_key(key, round_id, "prep_retraining", frame_digest(post) + frame_digest(labelled))
         monitor_ref = None
         n_labels = 0 if labelled is None else len(labelled)
         start_accuracy = None
         if labelled is not None:
-            start_accuracy = accuracy_of(predict_proba(self.model(start), self._images(labelled)), frame_labels(labelled))
+            start_accuracy = accuracy_of(predict_proba(self.model(start), self._shape(data.x)), data.y)
         target = self.settings.datacenter.target_accuracy
         needed = target is None or start_accuracy is None or start_accuracy < target
         if needed:
@@ -193,12 +195,12 @@ class DataCenter:
             "score": float(scores[best]), "scores": json.dumps(ranking, sort_keys=True), "labels_used": n_labels,
         })
 
-    def transferability(self, sha: str, snapshot: Snapshot, post: pd.DataFrame, labelled: pd.DataFrame | None) -> float:
+    def transferability(self, sha: str, snapshot: Snapshot, data: EpisodeData) -> float:
         model = self.model(sha)
         method = self.settings.datacenter.selection
         if method == "label_free":
-            return selection.label_free_fit(snapshot.reference(sha), predict_proba(model, self._images(post)))
-        images, labels = self._images(labelled), frame_labels(labelled)
+            return selection.label_free_fit(snapshot.reference(sha), predict_proba(model, self._shape(data.post_x)))
+        images, labels = self._shape(data.x), data.y
         if method == "leep":
             return selection.leep(predict_proba(model, images), labels, self.dataset.n_classes,
                                   prior=self.settings.datacenter.leep_prior)
@@ -222,14 +224,14 @@ class DataCenter:
             raise RequestError("query_dataframe repeats sample ids already labelled in this episode")
         previous = self.model(snapshot.current)
         new_x, new_y = frame_features(new), frame_labels(new)
-        prequential = accuracy_of(predict_proba(previous, self._images(new)), new_y)
+        prequential = accuracy_of(predict_proba(previous, self._shape(new_x)), new_y)
         data = seen.with_labels(new_x, new_y, new_ids)
         model = finetune(self.model(episode.start), data.x, data.y, self.dataset, self.splits, config.finetune,
                          self.settings.seed, episode.id)
         spec = ModelSpec(self.settings.model.arch, self.dataset.image_shape, self.dataset.n_classes)
         _, sha = save_checkpoint(model, spec, self.store.checkpoints)
         self._models.setdefault(sha, model)
-        post_x = data.post_x.reshape(-1, *self.dataset.image_shape)
+        post_x = self._shape(data.post_x)
         reference = predict_proba(model, self._reference_rows(data))
         post_now = predict_proba(model, post_x).argmax(1)
         post_before = predict_proba(previous, post_x).argmax(1)
