@@ -12,7 +12,6 @@ import resource
 import shutil
 import signal
 import ssl
-import stat
 import subprocess
 import zipfile
 from pathlib import Path
@@ -26,7 +25,6 @@ from mlcore.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from mlcore.models import ModelSpec, build_model
 from protocol import (AsyncClient, AuthenticationError, AsyncServer, ConnectionLost, ProtocolError, RemoteError, RequestBlock, UsageError,
                       encode_request)
-from protocol.files import create_token_file, read_token_file
 from reliability_harness import (Faults, FaultyProxy, ServerThread, echo_callback, echo_request, expected_echo, make_server,
                                  payload, raw_exchange)
 
@@ -63,21 +61,6 @@ def test_refuses_to_listen_beyond_loopback_without_token_or_tls(host) -> None:
 def test_loopback_without_token_is_allowed() -> None:
     for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
         AsyncServer(echo_callback, 0, host=host)
-
-
-def test_token_file_is_0600_whatever_the_umask_and_group_readable_ones_are_refused(tmp_path: Path) -> None:
-    old = os.umask(0)
-    try:
-        token = create_token_file(tmp_path / "server" / "token")
-    finally:
-        os.umask(old)
-    path = tmp_path / "server" / "token"
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert read_token_file(path) == token and len(token) >= 32
-    assert not list(path.parent.glob(".*tmp"))  # no temp file left behind
-    path.chmod(0o640)
-    with pytest.raises(UsageError, match="readable by others"):
-        read_token_file(path)
 
 
 # ------------------------------------------------------------------ checkpoints
