@@ -457,15 +457,25 @@ def _encode(frame: pd.DataFrame, names: list[str]) -> pa.Buffer:
     _, schema_bytes = _schema_message(names, tags, types, rows, tuple(generic))
     batch_bytes = _record_batch_message(rows, nodes, buffers, body.size) if ncols else b""
     start = len(schema_bytes) + len(batch_bytes)
-    out = np.zeros(start + (body.size if ncols else 0) + len(_EOS), dtype=np.uint8)
+    # Not zeroed as a whole (np.zeros of a large frame costs as much as copying it): every
+    # byte below is written, the padding after each buffer explicitly.
+    out = np.empty(start + (body.size if ncols else 0) + len(_EOS), dtype=np.uint8)
     out[: len(schema_bytes)] = np.frombuffer(schema_bytes, np.uint8)
     out[len(schema_bytes) : start] = np.frombuffer(batch_bytes, np.uint8)
+    written = 0
     for offset, slot, values in blocks:
         count, itemsize = values.shape[0], values.dtype.itemsize
         region = out[start + offset : start + offset + slot * count].view(values.dtype).reshape(count, slot // itemsize)
         region[:, :rows] = values
+        region[:, rows:] = 0
+        written += slot * count
     for offset, source in body.fills:
-        out[start + offset : start + offset + len(source)] = source
+        end = start + offset + len(source)
+        out[start + offset : end] = source
+        out[end : start + offset + _pad(len(source))] = 0
+        written += _pad(len(source))
+    if ncols and written != body.size:  # pragma: no cover - a layout bug would send stale memory
+        raise AssertionError(f"record batch body laid out {written} of {body.size} bytes")
     out[len(out) - len(_EOS) :] = np.frombuffer(_EOS, np.uint8)
     return pa.py_buffer(out)
 
@@ -551,6 +561,9 @@ class _Message:
         self.rows, self.nodes, self.buffers, self.dictionary_id = 0, None, None, None
 
 
+_SMALL_HEADER = 64
+
+
 def _record_batch_header(fb: _Flatbuffer, position: int | None, message: _Message) -> None:
     if position is None:
         raise PeerError("Arrow record batch without a header")
@@ -563,6 +576,16 @@ def _record_batch_header(fb: _Flatbuffer, position: int | None, message: _Messag
     message.nodes = fb.structs(table, 1)
     message.buffers = fb.structs(table, 2)
     nodes, buffers, body_len = message.nodes, message.buffers, message.body_len
+    if len(nodes) + len(buffers) <= _SMALL_HEADER:  # the same checks on Python ints (numpy costs ~1 us a call)
+        if message.rows < 0 or any(nulls < 0 or nulls > length for length, nulls in nodes.tolist()):
+            raise PeerError("negative or inconsistent Arrow lengths")
+        pairs = buffers.tolist()
+        if any(offset < 0 or length < 0 or offset > body_len or length > body_len or offset & 7
+               for offset, length in pairs):
+            raise PeerError("Arrow buffers must start at 8-byte aligned offsets inside the body")
+        if any(offset + length > body_len for offset, length in pairs) or sum(n for _, n in pairs) > body_len:
+            raise PeerError("Arrow buffers do not fit in the bytes received")
+        return
     if message.rows < 0 or (len(nodes) and ((nodes[:, 1] < 0) | (nodes[:, 1] > nodes[:, 0])).any()):
         raise PeerError("negative or inconsistent Arrow lengths")
     if len(buffers):

@@ -262,11 +262,15 @@ class FrameDecoder:
                 header = self._header = parse_header(raw, self.limits)
                 self._header_bytes = raw
                 start = self._start = start + HEADER_SIZE
-                if available - HEADER_SIZE >= header.head_len:  # the whole head is here (a small frame)
-                    self._start = start + header.head_len
+                head_len = header.head_len
+                if available - HEADER_SIZE >= head_len:  # the whole head is here (a small frame)
+                    self._start = start + head_len
+                    tail_len = header.tail_len
+                    if available - HEADER_SIZE - head_len >= tail_len:  # and its body: the whole frame
+                        return self._whole(header, raw, start, head_len, tail_len)
                     self._take_head(memoryview(self._scratch[start : self._start]))
                 else:
-                    self._begin(_HEAD, bytearray(header.head_len))
+                    self._begin(_HEAD, bytearray(head_len))
             elif self._state == _HEAD:
                 if not self._fill():
                     return None
@@ -276,6 +280,27 @@ class FrameDecoder:
                 if not self._fill():
                     return None
                 return self._finish()
+
+    def _whole(self, header: Header, raw: bytes, start: int, head_len: int, tail_len: int) -> RawFrame:
+        """A frame whose every byte is in the scratch buffer (the common, small case): its
+        head is checked as always before the body is looked at, then the body is copied
+        out of the scratch buffer into a buffer of its own, without the state machine."""
+        meta_len = header.meta_len
+        head = memoryview(self._scratch[start : start + head_len])  # a copy: the scratch is reused
+        has_mac = header.flags & FLAG_MAC
+        self._head = Head(header, raw, head[:meta_len], bytes(head[meta_len:]) if has_mac else None)
+        checked = self.head_check(self._head) if self.head_check else None
+        body_start = self._start
+        self._start = body_start + tail_len
+        if self._start == self._end:
+            self._start = self._end = 0
+        head_, self._head, self._header = self._head, None, None
+        if not tail_len:
+            return RawFrame(head_, _EMPTY, None, checked)
+        target = receive_buffer(tail_len)
+        target[:] = self._scratch[body_start : body_start + tail_len]
+        body_len = header.body_len
+        return RawFrame(head_, target[:body_len], bytes(target[body_len:]) if has_mac else None, checked)
 
     def _take_head(self, head: memoryview) -> None:
         """Check a whole head (metadata and MAC), then make room for the body."""

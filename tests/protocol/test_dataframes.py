@@ -324,3 +324,27 @@ def test_pyarrow_errors_while_encoding_are_usage_errors():
         encode_dataframe(pd.DataFrame({"x": [np.zeros(2, np.float32), np.zeros(3, np.float32)]}))
     with pytest.raises(UsageError):
         encode_dataframe(pd.DataFrame({"s": pd.Series(["a", 1], dtype=object)}))
+
+
+def test_encoded_padding_is_zero():
+    """The encoder does not zero its output as a whole: every padding byte must still be 0."""
+    import numpy as np
+    import pandas as pd
+
+    from protocol import dataframes as D
+
+    for _ in range(3):
+        np.empty(1 << 16, np.uint8).fill(0xAB)  # leave stale bytes where the next allocation may land
+        frame = pd.DataFrame({
+            "i8": np.arange(3, dtype=np.int8), "i16": np.arange(3, dtype=np.int16),
+            "s": pd.Series(["a", None, "ccc"], dtype=object), "n": pd.array([1, None, 3], dtype="Int64"),
+            "x": pd.Series([np.arange(3, dtype=np.float32)] * 3, dtype=object),
+        })
+        data = np.frombuffer(D.encode_dataframe(frame), np.uint8)
+        (_, batch) = D._split_messages(memoryview(data))
+        covered = np.zeros(batch.body_len, dtype=bool)
+        for offset, length in batch.buffers.tolist():
+            covered[offset : offset + length] = True
+        body = data[batch.body_start : batch.body_start + batch.body_len]
+        assert not body[~covered].any()
+        assert D.decode_dataframe(data).equals(D.decode_dataframe(data.copy()))
