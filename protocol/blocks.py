@@ -94,6 +94,17 @@ class RequestBlock:
             raise UsageError(f"extra may not hold {sorted(clash)}: pass them as fields of their own")
 
 
+def _checked_request(request_type: str, query_data: pd.DataFrame | None, random_data: pd.DataFrame | None,
+                     request_id: str, edge_id: str | None, round: str | int | None,
+                     extra: dict[str, Scalar]) -> "RequestBlock":
+    """A request from fields the decoder has checked already (every metadata field by
+    metadata.check_fields, the frames just decoded): built without checking them twice."""
+    block = object.__new__(RequestBlock)
+    block.request_type, block.query_data, block.random_data = request_type, query_data, random_data
+    block.request_id, block.edge_id, block.round, block.extra = request_id, edge_id, round, extra
+    return block
+
+
 class ResponseBlock(tuple):
     """The data center's answer: a real `(retraining_flag, checkpoint)` tuple, as in the original.
 
@@ -139,6 +150,16 @@ class ResponseBlock(tuple):
         if checkpoint_data is not None and not isinstance(checkpoint_data, (bytes, bytearray, memoryview)):
             raise UsageError(f"checkpoint_data must be bytes or None, got {type(checkpoint_data).__name__}")
         self.checkpoint_data = None if checkpoint_data is None else bytes(checkpoint_data)
+        return self
+
+    @classmethod
+    def _checked(cls, retraining_flag: bool, checkpoint: str | None, error: str | None, error_code: str | None,
+                 info: dict[str, Scalar], request_id: str | None, checkpoint_data: bytes | None) -> "ResponseBlock":
+        """A block from fields the decoder has checked already (metadata.check_fields checks
+        every one of them, to the same types): built without checking them twice."""
+        self = tuple.__new__(cls, (retraining_flag, checkpoint))
+        self.error, self.error_code, self.info = error, error_code, info
+        self.request_id, self.checkpoint_data = request_id, checkpoint_data
         return self
 
     @property

@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import metadata as md
 from .auth import ReplayGuard, body_mac, head_mac, new_nonce, verify_mac
-from .blocks import RESERVED_EXTRA_KEYS, RequestBlock, ResponseBlock
+from .blocks import RESERVED_EXTRA_KEYS, RequestBlock, ResponseBlock, _checked_request
 from .dataframes import decode_dataframe, encode_dataframe
 from .errors import AuthenticationError, LimitExceeded, PeerError, ProtocolError, UsageError
 from .frame import ALIGN, FLAG_MAC, KIND_REQUEST, KIND_RESPONSE, Head, Header, RawFrame, padded
@@ -59,7 +59,7 @@ def _frame(kind: int, meta: dict[str, Any], sections: Sequence[tuple[str, Any]],
     meta["sections"] = [{"name": name, "length": len(data)} for name, data in sections]
     try:
         meta_bytes = md.dumps(meta)
-    except (ValueError, TypeError) as exc:  # UnicodeEncodeError (a lone surrogate) is a ValueError
+    except (ValueError, TypeError, RecursionError) as exc:  # UnicodeEncodeError (a lone surrogate) is a ValueError
         raise UsageError(f"metadata cannot be encoded: {exc}") from None
     _check_own(meta, meta_bytes, _REQUEST_FIELDS if kind == KIND_REQUEST else _RESPONSE_FIELDS, limits)
     if len(meta_bytes) > limits.max_metadata_bytes:
@@ -224,14 +224,14 @@ def decode_request(raw: RawFrame, *, token: bytes | None = None, replay_guard: R
     for name, length in meta["sections"]:
         frames[name] = decode_dataframe(raw.body[offset : offset + length])
         offset += padded(length)
-    return RequestBlock(
+    return _checked_request(
         meta["request_type"],
         frames.get("query_data"),
         frames.get("random_data"),
-        request_id=meta["request_id"],
-        edge_id=meta.get("edge_id"),
-        round=meta.get("round"),
-        extra=meta.get("extra"),
+        meta["request_id"],
+        meta.get("edge_id"),
+        meta.get("round"),
+        dict(meta.get("extra") or {}),
     )
 
 
@@ -243,12 +243,12 @@ def decode_response(raw: RawFrame, *, token: bytes | None = None, limits: Limits
     for name, length in meta["sections"]:  # only checkpoint_data is allowed (checked with the head)
         data = bytes(raw.body[:length])
     error = meta["error"]
-    return ResponseBlock(
+    return ResponseBlock._checked(
         meta["retraining_flag"],
         meta["checkpoint"],
-        error=None if error is None else error["message"],
-        error_code=None if error is None else error["code"],
-        info=meta.get("info"),
-        request_id=meta["request_id"],
-        checkpoint_data=data,
+        None if error is None else error["message"],
+        None if error is None else error["code"],
+        dict(meta.get("info") or {}),
+        meta["request_id"],
+        data,
     )

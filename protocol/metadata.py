@@ -46,9 +46,18 @@ def loads(data: bytes | memoryview, limits: Limits) -> dict[str, Any]:
     return value
 
 
+try:  # the C encoder, made once (JSONEncoder.encode makes one a call); no cycle check:
+    # metadata is built here from checked blocks, whose maps hold scalars only
+    from json.encoder import c_make_encoder as _c_make_encoder, encode_basestring as _encode_basestring
+
+    _C_ENCODE = _c_make_encoder(None, _ENCODER.default, _encode_basestring, None, ":", ",", False, False, False)
+except (ImportError, TypeError):  # pragma: no cover - a Python without the C accelerator
+    _C_ENCODE = None
+
+
 def dumps(meta: dict[str, Any]) -> bytes:
     """Serialize metadata compactly, padded with spaces to a multiple of 8 bytes."""
-    raw = _ENCODER.encode(meta).encode("utf-8")
+    raw = ("".join(_C_ENCODE(meta, 0)) if _C_ENCODE is not None else _ENCODER.encode(meta)).encode("utf-8")
     return raw + b" " * (-len(raw) % ALIGN)
 
 
