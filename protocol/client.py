@@ -168,13 +168,11 @@ class AsyncClient:
         delay = 0.02
         while True:
             try:
-                _, conn = await asyncio.wait_for(
-                    loop.create_connection(
+                async with asyncio.timeout(self.connect_timeout):  # no Task of its own, as wait_for makes
+                    _, conn = await loop.create_connection(
                         lambda: _ClientProtocol(self.limits, self.token), self.host, port, ssl=self.ssl,
                         server_hostname=self.server_hostname if self.ssl else None,
-                    ),
-                    self.connect_timeout,
-                )
+                    )
                 return conn
             except (OSError, asyncio.TimeoutError) as exc:
                 refused = isinstance(exc, _REFUSED) or getattr(exc, "errno", None) in _REFUSED_ERRNOS

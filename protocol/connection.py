@@ -181,7 +181,9 @@ class ConversationProtocol(asyncio.BufferedProtocol):
     async def wait_closed(self, timeout: float) -> None:
         """Wait (up to `timeout`) until the transport is gone; never raises."""
         try:
-            await asyncio.wait_for(asyncio.shield(self.closed), timeout)
+            if not self.closed.done():
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(self.closed)
         except asyncio.TimeoutError:
             pass
 
