@@ -112,6 +112,8 @@ class ConversationProtocol(asyncio.BufferedProtocol):
             parts = conv.data_to_send()  # a request answered at once, before a close is acted on
             if parts:
                 self.write(parts)
+        # A drive() asked for by an event handler is done by the rest of this pass.
+        self._drive_again = False
         if conv.aborted:
             transport.abort()
             return

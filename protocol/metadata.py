@@ -68,6 +68,8 @@ def _fail(field: str, expected: str, value: Any) -> PeerError:
 
 
 def string(field: str, value: Any, limits: Limits) -> str:
+    if type(value) is str and value.isascii() and len(value) <= limits.max_string_chars:
+        return value  # the common case, in one test
     if not isinstance(value, str) or len(value) > limits.max_string_chars:
         raise _fail(field, f"a string of at most {limits.max_string_chars} characters", value)
     if not value.isascii():
@@ -148,8 +150,7 @@ def check_fields(
         raise PeerError(f"unknown metadata fields: {sorted(unknown)[:5]}", code="bad_metadata")
     if not required.keys() <= meta.keys():
         raise PeerError(f"missing metadata fields: {sorted(required.keys() - meta.keys())}", code="bad_metadata")
-    checked = {name: check(name, meta[name], limits) for name, check in required.items()}
-    for name, value in meta.items():
-        if name not in checked:
-            checked[name] = optional[name](name, value, limits)
+    checked = {}
+    for name, value in meta.items():  # every field, required or optional, through its checker
+        checked[name] = (required.get(name) or optional[name])(name, value, limits)
     return checked
