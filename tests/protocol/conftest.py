@@ -1,16 +1,16 @@
-"""Fixtures: a real AsyncServer on 127.0.0.1 (port 0) in a background thread with its own loop."""
+"""Fixtures: a real AsyncServer on 127.0.0.1 (port 0) in a background thread (tests/serving.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 
 import pytest
 
 from protocol import AsyncClient, AsyncServer
 from protocol.codec import encode_request
 from protocol.blocks import RequestBlock
+from serving import ServerThread
 
 
 def echo_callback(message_type, query_dataframe, random_dataframe):
@@ -19,30 +19,12 @@ def echo_callback(message_type, query_dataframe, random_dataframe):
     return message_type == "retraining", f"{message_type}:{rows}"
 
 
-class RunningServer:
+class RunningServer(ServerThread):
+    """The shared ServerThread, started at once around an echo server, with request helpers."""
+
     def __init__(self, **kwargs) -> None:
-        self.server = AsyncServer(kwargs.pop("callback", echo_callback), 0, **kwargs)
-        self._ready = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        assert self._ready.wait(10), "server did not start"
-        if self.error:
-            raise self.error
-        self.port = self.server.port
-
-    def _run(self) -> None:
-        async def main():
-            task = asyncio.create_task(self.server.start_server())
-            await self.server.wait_started()
-            self._ready.set()
-            await task
-
-        try:
-            asyncio.run(main())
-        except BaseException as exc:  # surfaced to the test via self.error
-            self.error = exc
-            self._ready.set()
+        super().__init__(AsyncServer(kwargs.pop("callback", echo_callback), 0, **kwargs))
+        self.start()
 
     def client(self, **kwargs) -> AsyncClient:
         return AsyncClient(self.port, timeout=kwargs.pop("timeout", 10), **kwargs)
@@ -63,11 +45,6 @@ class RunningServer:
             sock.sendall(data)
             sock.shutdown(socket.SHUT_WR)
             return recv_all(sock)
-
-    def stop(self) -> None:
-        self.server.stop()
-        self.thread.join(15)
-        assert not self.thread.is_alive(), "server did not stop"
 
 
 def recv_all(sock: socket.socket) -> bytes:

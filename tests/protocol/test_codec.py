@@ -17,7 +17,7 @@ from protocol import (
     FrameDecoder, LimitExceeded, Limits, PeerError, ProtocolError, RequestBlock, ResponseBlock, UsageError,
     decode_dataframe, decode_request, decode_response, encode_dataframe, encode_request, encode_response,
 )
-from protocol.frame import HEADER, Header, KIND_REQUEST, MAGIC, VERSION
+from protocol.frame import HEADER, KIND_REQUEST, MAGIC, VERSION
 
 ROWS = 5
 

@@ -11,10 +11,8 @@ import asyncio
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import textwrap
@@ -27,7 +25,7 @@ import protocol
 from protocol import AsyncClient, AuthenticationError, RemoteError, RequestBlock, ResponseBlock, UsageError
 from protocol.frame import ALIGN, FLAG_MAC, HEADER, HEADER_SIZE, KIND_REQUEST, KIND_RESPONSE, MAC_SIZE, Header
 
-from conftest import recv_all, request_bytes
+from conftest import request_bytes
 
 TOKEN = "d" * 32
 MiB = 1 << 20
@@ -307,21 +305,6 @@ def test_e_silent_sockets_do_not_lock_out_a_token_holder(start_server):
 
 def test_e_silent_sockets_from_the_same_host_do_not_lock_out_a_token_holder(start_server):
     silent_sockets_then_token_holder(start_server(token=TOKEN, max_connections=4), "127.0.0.1")
-
-
-@pytest.fixture(scope="module")
-def tls_contexts(tmp_path_factory: pytest.TempPathFactory):
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl CLI not installed")
-    folder = tmp_path_factory.mktemp("tls")
-    key, cert = folder / "key.pem", folder / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True, timeout=60)
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(cert, key)
-    client = ssl.create_default_context(cafile=str(cert))
-    return server, client
 
 
 def test_e_tls_sockets_without_client_hello_are_counted_and_closed(start_server, tls_contexts):

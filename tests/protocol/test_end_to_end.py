@@ -114,20 +114,6 @@ def test_refuses_non_loopback_without_token_or_tls():
         AsyncServer(lambda **kw: None, 0, host="0.0.0.0")
 
 
-def test_token_file_helpers(tmp_path):
-    import os
-
-    from protocol import UsageError, create_token_file, read_token_file
-
-    path = tmp_path / "token"
-    token = create_token_file(path)
-    assert os.stat(path).st_mode & 0o777 == 0o600
-    assert read_token_file(path) == token
-    os.chmod(path, 0o644)
-    with pytest.raises(UsageError, match="readable by others"):
-        read_token_file(path)
-
-
 def test_a_checkpoint_travels_in_the_reply_signed_and_intact(start_server):
     """The model's bytes come back in the reply's `checkpoint_data` section, under the MACs."""
     blob = bytes(range(256)) * 4099  # ~1 MB, not a multiple of 8: padding must not leak into the bytes

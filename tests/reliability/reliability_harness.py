@@ -77,35 +77,6 @@ def make_server(token: str | None = None, **kwargs: Any) -> AsyncServer:
     return AsyncServer(echo_callback, 0, host=LOOPBACK, token=token, **options)
 
 
-class ServerThread:
-    """A real AsyncServer on its own event loop in a background thread (port 0)."""
-
-    def __init__(self, server: AsyncServer) -> None:
-        self.server = server
-        self.port = 0
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        async def main() -> None:
-            task = asyncio.create_task(self.server.start_server())
-            self.port = await self.server.wait_started()
-            self._ready.set()
-            await task
-
-        asyncio.run(main())
-
-    def __enter__(self) -> "ServerThread":
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("server did not start within 10 s")
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.stop()
-        self._thread.join(10)
-
-
 async def echo_request(port: int, seed: int, *, token: str | None = None, timeout: float = 10.0,
                        message_type: str = "normal", rows: int = 32) -> None:
     """One request with two payloads; raise AssertionError unless the echo matches."""

@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 from protocol import AsyncClient, PeerError, RemoteError, RequestBlock, UsageError, decode_request, encode_request
 from protocol.frame import ALIGN, KIND_REQUEST, FrameDecoder, Header
 from protocol.limits import Limits
-from reliability_harness import ServerThread, echo_request, make_server, payload, raw_exchange
+from serving import ServerThread
+from reliability_harness import echo_request, make_server, payload, raw_exchange
 
 REPO = Path(__file__).resolve().parents[2]
 FUZZ = REPO / "fuzz"

@@ -11,7 +11,8 @@ import time
 import pytest
 
 from protocol import AsyncClient, ConnectionLost, PeerError, ProtocolError, RemoteError
-from reliability_harness import Faults, FaultyProxy, ServerThread, echo_request, expected_echo, make_server, payload, run_load
+from serving import ServerThread
+from reliability_harness import Faults, FaultyProxy, echo_request, expected_echo, make_server, payload, run_load
 
 TOKEN = "reliability-test-token-0123456789"
 

@@ -9,10 +9,8 @@ import errno
 import os
 import pickle
 import resource
-import shutil
 import signal
 import ssl
-import subprocess
 import zipfile
 from pathlib import Path
 
@@ -25,7 +23,8 @@ from mlcore.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from mlcore.models import ModelSpec, build_model
 from protocol import (AsyncClient, AuthenticationError, AsyncServer, ConnectionLost, ProtocolError, RemoteError, RequestBlock, UsageError,
                       encode_request)
-from reliability_harness import (Faults, FaultyProxy, ServerThread, echo_callback, echo_request, expected_echo, make_server,
+from serving import ServerThread
+from reliability_harness import (Faults, FaultyProxy, echo_callback, echo_request, expected_echo, make_server,
                                  payload, raw_exchange)
 
 TOKEN = "security-test-token-0123456789abcdef"
@@ -183,22 +182,6 @@ def test_a_real_write_failure_from_the_kernel_leaves_no_partial_file(tmp_path: P
 
 
 # ------------------------------------------------------------------ TLS
-@pytest.fixture(scope="module")
-def tls_contexts(tmp_path_factory: pytest.TempPathFactory):
-    """A self-signed certificate for 127.0.0.1 (openssl CLI); server and client contexts."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl CLI not installed")
-    folder = tmp_path_factory.mktemp("tls")
-    key, cert = folder / "key.pem", folder / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True, timeout=60)
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(cert, key)
-    client = ssl.create_default_context(cafile=str(cert))
-    return server, client
-
-
 def test_tls_with_token_serves_correctly_and_refuses_plaintext_and_untrusted_peers(tls_contexts) -> None:
     server_ctx, client_ctx = tls_contexts
 
