@@ -1,5 +1,6 @@
 # driftloop: one edge job per round of config/rounds.yaml; each round's checkpoint feeds
-# the next. The data-center server runs outside the DAG, from onstart to onsuccess/onerror.
+# the next. The data-center server runs outside the DAG, from onstart to onsuccess/onerror
+# (runtime/pipeline.py).
 
 from snakemake.utils import min_version
 
@@ -19,7 +20,7 @@ include: "workflow/rules/summary.smk"
 
 
 wildcard_constraints:
-    round="[A-Za-z0-9][A-Za-z0-9_.-]{0,63}",
+    round=ROUND_ID.removeprefix("^").removesuffix("$"),
 
 
 rule all:

@@ -1,15 +1,5 @@
-"""Is a process still there? (for servers that end with the process that started them)"""
+"""Moved to `runtime.processes` (process plumbing is not ML); kept for datacenter/server.py's import."""
 
-from __future__ import annotations
+from runtime.processes import pid_alive
 
-import os
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, owned by someone else
-        return True
-    return True
+__all__ = ["pid_alive"]

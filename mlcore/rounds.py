@@ -7,17 +7,13 @@ Schedule generators return such explicit round lists, so what runs is always wri
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from .seeding import rng_for
 from .shifts import Shift, ShiftError, parse_shift_list, shift_tag
-from .yamlfile import read_yaml
-
-ROUND_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+from .yamlfile import check_schema, read_yaml
 
 
 class RoundsError(ValueError):
@@ -38,42 +34,25 @@ class RoundSpec:
         return tag if self.mix >= 1.0 or not self.shifts else f"{tag}@{self.mix:g}"
 
 
-def parse_round(raw: Any, where: str) -> RoundSpec:
-    if not isinstance(raw, dict):
-        raise RoundsError(f"{where}: must be a mapping with id and shift, got {raw!r}")
-    unknown = sorted(set(raw) - {"id", "shift", "mix", "size", "seed"})
-    if unknown:
-        raise RoundsError(f"{where}: unknown key(s) {unknown}; known: id, shift, mix, size, seed")
-    round_id = raw.get("id")
-    if not isinstance(round_id, str) or not ROUND_ID.match(round_id):
-        raise RoundsError(f"{where}.id: must be a string of letters, digits, '_', '-', '.', got {round_id!r}")
-    try:
-        shifts = parse_shift_list(raw.get("shift", []), where=f"{where}.shift")
-    except ShiftError as exc:
-        raise RoundsError(str(exc)) from exc
-    mix = raw.get("mix", 1.0)
-    if isinstance(mix, bool) or not isinstance(mix, (int, float)) or not 0.0 <= mix <= 1.0:
-        raise RoundsError(f"{where}.mix: must be a number in [0, 1], got {mix!r}")
-    size = raw.get("size")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise RoundsError(f"{where}.size: must be a positive integer, got {size!r}")
-    seed = raw.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise RoundsError(f"{where}.seed: must be an integer, got {seed!r}")
-    return RoundSpec(round_id, shifts, float(mix), size, seed)
+def _spec(raw: dict) -> RoundSpec:
+    """A round from an entry that passed the schema (shift steps built by mlcore.shifts)."""
+    size, seed = raw.get("size"), raw.get("seed")
+    return RoundSpec(raw["id"], parse_shift_list(raw.get("shift", [])), float(raw.get("mix", 1.0)), size, seed)
 
 
 def parse_rounds(raw: Any) -> list[RoundSpec]:
-    """Validate a parsed rounds document `{rounds: [...]}`; ids must be unique."""
-    if not isinstance(raw, dict) or not isinstance(raw.get("rounds"), list) or not raw["rounds"]:
-        raise RoundsError("rounds: the file must hold a non-empty list under the key 'rounds'")
-    rounds = [parse_round(item, f"rounds[{i}]") for i, item in enumerate(raw["rounds"])]
+    """Validate a parsed rounds document `{rounds: [...]}` against workflow/schemas/rounds.schema.yaml
+    (the one validator of rounds.yaml); then the rule a schema cannot state: ids are unique."""
+    check_schema(raw, "rounds.schema.yaml", RoundsError)
     seen: dict[str, int] = {}
-    for i, spec in enumerate(rounds):
-        if spec.id in seen:
-            raise RoundsError(f"rounds[{i}].id: duplicate id {spec.id!r} (first at rounds[{seen[spec.id]}])")
-        seen[spec.id] = i
-    return rounds
+    for i, entry in enumerate(raw["rounds"]):
+        if entry["id"] in seen:
+            raise RoundsError(f"rounds[{i}].id: duplicate id {entry['id']!r} (first at rounds[{seen[entry['id']]}])")
+        seen[entry["id"]] = i
+    try:
+        return [_spec(entry) for entry in raw["rounds"]]
+    except ShiftError as exc:  # a rule of mlcore.shifts beyond the schema (e.g. weights all zero)
+        raise RoundsError(str(exc)) from exc
 
 
 def load_rounds(path: str | Path) -> list[RoundSpec]:

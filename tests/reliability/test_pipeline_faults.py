@@ -1,5 +1,5 @@
 """Faults across the pipeline, with the real processes: `python -m datacenter serve` and
-`python -m edge round` (forked warm by `mlcore.warm`, exactly as the workflow runs them).
+`python -m edge round` (forked warm by `runtime.warm`, as the workflow runs them).
 
 - The server is SIGKILLed when a request of each type (normal, prep_retraining, retraining)
   has reached it: the edge exits non-zero with a clear message and writes no output; a
@@ -39,7 +39,7 @@ CONFIG = {
                    "finetune": {"epochs": 2, "lr": 0.002, "replay": 50, "batch_size": 32}},
 }
 ROUNDS = {"rounds": [{"id": "r01", "shift": [{"name": "invert"}]}]}  # flagged: all three message types
-WARM = [sys.executable, "-m", "mlcore.warm"]
+WARM = [sys.executable, "-m", "runtime.warm"]
 TIMEOUT = 120
 #: Seconds between a request reaching the server and its SIGKILL: 0 kills it while working on the
 #: request; 0.3 lets it finish and write its state, and the proxy holds the answer back.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -168,3 +170,42 @@ def test_lint_is_clean_and_report_works_offline(run_copy: Workdir) -> None:
     html = (run_copy.path / "results/report.html").read_text(errors="replace")
     assert "accuracy.svg" in html
     assert not alive(int((run_copy.path / "results/server/pid").read_text()))
+
+
+BLOCK_IMPORTS = '''
+import sys
+
+class _Block:
+    """torch and the project's packages other than runtime cannot be imported."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "mlcore", "protocol", "edge", "datacenter"):
+            raise ImportError(f"{name}: blocked by the test")
+        return None
+
+sys.meta_path.insert(0, _Block())
+'''
+
+
+def test_parsing_the_workflow_imports_no_torch_and_no_project_package(fresh: Workdir, tmp_path: Path) -> None:
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(BLOCK_IMPORTS)
+    env = {**os.environ, "PYTHONPATH": f"{shim}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
+    assert "blocked by the test" in probe.stderr, "the shim does not work"
+    for args in (["-n", "--cores", "2"], ["--lint"]):
+        result = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=fresh.path, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_settings_python_accepts_are_accepted_by_the_workflow(fresh: Workdir) -> None:
+    config = fresh.config()
+    config["datacenter"]["leep_prior"] = 0.5  # once refused by the schema, accepted by Python
+    fresh.write_config(config)
+    fresh.run("-n", "--cores", "2")
+    config["dataset"] = {"name": "table"}  # a table needs a path
+    fresh.write_config(config)
+    result = fresh.run("-n", "--cores", "2", check=False)
+    assert result.returncode != 0 and "path" in result.stdout + result.stderr

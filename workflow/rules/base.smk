@@ -8,7 +8,7 @@ rule write_settings:
         ENV
     log:
         "logs/write_settings.log",
-    # shell, not run: a run block re-parses the whole workflow in a new process (~3-8 s)
+    # shell, not run: a run block re-parses the whole workflow in a new process
     shell:
         "{params.python} -c 'import sys; open(sys.argv[1], \"w\").write(sys.argv[2])' "
         "{output} {params.settings:q} 2> {log}"
@@ -20,13 +20,12 @@ rule train_base:
     output:
         model="results/models/base.json",
     params:
-        python=PYTHON,
+        launch=launch("datacenter"),
         state_dir=STATE_DIR,
-        socket=str(WARM_SOCKET),
     conda:
         ENV
     log:
         "logs/train_base.log",
     shell:
-        "{params.python} -m mlcore.warm run --socket {params.socket} datacenter -- train-base --config {input.settings} "
+        "{params.launch} train-base --config {input.settings} "
         "--state-dir {params.state_dir} --out {output.model} 2> {log}"

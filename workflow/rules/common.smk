@@ -1,21 +1,17 @@
-# Helpers of the workflow: config and rounds validation, round chaining, and the
-# data-center server's lifecycle (started in onstart, outside the DAG; see README).
+# Helpers of the workflow: validation of config.yaml and rounds.yaml (the schemas in
+# workflow/schemas are the validators), round chaining, and the names the rules share.
+# Process plumbing (the data center's lifetime, warm starts) lives in the torch-free
+# `runtime` package; parsing this file imports nothing else of the project.
 
-import atexit
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
 from snakemake.utils import validate
 
-from mlcore.rounds import RoundsError, parse_rounds
-from mlcore.settings import SettingsError, settings_from_dict
-from protocol import create_token_file
+from runtime import pipeline
 
 # The venv's interpreter (the one running Snakemake), or the rule's own environment's
 # `python` when Snakemake deploys software itself (--sdm conda).
@@ -24,41 +20,43 @@ ENV = "../envs/driftloop.yaml"
 # Relative to the working directory: a param that changes with the checkout's location
 # (or source_path's per-run cache folder) would rerun the summary every time.
 SUMMARIZE = os.path.relpath(Path(workflow.basedir) / "workflow/scripts/summarize.py")
-SERVER_DIR = Path("results/server")
-PORT_FILE = SERVER_DIR / "port"
-PID_FILE = SERVER_DIR / "pid"
-WARM_SOCKET = SERVER_DIR / "warm.sock"
+SCHEMAS = Path(workflow.basedir) / "workflow/schemas"
 WARM_START = bool(config.get("warm_start", True)) and not workflow.deployment_settings.deployment_method
-TOKEN_FILE = SERVER_DIR / "token"
-STATE_DIR = "results/datacenter"
+PORT_FILE = str(pipeline.PORT_FILE)
+TOKEN_FILE = str(pipeline.TOKEN_FILE)
+STATE_DIR = pipeline.STATE_DIR
+# The round-id pattern is written once, in rounds.schema.yaml; here it constrains the wildcard.
+ROUND_ID = yaml.safe_load((SCHEMAS / "rounds.schema.yaml").read_text())["$defs"]["round_id"]["pattern"]
 
 
-def _refuse(what, error):
-    raise WorkflowError(f"invalid {what}: {error}")
+def launch(module):
+    """The shell prefix that runs `python -m <module>` for a job: forked warm, or a cold process."""
+    return " ".join(pipeline.warm_command(PYTHON, module, [], warm=WARM_START))
 
 
 def load_config(config):
-    """Validate config.yaml (schema, then semantics); return the settings as JSON text."""
+    """Validate config.yaml against its schema; return the settings as JSON text.
+
+    Two rules the schema cannot state (source + stream fractions < 1, random_sample <=
+    batch_size) are checked by mlcore.settings when the data center starts, in onstart.
+    """
     validate(config, "../schemas/config.schema.yaml")
-    try:
-        settings_from_dict(config)
-    except SettingsError as error:
-        _refuse("config", error)
     return json.dumps(config, sort_keys=True)
 
 
 def load_rounds(path):
-    """Validate rounds.yaml; return {round id: its spec as JSON text}, in order."""
+    """Validate rounds.yaml against its schema; return {round id: its spec as JSON text}, in order."""
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as error:
-        _refuse(f"rounds file {path}", error)
+        raise WorkflowError(f"invalid rounds file {path}: {error}")
     validate(raw, "../schemas/rounds.schema.yaml")
-    try:
-        parse_rounds(raw)
-    except RoundsError as error:
-        _refuse(f"rounds file {path}", error)
-    return {entry["id"]: json.dumps(entry, sort_keys=True) for entry in raw["rounds"]}
+    rounds = {}
+    for i, entry in enumerate(raw["rounds"]):  # unique ids: the one rule the schema cannot state
+        if entry["id"] in rounds:
+            raise WorkflowError(f"invalid rounds file {path}: rounds[{i}].id: duplicate id {entry['id']!r}")
+        rounds[entry["id"]] = json.dumps({"rounds": [entry]}, sort_keys=True)
+    return rounds
 
 
 SETTINGS_JSON = load_config(config)
@@ -75,73 +73,18 @@ def previous_checkpoint(wildcards):
 
 
 def round_spec(wildcards):
+    """This round's entry of rounds.yaml, as a one-round rounds document (JSON)."""
     return ROUNDS[wildcards.round]
 
 
-# ------------------------------------------------------------------ services outside the DAG
-# The data-center server, and a warm starter that keeps torch imported and forks each
-# job (a cold `import torch` costs more than an edge round's compute). Both start in onstart,
-# stop in onsuccess/onerror, and exit by themselves when this Snakemake process is gone.
-_services = {}
-
-
-def _launch(name, command, ready):
-    """Start one service in the background, logging to logs/<name>.log."""
-    ready.unlink(missing_ok=True)
-    log = open(f"logs/{name}.log", "ab")
-    process = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-    _services[name] = (process, ready)
-    return process
-
-
-def _wait_ready(name, deadline):
-    process, ready = _services[name]
-    while not ready.exists():
-        if process.poll() is not None:
-            stop_services()
-            raise WorkflowError(f"the {name} exited with code {process.returncode} at start; see logs/{name}.log")
-        if time.monotonic() > deadline:
-            stop_services()
-            raise WorkflowError(f"the {name} did not get ready in time; see logs/{name}.log")
-        time.sleep(0.05)
-
-
 def start_services():
-    """Start the warm starter, then the data center forked from it; wait until it listens."""
-    server = config["server"]
-    SERVER_DIR.mkdir(parents=True, exist_ok=True)
-    Path("logs").mkdir(exist_ok=True)
-    create_token_file(TOKEN_FILE)
-    settings_file = SERVER_DIR / "config.json"
-    settings_file.write_text(SETTINGS_JSON, encoding="utf-8")
-    owner = str(os.getpid())
-    atexit.register(stop_services)
-    deadline = time.monotonic() + float(server.get("start_timeout", 60))
-    if WARM_START:
-        _launch("warm-starter", [PYTHON, "-m", "mlcore.warm", "serve", "--socket", str(WARM_SOCKET),
-                                 "--module", "edge", "--module", "datacenter", "--exit-with-pid", owner], WARM_SOCKET)
-        _wait_ready("warm-starter", deadline)
-    # Through the warm starter when it runs (one torch import less), else a cold process.
-    _launch("datacenter", [
-        PYTHON, "-m", "mlcore.warm", "run", "--socket", str(WARM_SOCKET), "--pid-file", str(PID_FILE), "datacenter", "--",
-        "serve", "--config", str(settings_file), "--state-dir", STATE_DIR,
-        "--host", str(server.get("host", "127.0.0.1")), "--port", str(server.get("port", 0)),
-        "--port-file", str(PORT_FILE), "--token-file", str(TOKEN_FILE), "--exit-with-pid", owner,
-    ], PORT_FILE)
-    _wait_ready("datacenter", deadline)
-    print(f"data center listening on port {PORT_FILE.read_text().strip()} (pid {PID_FILE.read_text().strip()})",
-          file=sys.stderr)
+    """onstart: the data center (and the warm starter) outside the DAG; see runtime/pipeline.py."""
+    try:
+        pipeline.start(PYTHON, SETTINGS_JSON, config["server"], warm=WARM_START)
+    except pipeline.ServiceError as error:
+        raise WorkflowError(str(error))
 
 
 def stop_services():
-    """Stop the services, last started first: SIGTERM, let each drain and flush, SIGKILL if it will not go."""
-    running = [process for process, _ in reversed(_services.values()) if process.poll() is None]
-    _services.clear()
-    deadline = time.monotonic() + float(config["server"].get("stop_timeout", 30))
-    for process in running:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """onsuccess/onerror: SIGTERM, let the data center flush its state, SIGKILL if it will not go."""
+    pipeline.stop(float(config["server"].get("stop_timeout", 30)))

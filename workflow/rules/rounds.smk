@@ -6,19 +6,22 @@ rule edge_round:
         checkpoint="results/rounds/{round}/checkpoint.json",
         metrics="results/rounds/{round}/metrics.json",
         predictions="results/rounds/{round}/predictions.parquet",
+        spec="results/rounds/{round}/spec.json",
     params:
-        python=PYTHON,
+        # This round's entry of rounds.yaml: the job writes it to spec.json, which the edge
+        # reads. Editing one round changes this param for that round only, so Snakemake
+        # reruns it (and, through the checkpoint chain, the later rounds), nothing else.
         spec=round_spec,
-        rounds=config["rounds"],
-        port_file=str(PORT_FILE),
-        token_file=str(TOKEN_FILE),
+        launch=launch("edge"),
+        port_file=PORT_FILE,
+        token_file=TOKEN_FILE,
         outdir=subpath(output.checkpoint, parent=True),
-        socket=str(WARM_SOCKET),
     conda:
         ENV
     log:
         "logs/rounds/{round}.log",
     shell:
-        "{params.python} -m mlcore.warm run --socket {params.socket} edge -- round --config {input.settings} --rounds {params.rounds} "
+        "printf '%s\\n' {params.spec:q} > {output.spec} && "
+        "{params.launch} round --config {input.settings} --rounds {output.spec} "
         "--round {wildcards.round} --previous {input.previous} --port-file {params.port_file} "
         "--token-file {params.token_file} --outdir {params.outdir} 2> {log}"

@@ -2,15 +2,18 @@
 
 Importing torch, pandas and pyarrow costs ~3-6 s on a 2-core machine: more than an edge
 round's own compute. `serve` imports them (and the command-line modules it is told to)
-once, then for every `run` forks a fresh child that runs `python -m <module> <argv>`
-exactly as a cold process would — its own stdin, stdout and stderr (passed over the
-Unix socket), working directory, environment and exit code — so Snakemake sees one
-ordinary process per job. Without a warm server, `run` runs the module in its own
-process (cold start), with the same result.
+once, then for every `run` forks a child that runs the module's `main(argv)` with the
+launcher's stdin, stdout and stderr (passed over the Unix socket), working directory,
+environment and exit code, so Snakemake sees one ordinary process per job. Without a warm
+server (no `--socket`, or nothing listening there), `run` runs the module in its own
+process: a cold start, with the same result (benchmarks/results/pipeline.md: identical
+checkpoints either way).
 
-The parent never runs a torch operation (thread pools and fork do not mix); children
-are killed when their launcher goes away, and the server exits when the process it
-watches (Snakemake) is gone.
+Not the same as a cold process in three ways: modules and environment variables read at
+import time (OMP_*, torch's thread pools) come from the server, frozen when it started;
+editing the served code mid-run has no effect until the next run; and the parent must
+never run a torch operation (thread pools and fork do not mix). Children are killed when
+their launcher goes away; the server exits when the process it watches (Snakemake) is gone.
 """
 
 from __future__ import annotations
@@ -26,11 +29,16 @@ import time
 import traceback
 from pathlib import Path
 
+from .files import write_atomic
 from .processes import pid_alive
 
-#: Modules every job needs, imported once before any fork (torch._inductor: ~3 s, pulled
-#: in by torch.use_deterministic_algorithms).
-PRELOAD = ("torch", "torch._inductor", "pandas", "pyarrow", "scipy.ndimage", "sklearn.datasets", "protocol", "mlcore.cli")
+#: Modules the jobs need, imported once before any fork. torch._dynamo (with parts of
+#: torch._inductor and sympy: ~2.5 s on a quiet 2-core machine, measured) is not imported by
+#: `import torch` but by the first `torch.optim` optimizer a process builds (its
+#: `torch._disable_dynamo` wrappers import it on first call): train-base and the data center's
+#: fine-tuning. (mlcore.seeding no longer imports it: it sets the deterministic flag itself.)
+PRELOAD = ("torch", "torch._dynamo", "pandas", "pyarrow", "scipy.ndimage", "sklearn.datasets", "jsonschema",
+           "protocol", "mlcore.cli")
 MAX_MESSAGE = 1 << 20  # argv + environment of one launch
 
 
@@ -43,11 +51,22 @@ def _main_of(module: str):
 
 
 # ------------------------------------------------------------------------- the launcher
+def _connect(socket_path: str | None) -> socket.socket | None:
+    """A connection to the warm server, or None when there is none to reach (no path, no socket, stale socket)."""
+    if not socket_path:
+        return None
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.connect(socket_path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        conn.close()
+        return None
+    return conn
+
+
 def _write_pid(pid_file: str | None, pid: int) -> None:
     if pid_file:
-        from .atomic import write_atomic
-
-        write_atomic(pid_file, lambda handle: handle.write(f"{pid}\n".encode()))
+        write_atomic(pid_file, f"{pid}\n")
 
 
 def run(socket_path: str | None, module: str, argv: list[str], pid_file: str | None = None) -> int:
@@ -55,11 +74,8 @@ def run(socket_path: str | None, module: str, argv: list[str], pid_file: str | N
 
     `pid_file` receives the pid of the process that really runs the module (the child).
     """
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        conn.connect(socket_path or "")
-    except (FileNotFoundError, ConnectionRefusedError):
-        conn.close()
+    conn = _connect(socket_path)
+    if conn is None:  # cold start
         _write_pid(pid_file, os.getpid())
         return _main_of(module)(argv)
     request = json.dumps({"module": module, "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
@@ -117,11 +133,12 @@ def _child(conn: socket.socket, listener: socket.socket, fds: list[int], request
         os._exit(code if isinstance(code, int) else 1)
 
 
-def serve(socket_path: str, modules: list[str], exit_with_pid: int | None = None) -> int:
+def serve(socket_path: str, modules: list[str], exit_with_pid: int | None = None,
+          preload: tuple[str, ...] | list[str] = PRELOAD) -> int:
     """Preload, listen on `socket_path` (0600), fork a child per launch until SIGTERM/SIGINT."""
     import importlib
 
-    for module in PRELOAD:
+    for module in preload:
         importlib.import_module(module)
     allowed = {module: _main_of(module) for module in modules}
     path = Path(socket_path)
@@ -170,6 +187,7 @@ def _accept(
     listener: socket.socket, selector: selectors.BaseSelector, children: dict[int, socket.socket], allowed: dict
 ) -> None:
     conn, _ = listener.accept()
+    fds: list[int] = []
     try:
         message, fds, _flags, _addr = socket.recv_fds(conn, MAX_MESSAGE, 3)
         request = json.loads(message)
@@ -179,7 +197,7 @@ def _accept(
             raise ValueError(f"module {request.get('module')!r} is not served here (serving {sorted(allowed)})")
     except (OSError, ValueError) as exc:
         print(f"warm server: bad launch request: {exc}", file=sys.stderr, flush=True)
-        for fd in fds if "fds" in locals() else ():
+        for fd in fds:
             os.close(fd)
         conn.close()
         return
@@ -232,12 +250,13 @@ def _reap(selector: selectors.BaseSelector, children: dict[int, socket.socket]) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mlcore.warm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m runtime.warm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     server = sub.add_parser("serve", help="preload the modules and fork a child per launch")
     server.add_argument("--socket", required=True)
     server.add_argument("--module", action="append", required=True, help="a command-line module to serve (repeat)")
     server.add_argument("--exit-with-pid", type=int)
+    server.add_argument("--preload", action="append", help=f"a module to import before forking (repeat; default {PRELOAD})")
     launch = sub.add_parser("run", help="run `python -m MODULE ARGS` warm (or cold when no server listens)")
     launch.add_argument("--socket")
     launch.add_argument("--pid-file", help="write the pid of the process running the module here")
@@ -245,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     launch.add_argument("args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command == "serve":
-        return serve(args.socket, args.module, args.exit_with_pid)
+        return serve(args.socket, args.module, args.exit_with_pid, PRELOAD if args.preload is None else args.preload)
     rest = args.args[1:] if args.args[:1] == ["--"] else args.args
     return run(args.socket, args.module, rest, args.pid_file)
 
