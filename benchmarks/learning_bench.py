@@ -76,7 +76,7 @@ class World:
         return clone
 
     def round(self, round_id: str, shift: list, previous: dict):
-        spec = parse_round({"id": round_id, "shift": shift}, "round")
+        spec = parse_round({"id": round_id, "shift": shift})
         store = self.store.root.parent / f"{self.store.root.name}-edge"
         return asyncio.run(EdgeRound(self.settings, self.digits, self.splits, spec, previous,
                                      in_process(self.center.handle), store).run())

@@ -55,6 +55,11 @@ def parse_rounds(raw: Any) -> list[RoundSpec]:
         raise RoundsError(str(exc)) from exc
 
 
+def parse_round(raw: Any) -> RoundSpec:
+    """One round entry (tests, benchmarks), checked by the same schema as a whole rounds file."""
+    return parse_rounds({"rounds": [raw]})[0]
+
+
 def load_rounds(path: str | Path) -> list[RoundSpec]:
     return parse_rounds(read_yaml(path, RoundsError, "rounds"))
 

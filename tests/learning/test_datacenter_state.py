@@ -23,7 +23,7 @@ def center_over(state_dir, settings, digits, splits):
 
 def run_round(center, settings, digits, splits, round_spec, previous):
     """One edge round against `center` in process; the edge keeps its checkpoints in a store of its own."""
-    spec = parse_round(round_spec, "round")
+    spec = parse_round(round_spec)
     store = center.store.root.parent / f"{center.store.root.name}-edge"
     return asyncio.run(EdgeRound(settings, digits, splits, spec, previous, in_process(center.handle), store).run())
 

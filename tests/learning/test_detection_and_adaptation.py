@@ -23,7 +23,7 @@ def base(trained):
 
 
 def sample_probs(model, digits, splits, round_id, shift, n=100):
-    spec = parse_round({"id": round_id, "shift": shift}, "round")
+    spec = parse_round({"id": round_id, "shift": shift})
     batch = draw_round_batch(digits, splits, spec, 0, n)
     return predict_proba(model, batch.images)
 
