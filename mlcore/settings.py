@@ -85,7 +85,6 @@ class Settings:
     zoo: ZooSettings = field(default_factory=ZooSettings)
     edge: EdgeSettings = field(default_factory=EdgeSettings)
     datacenter: DatacenterSettings = field(default_factory=DatacenterSettings)
-    device: str = "cpu"
 
 
 def _build(cls: type, raw: dict | None) -> Any:
