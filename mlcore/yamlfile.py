@@ -30,20 +30,32 @@ def read_yaml(path: str | Path, error: type[Exception], what: str) -> Any:
 
 
 @functools.lru_cache(maxsize=None)
-def _validator(name: str, open_top: bool):
-    from jsonschema import Draft202012Validator
+def _registry():
+    """Every schema file under its file URI, so that `$ref: shift.schema.yaml` is read once."""
     from referencing import Registry, Resource
 
-    def retrieve(uri: str) -> Resource:
-        file = SCHEMAS / uri.rsplit("/", 1)[-1]
-        return Resource.from_contents(yaml.safe_load(file.read_text(encoding="utf-8")))
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return Registry().with_resources(
+        (file.as_uri(), Resource.from_contents(yaml.load(file.read_text(encoding="utf-8"), Loader=loader)))
+        for file in sorted(SCHEMAS.glob("*.schema.yaml")))
 
-    schema = yaml.safe_load((SCHEMAS / name).read_text(encoding="utf-8"))
+
+@functools.lru_cache(maxsize=None)
+def _validator(name: str, open_top: bool):
+    from jsonschema import Draft202012Validator
+
+    schema = dict(_registry().contents((SCHEMAS / name).as_uri()))
     schema["$id"] = (SCHEMAS / name).as_uri()
     if open_top:  # keys of other owners allowed, missing sections take their defaults
         schema.pop("required", None)
         schema["additionalProperties"] = True
-    return Draft202012Validator(schema, registry=Registry(retrieve=retrieve))
+    return Draft202012Validator(schema, registry=_registry())
+
+
+def prepare() -> None:
+    """Build the validators now (the warm starter does, so that its forked jobs need not)."""
+    _validator("config.schema.yaml", True)
+    _validator("rounds.schema.yaml", False)
 
 
 def _where(path) -> str:

@@ -37,8 +37,10 @@ from .processes import pid_alive
 #: `import torch` but by the first `torch.optim` optimizer a process builds (its
 #: `torch._disable_dynamo` wrappers import it on first call): train-base and the data center's
 #: fine-tuning. (mlcore.seeding no longer imports it: it sets the deterministic flag itself.)
+#: "module:function" also calls the function: mlcore.yamlfile.prepare builds the schema
+#: validators (~0.1 s a job otherwise).
 PRELOAD = ("torch", "torch._dynamo", "pandas", "pyarrow", "scipy.ndimage", "sklearn.datasets", "jsonschema",
-           "protocol", "mlcore.cli")
+           "protocol", "mlcore.cli", "mlcore.yamlfile:prepare")
 MAX_MESSAGE = 1 << 20  # argv + environment of one launch
 
 
@@ -138,8 +140,11 @@ def serve(socket_path: str, modules: list[str], exit_with_pid: int | None = None
     """Preload, listen on `socket_path` (0600), fork a child per launch until SIGTERM/SIGINT."""
     import importlib
 
-    for module in preload:
-        importlib.import_module(module)
+    for entry in preload:
+        module, _, function = entry.partition(":")
+        imported = importlib.import_module(module)
+        if function:
+            getattr(imported, function)()
     allowed = {module: _main_of(module) for module in modules}
     path = Path(socket_path)
     path.parent.mkdir(parents=True, exist_ok=True)

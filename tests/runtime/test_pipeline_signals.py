@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 
-from conftest import PYTHON
+from runtime_helpers import PYTHON
 
 PROGRAM = """
 import os, signal, threading, time

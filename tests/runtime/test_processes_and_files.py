@@ -7,7 +7,7 @@ import stat
 import subprocess
 import time
 
-from conftest import PYTHON, gone
+from runtime_helpers import PYTHON, gone
 
 from runtime.files import create_token_file, read_port, write_atomic
 from runtime.processes import pid_alive, stop_process

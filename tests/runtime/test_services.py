@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import PYTHON, gone
+from runtime_helpers import PYTHON, gone
 
 from runtime.services import ServiceError, Services
 

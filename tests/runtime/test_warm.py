@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, gone
+from runtime_helpers import PYTHON, gone
 
 TOY = '''
 import json, os, sys, time
