@@ -45,7 +45,7 @@ def train_model(
             loss = loss_fn(model(x[rows]), y[rows])
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(rows)
+            total += loss.item() * len(rows)
         log.info("%s: epoch %d/%d, training loss %.4f (%d samples)", purpose, epoch, epochs, total / len(x), len(x))
     model.eval()
     return model
