@@ -835,7 +835,7 @@ def target_rows(results: Results, sizes: dict[str, int], rates: dict[str, Rate],
     for cand, s in results[first].items():
         if cand.startswith("protocol"):
             ratio = s.median / base_1k
-            rows.append([f"1k-row, 67-column request <= 1.0x original", cand,
+            rows.append(["1k-row, 67-column request <= 1.0x original", cand,
                          f"{fmt_ms(s.median)} ms vs {fmt_ms(base_1k)} ms", f"{ratio:.2f}x", verdict(ratio <= 1.0)])
     for n in sample_names:
         base = results[n][ORIGINAL_LABEL].median

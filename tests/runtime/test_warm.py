@@ -109,7 +109,8 @@ def test_a_warm_launch_behaves_like_the_process_it_replaces(tmp_path, toy, serve
     assert gone(out["pid"])
 
 
-def test_sigterm_to_the_launcher_reaches_the_forked_job(tmp_path, toy, server, reap):
+def sleeping_job(tmp_path, toy, server, reap) -> tuple[subprocess.Popen, int]:
+    """A launcher whose forked toy job is asleep: (launcher process, job pid); both reaped at teardown."""
     socket, _ = server
     pid_file = tmp_path / "pid"
     launcher = subprocess.Popen([PYTHON, "-m", "runtime.warm", "run", "--socket", str(socket), "--pid-file",
@@ -118,20 +119,18 @@ def test_sigterm_to_the_launcher_reaches_the_forked_job(tmp_path, toy, server, r
     assert launcher.stdout.readline().strip() == "sleeping"
     child = read_pid(pid_file)
     reap(child)
+    return launcher, child
+
+
+def test_sigterm_to_the_launcher_reaches_the_forked_job(tmp_path, toy, server, reap):
+    launcher, child = sleeping_job(tmp_path, toy, server, reap)
     launcher.send_signal(signal.SIGTERM)
     assert launcher.wait(timeout=10) == 128 + signal.SIGTERM
     assert gone(child)
 
 
 def test_a_killed_launcher_takes_its_job_along(tmp_path, toy, server, reap):
-    socket, _ = server
-    pid_file = tmp_path / "pid"
-    launcher = subprocess.Popen([PYTHON, "-m", "runtime.warm", "run", "--socket", str(socket), "--pid-file",
-                                 str(pid_file), "toyjob", "--", "sleep"], env=toy, stdout=subprocess.PIPE, text=True)
-    reap(launcher)
-    assert launcher.stdout.readline().strip() == "sleeping"
-    child = read_pid(pid_file)
-    reap(child)
+    launcher, child = sleeping_job(tmp_path, toy, server, reap)
     launcher.kill()
     launcher.wait()
     assert gone(child)
