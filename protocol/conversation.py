@@ -198,7 +198,6 @@ class ServerConversation(_Conversation):
         self.idle_timeout, self.frame_timeout, self.auth_timeout = idle_timeout, frame_timeout, auth_timeout
         self.authenticated = False  # a frame head has passed its check (its MAC, with a token)
         self.accepted_at = now
-        self.requests_answered = 0
         self._in_flight: RequestReceived | None = None
         self._reserved = 0
         self._idle_since = now
@@ -264,7 +263,6 @@ class ServerConversation(_Conversation):
     def _finish_request(self, parts: list[Any], *, close: bool, now: float) -> None:
         self._in_flight = None
         self._release()
-        self.requests_answered += 1
         if self.closed:  # the connection went away while the request was served
             return
         self._out.extend(parts)
@@ -351,10 +349,6 @@ class ClientConversation(_Conversation):
         self._response_deadline: float | None = None
         self._timeout = 0.0
         self.early_error: ResponseBlock | None = None  # e.g. `busy`, sent before we asked
-
-    @property
-    def awaiting(self) -> bool:
-        return self._awaiting is not None
 
     def _check_head(self, head: Head) -> dict[str, Any]:
         return check_response_head(head, token=self.token, limits=self.limits)

@@ -137,11 +137,6 @@ class RawFrame:
     def header_bytes(self) -> bytes:
         return self.head.header_bytes
 
-    @property
-    def payload(self) -> bytes:
-        """Every byte after the header, as on the wire (for comparisons in tests and fuzzers)."""
-        return b"".join([bytes(self.head.metadata), self.head.mac or b"", bytes(self.body), self.body_mac or b""])
-
 
 #: `head_check(head)` authenticates and parses a head; it raises `ProtocolError` to break
 #: the stream, and what it returns travels on as `RawFrame.checked`.
@@ -185,16 +180,6 @@ class FrameDecoder:
     def in_frame(self) -> bool:
         """True once some bytes of a frame are here and the frame is not whole yet."""
         return self._state != _HEADER or self._end > self._start
-
-    @property
-    def buffered(self) -> int:
-        """Bytes held for frames not yet returned (unconsumed reads plus partial buffers)."""
-        return self._end - self._start + (self._filled if self._target is not None else 0)
-
-    @property
-    def pending_body(self) -> int:
-        """Body bytes this decoder has committed to hold for the frame in progress."""
-        return self._header.tail_len if self._state == _BODY and self._header else 0
 
     # ------------------------------------------------------------------ input
     def get_buffer(self) -> memoryview:

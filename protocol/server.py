@@ -16,6 +16,7 @@ serialized. Signals, port and token files belong to the program that runs the se
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import ipaddress
 import logging
@@ -262,7 +263,7 @@ class AsyncServer:
 
     async def decode(self, event: RequestReceived) -> RequestBlock:
         """Decode a request's body: on the loop when small (bounded work), else in a worker."""
-        decode = _decoder(event, self.token, self.limits)
+        decode = functools.partial(decode_request, event.frame, token=self.token, limits=self.limits)
         if event.frame.header.body_len <= DEFAULT_DECODE_INLINE_BYTES:
             return decode()
         assert self._workers is not None
@@ -277,10 +278,6 @@ class AsyncServer:
         self.requests_served += 1
         if self._in_flight == 0:
             self._idle.set()
-
-
-def _decoder(event: RequestReceived, token: bytes | None, limits: Limits) -> Callable[[], RequestBlock]:
-    return lambda: decode_request(event.frame, token=token, limits=limits)
 
 
 class _ServerProtocol(ConversationProtocol):
