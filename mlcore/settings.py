@@ -29,6 +29,7 @@ class DatasetSettings:
     source_fraction: float = 0.5
     stream_fraction: float = 0.3
     reference_fraction: float = 0.2  # of the source split, held out of training for the KS reference
+    subset: int | None = None  # keep this many rows (class-stratified, by seed) before splitting; MNIST in CI
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class EdgeSettings:
     query_size: int = 10
     max_iterations: int = 6
     label_budget: int = 60
+    evaluation_size: int = 500  # held-out rows per round, with the round's shift: the reported accuracy
 
 
 @dataclass(frozen=True)
@@ -63,14 +65,31 @@ class FinetuneSettings:
 
 
 @dataclass(frozen=True)
+class HarmCheckSettings:
+    """The second stage after a flag: a truncated SPRT on uniformly random labels.
+
+    H0 (benign): accuracy >= reference - tolerance; H1 (harmful): accuracy <= reference - harm.
+    """
+
+    enabled: bool = True
+    batch: int = 5  # labels asked per step
+    max_labels: int = 40  # truncation: decide by the estimate when reached
+    tolerance: float = 0.02
+    harm: float = 0.10
+    alpha: float = 0.05  # P(call a benign shift harmful)
+    beta: float = 0.01  # P(call a harmful shift benign)
+
+
+@dataclass(frozen=True)
 class DatacenterSettings:
     detector: str = "ks"  # schema: datacenter.detector
     alpha: float = 0.01
-    selection: str = "logme"  # schema: datacenter.selection
-    selection_labels: int = 10
+    selection: str = "likelihood"  # schema: datacenter.selection
+    selection_labels: int = 10  # uniform labels at least, for selection and validation
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
-    target_accuracy: float | None = None
-    leep_prior: float = 1.0  # pseudo-samples per class mapped to itself in LEEP (0 = the paper's LEEP)
+    harm_check: HarmCheckSettings = field(default_factory=HarmCheckSettings)
+    label_shift: bool = True  # on a flag, test whether a label-prior shift explains it (BBSE) and re-weight
+    leep_prior: float = 0.0  # pseudo-samples per class mapped to itself in LEEP (0 = the paper's LEEP)
     stop_agreement: float = 0.98  # stop an episode when two successive models agree this much
     mmd_permutations: int = 200
     entropy_threshold: float = 0.5
