@@ -3,11 +3,17 @@
 A round is `{id: r03, shift: [...], mix: 1.0, size: 200, seed: 0}`: `mix` is the fraction of
 the batch that is shifted (the rest is clean), `size` and `seed` are optional overrides.
 Schedule generators return such explicit round lists, so what runs is always written down.
+
+A round's `offset` (where its batch starts in the seeded stream order, mlcore/stream.py) is
+never written by hand: it is the sum of the earlier rounds' sizes, so the rounds of a file
+take disjoint rows. `parse_rounds(raw, default_size)` assigns it in file order; the
+workflow, which runs each round from a one-round document, computes it the same way and
+carries it next to the entry: `{rounds: [entry], offset: N}`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +33,7 @@ class RoundSpec:
     mix: float = 1.0
     size: int | None = None
     seed: int | None = None
+    offset: int | None = None  # start in the stream order; None (a round on its own) = 0
 
     @property
     def tag(self) -> str:
@@ -40,9 +47,40 @@ def _spec(raw: dict) -> RoundSpec:
     return RoundSpec(raw["id"], parse_shift_list(raw.get("shift", [])), float(raw.get("mix", 1.0)), size, seed)
 
 
-def parse_rounds(raw: Any) -> list[RoundSpec]:
+def _document_offset(raw: Any) -> tuple[Any, int | None]:
+    """Split the workflow's `offset` off a one-round document: it is not part of rounds.yaml
+    (whose schema refuses it), so it is checked here, and only next to exactly one round."""
+    if not isinstance(raw, dict) or "offset" not in raw:
+        return raw, None
+    rest = {key: value for key, value in raw.items() if key != "offset"}
+    offset = raw["offset"]
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise RoundsError(f"offset: must be an integer >= 0, got {offset!r}")
+    if not isinstance(rest.get("rounds"), list) or len(rest["rounds"]) != 1:
+        raise RoundsError("offset: only a one-round document (written by the workflow) carries an offset")
+    return rest, offset
+
+
+def assign_offsets(specs: list[RoundSpec], default_size: int) -> list[RoundSpec]:
+    """Each round's start in the stream order: the sizes of the rounds before it, in file order.
+
+    Depends on the earlier rounds' sizes only, so editing a round's shift moves no one.
+    """
+    out, offset = [], 0
+    for spec in specs:
+        out.append(replace(spec, offset=offset))
+        offset += spec.size or default_size
+    return out
+
+
+def parse_rounds(raw: Any, default_size: int | None = None) -> list[RoundSpec]:
     """Validate a parsed rounds document `{rounds: [...]}` against workflow/schemas/rounds.schema.yaml
-    (the one validator of rounds.yaml); then the rule a schema cannot state: ids are unique."""
+    (the one validator of rounds.yaml); then the rule a schema cannot state: ids are unique.
+
+    With `default_size` (the edge's batch size) every round gets its offset (`assign_offsets`);
+    a workflow document's own `offset` is kept as written.
+    """
+    raw, offset = _document_offset(raw)
     check_schema(raw, "rounds.schema.yaml", RoundsError)
     seen: dict[str, int] = {}
     for i, entry in enumerate(raw["rounds"]):
@@ -50,9 +88,12 @@ def parse_rounds(raw: Any) -> list[RoundSpec]:
             raise RoundsError(f"rounds[{i}].id: duplicate id {entry['id']!r} (first at rounds[{seen[entry['id']]}])")
         seen[entry["id"]] = i
     try:
-        return [_spec(entry) for entry in raw["rounds"]]
+        specs = [_spec(entry) for entry in raw["rounds"]]
     except ShiftError as exc:  # a rule of mlcore.shifts beyond the schema (e.g. weights all zero)
         raise RoundsError(str(exc)) from exc
+    if offset is not None:
+        return [replace(specs[0], offset=offset)]
+    return specs if default_size is None else assign_offsets(specs, default_size)
 
 
 def parse_round(raw: Any) -> RoundSpec:
@@ -60,8 +101,8 @@ def parse_round(raw: Any) -> RoundSpec:
     return parse_rounds({"rounds": [raw]})[0]
 
 
-def load_rounds(path: str | Path) -> list[RoundSpec]:
-    return parse_rounds(read_yaml(path, RoundsError, "rounds"))
+def load_rounds(path: str | Path, default_size: int | None = None) -> list[RoundSpec]:
+    return parse_rounds(read_yaml(path, RoundsError, "rounds"), default_size)
 
 
 def find_round(rounds: list[RoundSpec], round_id: str) -> RoundSpec:

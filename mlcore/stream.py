@@ -1,6 +1,18 @@
-"""Each round's batch, drawn from the stream split by (seed, round id) alone.
+"""What each round sees: its batch from the stream split, and its held-out evaluation batch.
 
-So editing or inserting one round never changes another round's data.
+The stream is permuted once per seed, and the rounds of a scenario walk that order one after
+the other: a round starts at its `offset` (the sizes of the rounds before it, mlcore/rounds.py),
+so rounds take disjoint rows until the stream is exhausted, then wrap around (a row comes back
+only a full pass later, never twice in one batch). A round with its own `seed` walks that
+seed's order. A label-prior round walks from its offset too, but each class at a speed
+proportional to its weight (`_walk`): it gets its class mix without any coin, and reads on
+past its slice, so it may share rows of the classes it favours with the rounds after it.
+Offsets depend only on the earlier rounds' sizes and every other draw on (seed, round id),
+so editing one round's shift never changes another round's rows.
+
+The evaluation batch comes from the evaluation split (never trained on, never queried), with
+the round's image shift and mix; a label prior becomes per-row weights, so a weighted
+accuracy (mlcore/evaluation.py) is the accuracy under the round's class mix.
 """
 
 from __future__ import annotations
@@ -23,24 +35,72 @@ class RoundBatch:
     shifted: np.ndarray  # (n,) bool, which rows carry the image shift
 
 
+@dataclass(frozen=True)
+class EvaluationBatch:
+    ids: np.ndarray  # (n,) int64 dataset row ids, all in splits.evaluation
+    images: np.ndarray  # (n, h, w) float32, shifted as the round says
+    labels: np.ndarray  # (n,) int64
+    weights: np.ndarray  # (n,) float64, mean 1: the round's class weight of each row's label (all 1 without a label prior)
+    shifted: np.ndarray  # (n,) bool, which rows carry the image shift
+
+
+def stream_order(splits: Splits, seed: int) -> np.ndarray:
+    """The stream split in the order the rounds of a scenario consume it."""
+    return rng_for(seed, "stream").permutation(splits.stream).astype(np.int64)
+
+
+def _walk(order: np.ndarray, labels: np.ndarray, weights: np.ndarray | None, start: int, size: int, round_id: str) -> np.ndarray:
+    """`size` distinct rows of one pass through `order` from `start`, nearest first.
+
+    With class weights, "nearest" is stretched by class: a row `d` steps into the pass ranks
+    at (d + 1) / weight of its class, so each class contributes in proportion to its weight
+    times its count (the round's class mix) until its rows run out; weight 0 never comes.
+    """
+    passage = np.roll(order, -(start % len(order)))
+    rank = np.arange(1, len(passage) + 1, dtype=np.float64)
+    if weights is not None:
+        with np.errstate(divide="ignore"):
+            rank = rank / weights[labels[passage]]
+    available = int(np.count_nonzero(np.isfinite(rank)))
+    if size > available:
+        raise ValueError(f"round {round_id}: batch size {size} exceeds the {available} stream samples available")
+    return np.sort(passage[np.argsort(rank, kind="stable")[:size]])
+
+
+def _shift_part(images: np.ndarray, spec: RoundSpec, seed: int, purpose: str) -> tuple[np.ndarray, np.ndarray]:
+    """Shift the share `spec.mix` of the rows (chosen by a coin of (seed, purpose, id)); returns (images, shifted)."""
+    n = len(images)
+    shifted = rng_for(seed, purpose, spec.id).random(n) < spec.mix if spec.mix < 1.0 else np.ones(n, dtype=bool)
+    out = images.copy()
+    if shifted.any():
+        out[shifted] = apply_image_shifts(out[shifted], spec.shifts, rng_for(seed, f"{purpose}-shift", spec.id))
+    return out, shifted
+
+
 def draw_round_batch(dataset: Dataset, splits: Splits, spec: RoundSpec, seed: int, default_size: int) -> RoundBatch:
+    """The round's batch: `size` rows of the stream order from `spec.offset` (None: 0), shifted as the round says."""
     size = spec.size or default_size
     base_seed = seed if spec.seed is None else spec.seed
-    rng = rng_for(base_seed, "batch", spec.id)
-    pool = splits.stream
     weights = class_weights(spec.shifts, dataset.n_classes)
-    probabilities = None
-    if weights is not None:
-        row_weights = weights[dataset.labels[pool]]
-        if row_weights.sum() <= 0:
-            raise ValueError(f"round {spec.id}: the label prior leaves no stream samples")
-        probabilities = row_weights / row_weights.sum()
-    available = len(pool) if probabilities is None else int(np.count_nonzero(probabilities))
-    if size > available:
-        raise ValueError(f"round {spec.id}: batch size {size} exceeds the {available} stream samples available")
-    ids = np.sort(rng.choice(pool, size=size, replace=False, p=probabilities)).astype(np.int64)
-    shifted = rng.random(size) < spec.mix if spec.mix < 1.0 else np.ones(size, dtype=bool)
-    images = dataset.images[ids].copy()
-    if shifted.any():
-        images[shifted] = apply_image_shifts(images[shifted], spec.shifts, rng_for(base_seed, "shift", spec.id))
+    ids = _walk(stream_order(splits, base_seed), dataset.labels, weights, spec.offset or 0, size, spec.id)
+    images, shifted = _shift_part(dataset.images[ids], spec, base_seed, "batch")
     return RoundBatch(ids, images, dataset.labels[ids].copy(), shifted)
+
+
+def draw_evaluation_batch(dataset: Dataset, splits: Splits, spec: RoundSpec, seed: int, size: int) -> EvaluationBatch:
+    """At most `size` held-out rows (all of the evaluation split if smaller), with the round's shift and mix."""
+    base_seed = seed if spec.seed is None else spec.seed
+    pool = splits.evaluation
+    if len(pool) > size:
+        pool = np.sort(rng_for(base_seed, "evaluation", spec.id).choice(pool, size=size, replace=False))
+    ids = pool.astype(np.int64)
+    labels = dataset.labels[ids].copy()
+    weights = np.ones(len(ids))
+    prior = class_weights(spec.shifts, dataset.n_classes)
+    if prior is not None:
+        weights = prior[labels]
+        if weights.sum() <= 0:
+            raise ValueError(f"round {spec.id}: the label prior gives every evaluation sample weight 0")
+        weights = weights / weights.mean()
+    images, shifted = _shift_part(dataset.images[ids], spec, base_seed, "evaluation")
+    return EvaluationBatch(ids, images, labels, weights, shifted)

@@ -1,11 +1,16 @@
-"""Each shift transform on tiny images, spec validation, schedules and per-round batches."""
+"""Each shift transform on tiny images, spec validation, schedules, per-round batches and the
+held-out evaluation batch (on the real digits: a 539-row stream)."""
 
 import numpy as np
 import pytest
 
-from mlcore.rounds import (RoundsError, gradual_ramp, hard_switch, parse_rounds, random_mixture, static_mixture)
+from mlcore.evaluation import weighted_accuracy
+from mlcore.rounds import (RoundsError, gradual_ramp, hard_switch, load_rounds, parse_round, parse_rounds, random_mixture,
+                           static_mixture)
 from mlcore.shifts import ShiftError, apply_image_shifts, class_weights, parse_shift_list, shift_tag
-from mlcore.stream import draw_round_batch
+from mlcore.stream import draw_evaluation_batch, draw_round_batch
+
+ROTATE = [{"name": "rotate", "degrees": 15}]
 
 
 def image_with_bar() -> np.ndarray:
@@ -106,24 +111,126 @@ def test_schedules_produce_valid_explicit_rounds():
     assert mixed == parse_rounds(random_mixture(8, [[], rot, inv], seed=4)) and len({r.tag for r in mixed}) > 1
 
 
-def test_round_batches_depend_only_on_seed_and_round(digits, splits):
-    specs = parse_rounds({"rounds": [{"id": "r01"}, {"id": "r02", "shift": [{"name": "rotate", "degrees": 15}]}]})
-    edited = parse_rounds({"rounds": [{"id": "r01", "shift": [{"name": "invert"}]}, {"id": "r02", "shift": [{"name": "rotate", "degrees": 15}]}]})
-    a = draw_round_batch(digits, splits, specs[1], 0, 100)
-    b = draw_round_batch(digits, splits, edited[1], 0, 100)
-    assert np.array_equal(a.ids, b.ids) and np.array_equal(a.images, b.images)
-    other = draw_round_batch(digits, splits, specs[0], 0, 100)
-    assert not np.array_equal(a.ids, other.ids)
-    assert np.isin(a.ids, splits.stream).all() and len(set(a.ids.tolist())) == 100
-    assert np.array_equal(a.labels, digits.labels[a.ids])
+def batches(digits, splits, raw_rounds, size=100):
+    return [draw_round_batch(digits, splits, spec, 0, size) for spec in parse_rounds({"rounds": raw_rounds}, size)]
+
+
+def test_offsets_are_the_sizes_of_the_earlier_rounds():
+    specs = parse_rounds({"rounds": [{"id": "a"}, {"id": "b", "size": 30}, {"id": "c"}, {"id": "d"}]}, 100)
+    assert [s.offset for s in specs] == [0, 100, 130, 230]
+    assert [s.offset for s in parse_rounds({"rounds": [{"id": "a"}, {"id": "b"}]})] == [None, None]
+    workflow_document = {"rounds": [{"id": "c", "shift": ROTATE}], "offset": 130}  # what common.smk writes to spec.json
+    assert parse_rounds(workflow_document) == [specs[2].__class__("c", parse_shift_list(ROTATE), offset=130)]
+    for raw, message in [
+        ({"rounds": [{"id": "a"}], "offset": -1}, "offset: must be an integer >= 0"),
+        ({"rounds": [{"id": "a"}], "offset": True}, "offset: must be an integer >= 0"),
+        ({"rounds": [{"id": "a"}, {"id": "b"}], "offset": 5}, "only a one-round document"),
+    ]:
+        with pytest.raises(RoundsError, match=message):
+            parse_rounds(raw)
+
+
+def test_the_workflow_and_mlcore_agree_on_offsets(tmp_path):
+    """common.smk computes offsets without mlcore; both must give every round of config/rounds.yaml the same start."""
+    from pathlib import Path
+
+    import yaml
+    rounds_file = Path(__file__).resolve().parents[2] / "config" / "rounds.yaml"
+    entries = yaml.safe_load(rounds_file.read_text())["rounds"]
+    entries[3]["size"] = 57  # a size override moves the later rounds only
+    (tmp_path / "rounds.yaml").write_text(yaml.safe_dump({"rounds": entries}))
+    offset, expected = 0, []
+    for entry in entries:  # the loop of common.smk's load_rounds
+        expected.append(offset)
+        offset += entry.get("size", 200)
+    assert [s.offset for s in load_rounds(tmp_path / "rounds.yaml", 200)] == expected
+    assert expected[4] - expected[3] == 57
+
+
+def test_rounds_are_disjoint_while_the_stream_lasts_then_wrap(digits, splits):
+    n = len(splits.stream)  # 539
+    rounds = batches(digits, splits, [{"id": f"r{i:02d}", "shift": ROTATE if i % 2 else []} for i in range(12)])
+    first_pass = n // 100  # rounds 0..4 fit in one pass (500 rows)
+    seen = np.concatenate([b.ids for b in rounds[:first_pass]])
+    assert len(np.unique(seen)) == len(seen) == 500 and np.isin(seen, splits.stream).all()
+    for b in rounds:
+        assert len(np.unique(b.ids)) == 100  # never a row twice in one batch, even across the wrap
+    wrapping = rounds[first_pass]  # rows 500..538 then 0..60 of the order
+    assert len(np.intersect1d(wrapping.ids, seen)) == 100 - (n - 500)
+    # Every row is used once per pass: 1200 rows over a 539-row stream, each row 2 or 3 times.
+    counts = np.unique(np.concatenate([b.ids for b in rounds]), return_counts=True)[1]
+    assert len(counts) == n and set(counts.tolist()) <= {2, 3}
+    assert np.array_equal(rounds[0].labels, digits.labels[rounds[0].ids])
+
+
+def test_editing_one_round_leaves_the_others_rows_unchanged(digits, splits):
+    scenario = [{"id": "r01"}, {"id": "r02", "shift": ROTATE}, {"id": "r03"}]
+    edited = [{"id": "r01", "shift": [{"name": "invert"}], "mix": 0.5}, {"id": "r02", "shift": ROTATE},
+              {"id": "r03", "shift": [{"name": "label_prior", "classes": [3, 7]}]}]
+    a, b = batches(digits, splits, scenario), batches(digits, splits, edited)
+    assert np.array_equal(a[1].ids, b[1].ids) and np.array_equal(a[1].images, b[1].images)
+    assert np.array_equal(a[0].ids, b[0].ids) and not np.array_equal(a[0].images, b[0].images)  # same rows, new shift
+    resized = batches(digits, splits, [{"id": "r01", "size": 40}, *scenario[1:]])
+    assert not np.array_equal(resized[1].ids, a[1].ids)  # a size change moves the later rounds: a new offset
+
+
+def test_a_round_on_its_own_starts_at_the_beginning_of_the_order(digits, splits):
+    alone = draw_round_batch(digits, splits, parse_round({"id": "r01"}), 0, 100)
+    assert np.array_equal(alone.ids, batches(digits, splits, [{"id": "r01"}])[0].ids)
+    other_seed = draw_round_batch(digits, splits, parse_round({"id": "r01", "seed": 5}), 0, 100)
+    assert not np.array_equal(alone.ids, other_seed.ids)
 
 
 def test_label_prior_and_mix_in_batches(digits, splits):
     spec = parse_rounds({"rounds": [{"id": "r1", "shift": [{"name": "label_prior", "classes": [3, 7]}, {"name": "invert"}], "mix": 0.5}]})[0]
     batch = draw_round_batch(digits, splits, spec, 0, 60)
-    assert set(batch.labels.tolist()) == {3, 7}
+    assert set(batch.labels.tolist()) == {3, 7} and len(np.unique(batch.ids)) == 60
     assert 0 < batch.shifted.sum() < 60
     assert np.allclose(batch.images[~batch.shifted], digits.images[batch.ids[~batch.shifted]])
     assert np.allclose(batch.images[batch.shifted], 1.0 - digits.images[batch.ids[batch.shifted]])
     with pytest.raises(ValueError, match="exceeds"):
         draw_round_batch(digits, splits, spec, 0, 10_000)
+
+
+def test_label_prior_weights_set_the_class_mix_of_a_round(digits, splits):
+    weights = [4, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    later = parse_rounds({"rounds": [{"id": "r01"}, {"id": "r02", "shift": [{"name": "label_prior", "weights": weights}]}]}, 200)[1]
+    labels = draw_round_batch(digits, splits, later, 0, 200).labels
+    share = np.mean(labels == 0)  # expected 4 / 13 = 0.31 (the stream's classes are near balanced); 1/10 without the prior
+    assert 0.2 < share < 0.42
+    assert len(np.unique(labels)) == 10
+
+
+def test_evaluation_batch_is_held_out_and_carries_the_shift(digits, splits):
+    spec = parse_round({"id": "r04", "shift": [{"name": "invert"}], "mix": 0.5})
+    batch = draw_evaluation_batch(digits, splits, spec, 0, 150)
+    assert len(batch.ids) == 150 and np.isin(batch.ids, splits.evaluation).all()
+    used = np.concatenate([splits.source_train, splits.reference, splits.stream])
+    assert not np.isin(batch.ids, used).any()
+    assert 0 < batch.shifted.sum() < 150 and np.all(batch.weights == 1.0)
+    assert np.allclose(batch.images[batch.shifted], 1.0 - digits.images[batch.ids[batch.shifted]])
+    assert np.allclose(batch.images[~batch.shifted], digits.images[batch.ids[~batch.shifted]])
+    again = draw_evaluation_batch(digits, splits, spec, 0, 150)
+    assert np.array_equal(again.ids, batch.ids) and np.array_equal(again.images, batch.images)
+    assert not np.array_equal(draw_evaluation_batch(digits, splits, parse_round({"id": "r05"}), 0, 150).ids, batch.ids)
+    whole = draw_evaluation_batch(digits, splits, spec, 0, 10_000)  # the split is smaller: all of it
+    assert np.array_equal(whole.ids, splits.evaluation)
+
+
+def test_evaluation_weights_reproduce_a_label_prior(digits, splits):
+    weights = [3, 0, 1, 1, 1, 1, 1, 1, 1, 1]
+    spec = parse_round({"id": "r06", "shift": [{"name": "label_prior", "weights": weights}]})
+    batch = draw_evaluation_batch(digits, splits, spec, 0, 10_000)
+    assert batch.weights.mean() == pytest.approx(1.0) and batch.weights.dtype == np.float64
+    assert np.all(batch.weights[batch.labels == 1] == 0) and np.all(batch.shifted)
+    assert np.allclose(batch.images, digits.images[batch.ids])  # a label prior moves no pixel
+    # Weighted class shares are the prior applied to the split's own class counts.
+    counts = np.bincount(batch.labels, minlength=10) * np.asarray(weights, dtype=float)
+    shares = np.bincount(batch.labels, weights=batch.weights, minlength=10) / batch.weights.sum()
+    assert np.allclose(shares, counts / counts.sum())
+    # A predictor right on class 0 only: weighted accuracy = the prior's share of class 0.
+    probabilities = np.eye(10)[np.zeros(len(batch.labels), dtype=int)]
+    assert weighted_accuracy(probabilities, batch.labels, batch.weights) == pytest.approx(shares[0])
+    assert weighted_accuracy(probabilities, batch.labels, np.ones(len(batch.labels))) == pytest.approx(np.mean(batch.labels == 0))
+    with pytest.raises(ValueError, match="one weight"):
+        weighted_accuracy(probabilities, batch.labels, batch.weights[:-1])

@@ -44,23 +44,31 @@ def load_config(config):
     return json.dumps(config, sort_keys=True)
 
 
-def load_rounds(path):
-    """Validate rounds.yaml against its schema; return {round id: its spec as JSON text}, in order."""
+def load_rounds(path, batch_size):
+    """Validate rounds.yaml against its schema; return {round id: its one-round document as JSON text}, in order.
+
+    The document carries the round's `offset` into the seeded stream order (mlcore/stream.py):
+    the sizes of the rounds before it (`size`, or the edge's `batch_size`), as
+    mlcore.rounds.assign_offsets computes it. It changes only when an earlier round's size does
+    (then this round reruns, with its new rows); editing a round's shift moves no other round.
+    """
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as error:
         raise WorkflowError(f"invalid rounds file {path}: {error}")
     validate(raw, "../schemas/rounds.schema.yaml")
-    rounds = {}
+    rounds, offset = {}, 0
     for i, entry in enumerate(raw["rounds"]):  # unique ids: the one rule the schema cannot state
         if entry["id"] in rounds:
             raise WorkflowError(f"invalid rounds file {path}: rounds[{i}].id: duplicate id {entry['id']!r}")
-        rounds[entry["id"]] = json.dumps({"rounds": [entry]}, sort_keys=True)
+        rounds[entry["id"]] = json.dumps({"rounds": [entry], "offset": offset}, sort_keys=True)
+        offset += entry.get("size", batch_size)
     return rounds
 
 
 SETTINGS_JSON = load_config(config)
-ROUNDS = load_rounds(config["rounds"])
+# 200: edge.batch_size's default (mlcore/settings.py EdgeSettings), for a config without it.
+ROUNDS = load_rounds(config["rounds"], config["edge"].get("batch_size", 200))
 ROUND_IDS = list(ROUNDS)
 
 
@@ -73,7 +81,7 @@ def previous_checkpoint(wildcards):
 
 
 def round_spec(wildcards):
-    """This round's entry of rounds.yaml, as a one-round rounds document (JSON)."""
+    """This round's entry of rounds.yaml and its stream offset, as a one-round rounds document (JSON)."""
     return ROUNDS[wildcards.round]
 
 

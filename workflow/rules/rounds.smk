@@ -8,9 +8,10 @@ rule edge_round:
         predictions="results/rounds/{round}/predictions.parquet",
         spec="results/rounds/{round}/spec.json",
     params:
-        # This round's entry of rounds.yaml: the job writes it to spec.json, which the edge
-        # reads. Editing one round changes this param for that round only, so Snakemake
-        # reruns it (and, through the checkpoint chain, the later rounds), nothing else.
+        # This round's entry of rounds.yaml and its stream offset: the job writes it to
+        # spec.json, which the edge reads. Editing one round's shift changes this param for
+        # that round only, so Snakemake reruns it (and, through the checkpoint chain, the
+        # later rounds), nothing else; changing a round's size moves the later offsets.
         spec=round_spec,
         launch=launch("edge"),
         port_file=PORT_FILE,
