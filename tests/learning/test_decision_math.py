@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 import numpy as np
 import pytest
+from scipy import stats
 
 from datacenter.harm_test import HarmTest
+from datacenter.label_shift import bbse_weights, confusion_matrix, explains_shift, prior_log_shift, weighted_ks_test
 from mlcore.settings import HarmCheckSettings
 
 RUNS = 3000
@@ -94,3 +96,101 @@ def test_harm_test_from_settings():
     test = HarmTest.from_settings(0.9, settings)
     assert (test.reference_accuracy, test.batch, test.max_labels, test.tolerance, test.harm, test.alpha, test.beta) \
         == (0.9, 10, 60, 0.01, 0.05, 0.1, 0.02)
+
+
+# label shift ------------------------------------------------------------------------------
+
+CLASSES = 10
+
+
+def classifier_outputs(labels: np.ndarray, rng: np.random.Generator, peak: float = 6.0) -> np.ndarray:
+    """Softmax-like rows of a 10-class classifier that mostly gets y right and confuses y with y+1."""
+    concentration = np.ones((len(labels), CLASSES))
+    concentration[np.arange(len(labels)), labels] += peak
+    concentration[np.arange(len(labels)), (labels + 1) % CLASSES] += peak / 3
+    draws = rng.gamma(concentration)  # a Dirichlet draw per row, vectorised
+    return draws / draws.sum(axis=1, keepdims=True)
+
+
+SKEWED = np.array([0.30, 0.20, 0.15, 0.10, 0.08, 0.06, 0.05, 0.03, 0.02, 0.01])
+
+
+def test_bbse_recovers_the_class_weights():
+    rng = np.random.default_rng(10)
+    source_labels = rng.integers(0, CLASSES, size=20000)
+    source = classifier_outputs(source_labels, rng)
+    confusion = confusion_matrix(source.argmax(1), source_labels, CLASSES)
+    assert confusion.sum() == pytest.approx(1.0) and np.trace(confusion) < 0.95  # real confusions
+    target_labels = rng.choice(CLASSES, size=20000, p=SKEWED)
+    weights = bbse_weights(confusion, classifier_outputs(target_labels, rng).argmax(1), CLASSES)
+    true_weights = SKEWED / np.bincount(source_labels, minlength=CLASSES) * len(source_labels)
+    assert weights @ confusion.sum(axis=0) == pytest.approx(1.0)
+    assert np.abs(weights - true_weights).max() < 0.15
+    # no shift: weights near 1
+    same = bbse_weights(confusion, classifier_outputs(rng.integers(0, CLASSES, 20000), rng).argmax(1), CLASSES)
+    assert np.abs(same - 1).max() < 0.1
+
+
+def shifted_pair(rng: np.random.Generator, n: int, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A uniform-prior labelled reference and a SKEWED-prior target sample, with the true row weights."""
+    reference_labels = rng.integers(0, CLASSES, size=n)
+    target_labels = rng.choice(CLASSES, size=m, p=SKEWED)
+    row_weights = (SKEWED * CLASSES)[reference_labels]
+    return (classifier_outputs(reference_labels, rng), reference_labels, row_weights,
+            classifier_outputs(target_labels, rng))
+
+
+def test_weighted_ks_is_calibrated_under_label_shift_and_sees_real_change():
+    rng = np.random.default_rng(11)
+    alpha, trials = 0.05, 300
+    weighted_rejections = plain_rejections = 0
+    for _ in range(trials):
+        reference, _, row_weights, sample = shifted_pair(rng, 600, 200)
+        weighted_rejections += weighted_ks_test(reference, row_weights, sample, alpha)[0]
+        plain_rejections += weighted_ks_test(reference, np.ones(len(reference)), sample, alpha)[0]
+    assert 0.01 <= weighted_rejections / trials <= alpha + 0.03  # Bonferroni over 10 outputs is conservative
+    assert plain_rejections / trials > 0.9  # the unweighted test flags the label shift
+    # a real change (a less sure classifier) is still flagged with the right weights
+    reference, _, row_weights, _ = shifted_pair(rng, 600, 200)
+    blurred = classifier_outputs(rng.choice(CLASSES, size=200, p=SKEWED), rng, peak=1.5)
+    drift, p_value, statistic = weighted_ks_test(reference, row_weights, blurred, alpha)
+    assert drift and p_value < 1e-3 and statistic > 0.2
+
+
+def test_weighted_ks_with_equal_weights_is_the_plain_ks_test():
+    rng = np.random.default_rng(12)
+    reference, sample = rng.normal(size=(300, 1)), rng.normal(0.2, size=(120, 1))
+    _, p_value, statistic = weighted_ks_test(reference, np.full(300, 3.0), sample, 0.05)
+    plain = stats.ks_2samp(reference[:, 0], sample[:, 0])
+    assert statistic == pytest.approx(plain.statistic)
+    assert p_value == pytest.approx(stats.kstwobign.sf(plain.statistic * math.sqrt(300 * 120 / 420)))
+    assert p_value == pytest.approx(plain.pvalue, rel=0.15)  # scipy's finite-n tail is close
+
+
+def test_label_shift_explains_a_prior_change_but_not_a_real_one():
+    rng = np.random.default_rng(13)
+    reference, reference_labels, _, sample = shifted_pair(rng, 2000, 300)
+    confusion = confusion_matrix(reference.argmax(1), reference_labels, CLASSES)
+    weights = bbse_weights(confusion, sample.argmax(1), CLASSES)
+    assert explains_shift(reference, reference_labels, weights, sample, 0.01)
+    blurred = classifier_outputs(rng.choice(CLASSES, size=300, p=SKEWED), rng, peak=1.5)
+    blurred_weights = bbse_weights(confusion, blurred.argmax(1), CLASSES)
+    assert not explains_shift(reference, reference_labels, blurred_weights, blurred, 0.01)
+    same = classifier_outputs(rng.integers(0, CLASSES, 300), rng)
+    assert not explains_shift(reference, reference_labels, np.ones(CLASSES), same, 0.01)  # nothing to explain
+
+
+def test_prior_log_shift_gives_the_bayes_adjusted_posterior():
+    rng = np.random.default_rng(14)
+    logits = rng.normal(scale=3.0, size=(50, CLASSES))
+    weights = SKEWED * CLASSES
+    weights[3] = 0.0
+    adjusted = logits + prior_log_shift(weights)
+    posterior = np.exp(adjusted - adjusted.max(1, keepdims=True))
+    posterior /= posterior.sum(1, keepdims=True)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    floored = np.maximum(weights, 1e-3)
+    expected = p * floored / (p * floored).sum(1, keepdims=True)
+    np.testing.assert_allclose(posterior, expected, rtol=1e-9)
+    assert prior_log_shift(weights)[3] == pytest.approx(math.log(1e-3))
