@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from datacenter.estimates import SCORES, accuracy_estimates, atc_estimate, atc_threshold
 from datacenter.harm_test import HarmTest
 from datacenter.label_shift import bbse_weights, confusion_matrix, explains_shift, prior_log_shift, weighted_ks_test
 from mlcore.settings import HarmCheckSettings
@@ -194,3 +195,45 @@ def test_prior_log_shift_gives_the_bayes_adjusted_posterior():
     expected = p * floored / (p * floored).sum(1, keepdims=True)
     np.testing.assert_allclose(posterior, expected, rtol=1e-9)
     assert prior_log_shift(weights)[3] == pytest.approx(math.log(1e-3))
+
+
+# label-free accuracy estimates ---------------------------------------------------------------
+
+def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(probabilities.argmax(1) == labels))
+
+
+def test_accuracy_estimates_track_the_source_and_a_confidence_drop():
+    rng = np.random.default_rng(20)
+    source_labels = rng.integers(0, CLASSES, size=3000)
+    source = classifier_outputs(source_labels, rng)
+    for score in SCORES:
+        threshold = atc_threshold(source, source_labels, score=score)
+        assert atc_estimate(threshold, source, score=score) == pytest.approx(accuracy(source, source_labels),
+                                                                                abs=1e-3)
+    fresh_labels = rng.integers(0, CLASSES, size=3000)
+    fresh = classifier_outputs(fresh_labels, rng)
+    on_fresh = accuracy_estimates(source, source_labels, fresh)
+    assert set(on_fresh) == {"atc", "doc"}
+    for value in on_fresh.values():
+        assert value == pytest.approx(accuracy(fresh, fresh_labels), abs=0.02)
+    # a less sure classifier is also less accurate: both estimates fall; ATC lands near the truth,
+    # DoC (mean confidence falls less than accuracy here) only part of the way
+    blurred_labels = rng.integers(0, CLASSES, size=3000)
+    blurred = classifier_outputs(blurred_labels, rng, peak=2.5)
+    truth = accuracy(blurred, blurred_labels)
+    on_blurred = accuracy_estimates(source, source_labels, blurred)
+    for value in on_blurred.values():
+        assert value < min(on_fresh.values()) - 0.05
+    assert on_blurred["atc"] == pytest.approx(truth, abs=0.05)
+
+
+def test_accuracy_estimates_are_blind_to_a_confident_and_wrong_model():
+    rng = np.random.default_rng(21)
+    source_labels = rng.integers(0, CLASSES, size=3000)
+    source = classifier_outputs(source_labels, rng)
+    labels = rng.integers(0, CLASSES, size=3000)
+    inverted = classifier_outputs((labels + 5) % CLASSES, rng)  # as sure as ever, never right
+    assert accuracy(inverted, labels) < 0.01
+    for value in accuracy_estimates(source, source_labels, inverted).values():
+        assert value > 0.8  # the documented blind spot: the harm test's labels must decide
