@@ -2,7 +2,9 @@
 
 Every loader returns a `Dataset`: grey images (n, height, width) float32 in [0, 1] and int64
 labels 0..k-1. `split_dataset` cuts it by seed into source-training, reference, stream and
-evaluation parts; the sample id everywhere is the row index in the dataset.
+evaluation parts; the sample id everywhere is the row index in the dataset. With
+`dataset.subset` only that many rows (class-stratified, by seed) enter the split: a sample's
+id stays its row in the full dataset, so the same id is the same image whatever the subset.
 """
 
 from __future__ import annotations
@@ -182,10 +184,24 @@ def load_dataset(settings: DatasetSettings) -> Dataset:
     raise DatasetError(f"dataset.name: unknown dataset {settings.name!r}")
 
 
+def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """`size` row ids, each class keeping its share of the data (largest remainders), chosen by seed."""
+    if size > len(labels):
+        raise DatasetError(f"dataset.subset: {size} exceeds the {len(labels)} samples of the dataset")
+    counts = np.bincount(labels)
+    exact = counts * size / len(labels)
+    quota = np.floor(exact).astype(int)
+    quota[np.argsort(-(exact - quota), kind="stable")[:size - quota.sum()]] += 1
+    rng = rng_for(seed, "subset")
+    kept = [rng.choice(np.flatnonzero(labels == c), size=q, replace=False) for c, q in enumerate(quota)]
+    return np.sort(np.concatenate(kept)).astype(np.int64)
+
+
 def split_dataset(dataset: Dataset, settings: DatasetSettings, seed: int) -> Splits:
-    """Disjoint random parts by seed: source (train + reference), stream, evaluation."""
-    n = len(dataset.labels)
-    order = rng_for(seed, "split").permutation(n)
+    """Disjoint random parts by seed: source (train + reference), stream, evaluation (of the subset, if set)."""
+    rows = np.arange(len(dataset.labels)) if settings.subset is None else stratified_subset(dataset.labels, settings.subset, seed)
+    n = len(rows)
+    order = rows[rng_for(seed, "split").permutation(n)]
     n_source = int(round(n * settings.source_fraction))
     n_stream = int(round(n * settings.stream_fraction))
     n_reference = max(1, int(round(n_source * settings.reference_fraction)))
