@@ -1,4 +1,4 @@
-"""LEEP and LogME on tiny examples computed by hand / by brute force."""
+"""Selection scores on tiny examples computed by hand / by brute force, and their known failure modes."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from datacenter.selection import label_free_fit, leep, log_evidence, logme, logme_single
+from datacenter.selection import label_free_fit, leep, likelihood, log_evidence, logme, logme_single, scored_classes
 
 
 def test_leep_by_hand():
@@ -80,3 +80,51 @@ def test_label_free_fit_prefers_the_familiar_model():
     same = rng.dirichlet([5, 1, 1], size=100)
     different = rng.dirichlet([1, 1, 5], size=100)
     assert label_free_fit(reference, same) > label_free_fit(reference, different)
+
+
+def test_logme_ignores_absent_classes_and_feature_scale():
+    rng = np.random.default_rng(4)
+    labels = np.array([0, 0, 1, 1, 1, 2, 2, 5, 5, 7])  # 10 labels: 4 classes of 10 absent, class 7 seen once
+    features = rng.normal(size=(10, 64)) + 2 * np.eye(10, 64)[labels]
+    assert scored_classes(labels).tolist() == [0, 1, 2, 5]
+    assert scored_classes(np.array([3, 4, 8])).tolist() == [3, 4, 8]  # none twice: all present ones
+    value = logme(features, labels, 10)
+    by_hand = np.mean([logme_single(features, (labels == c).astype(float))[0] for c in (0, 1, 2, 5)])
+    assert value == pytest.approx(by_hand)
+    assert value < 1.0  # an absent class alone would add about +11.3 / 10 classes
+    def over_all_classes(f):  # the old average, absent classes included
+        return np.mean([logme_single(f, (labels == c).astype(float))[0] for c in range(10)])
+
+    for scale in (0.5, 2.0):
+        assert logme(features * scale, labels, 10) == pytest.approx(value, abs=5e-3)  # fixed-point tolerance
+        assert abs(over_all_classes(features * scale) - over_all_classes(features)) > 0.1
+
+
+def test_likelihood_by_hand_and_prefers_the_model_right_on_the_labels():
+    probabilities = np.array([[0.7, 0.3], [0.0, 1.0], [0.5, 0.5]])
+    labels = np.array([0, 0, 1])
+    assert likelihood(probabilities, labels) == pytest.approx((math.log(0.7) + math.log(1e-4) + math.log(0.5)) / 3)
+    labels = np.arange(10)
+    wrong = np.eye(10)[(labels + 1) % 10] * 0.99 + 0.001  # confident, never right: fools LEEP
+    right = np.eye(10)[labels] * 0.7 + 0.03
+    assert likelihood(right, labels) > likelihood(wrong, labels)
+    assert leep(wrong, labels) > leep(right, labels)
+
+
+def test_label_free_fit_is_standardised_for_the_reference_size():
+    rng = np.random.default_rng(5)
+    reference, probabilities = rng.dirichlet([5, 1, 1], size=70), rng.dirichlet([5, 1, 1], size=120)
+    distance = max(stats.ks_2samp(reference[:, d], probabilities[:, d]).statistic for d in range(3))
+    assert label_free_fit(reference, probabilities) == pytest.approx(-distance * math.sqrt(70 * 120 / 190))
+    # two models equally familiar with the data, with references of 180 and 70 rows: the raw
+    # distance favours the larger reference, the standardised one does not
+    raw = {180: [], 70: []}
+    standardised = {180: [], 70: []}
+    for _ in range(100):
+        sample = rng.dirichlet([5, 1, 1], size=200)
+        for size in raw:
+            score = label_free_fit(rng.dirichlet([5, 1, 1], size=size), sample)
+            standardised[size].append(score)
+            raw[size].append(score / math.sqrt(size * 200 / (size + 200)))
+    assert np.mean(raw[180]) - np.mean(raw[70]) > 0.02
+    assert abs(np.mean(standardised[180]) - np.mean(standardised[70])) < 0.1
