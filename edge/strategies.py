@@ -38,20 +38,33 @@ def top_k(scores: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
 
 
 def k_center_greedy(embeddings: np.ndarray, candidates: np.ndarray, labelled: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Coreset (Sener & Savarese 2018): repeatedly take the row farthest from every chosen centre."""
+    """Coreset (Sener & Savarese 2018): repeatedly take the row farthest from every chosen centre.
+
+    Chosen rows get distance -inf so they cannot come back: with coinciding embeddings (blank
+    images, dead ReLUs) every distance reaches 0 and argmax would return the same row again,
+    which the frame validation then refuses (review finding 12). When no unchosen row is
+    farther than 0 from the centres, the rest are drawn uniformly from the unchosen rows.
+    """
     points = embeddings.astype(np.float64)
+    k = min(k, len(candidates))
     chosen: list[int] = []
     if len(labelled):
         distance = np.min(((points[candidates, None, :] - points[None, labelled, :]) ** 2).sum(-1), axis=1)
     else:
-        first = int(candidates[rng.integers(len(candidates))])
+        first = int(rng.integers(len(candidates)))
         chosen.append(first)
-        distance = ((points[candidates] - points[first]) ** 2).sum(-1)
+        distance = ((points[candidates] - points[candidates[first]]) ** 2).sum(-1)
+        distance[first] = -np.inf
     while len(chosen) < k:
         pick = int(np.argmax(distance))
-        chosen.append(int(candidates[pick]))
+        if distance[pick] <= 0:
+            rest = np.flatnonzero(np.isfinite(distance))  # the unchosen positions
+            chosen.extend(rng.choice(rest, size=k - len(chosen), replace=False).tolist())
+            break
+        chosen.append(pick)
         distance = np.minimum(distance, ((points[candidates] - points[candidates[pick]]) ** 2).sum(-1))
-    return np.asarray(chosen[:k], dtype=np.int64)
+        distance[chosen] = -np.inf
+    return candidates[np.asarray(chosen, dtype=np.int64)]
 
 
 def badge(probabilities: np.ndarray, embeddings: np.ndarray, candidates: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

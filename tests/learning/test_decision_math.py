@@ -2,12 +2,13 @@
 
 Harm test: seeded Bernoulli label streams against the Wald error rates and the exact operating
 characteristic. Label shift and accuracy estimates: synthetic classifier outputs whose true
-weights, posteriors and accuracies are known.
+weights, posteriors and accuracies are known. k-center: embeddings that coincide.
 """
 
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -15,6 +16,7 @@ from scipy import stats
 from datacenter.estimates import SCORES, accuracy_estimates, atc_estimate, atc_threshold
 from datacenter.harm_test import HarmTest
 from datacenter.label_shift import bbse_weights, confusion_matrix, explains_shift, prior_log_shift, weighted_ks_test
+from edge.strategies import k_center_greedy, select_queries
 from mlcore.settings import HarmCheckSettings
 
 RUNS = 3000
@@ -237,3 +239,24 @@ def test_accuracy_estimates_are_blind_to_a_confident_and_wrong_model():
     assert accuracy(inverted, labels) < 0.01
     for value in accuracy_estimates(source, source_labels, inverted).values():
         assert value > 0.8  # the documented blind spot: the harm test's labels must decide
+
+
+# k-center with coinciding embeddings ------------------------------------------------------------
+
+def test_k_center_never_returns_a_row_twice():
+    same = np.zeros((30, 4))  # blank images: every embedding coincides
+    for labelled in (np.zeros(0, dtype=np.int64), np.array([2, 7])):
+        candidates = np.setdiff1d(np.arange(30), labelled)
+        chosen = k_center_greedy(same, candidates, labelled, 10, np.random.default_rng(0))
+        assert len(chosen) == 10 and len(set(chosen.tolist())) == 10 and set(chosen) <= set(candidates)
+        again = k_center_greedy(same, candidates, labelled, 10, np.random.default_rng(0))
+        np.testing.assert_array_equal(chosen, again)
+    # three distinct points, ten copies each: one of each first, then distinct copies
+    clusters = np.repeat(np.eye(3, 4) * 5, 10, axis=0)
+    chosen = k_center_greedy(clusters, np.arange(30), np.zeros(0, dtype=np.int64), 8, np.random.default_rng(1))
+    assert len(set(chosen.tolist())) == 8
+    assert {int(c) // 10 for c in chosen[:3]} == {0, 1, 2}
+    # asking for more rows than there are gives every candidate once
+    everything = select_queries("kcenter", np.full((12, 3), 1 / 3), 20, np.random.default_rng(2),
+                                embeddings=np.zeros((12, 4)))
+    assert sorted(everything.tolist()) == list(range(12))
