@@ -1,4 +1,18 @@
-"""`normal`: is the model still fit for the edge's data? The configured detector decides."""
+"""`normal`: is the model still fit for the edge's data? A cheap gate, then labels only where needed.
+
+1. The label-free gate: the configured detector (KS on the softmax outputs by default) on
+   the unlabelled random sample. Quiet: `stable`, no label spent.
+2. On a flag, if only the class priors moved (black-box shift estimation: the sample's
+   outputs look like the source's re-weighted by class), the candidate is the current model
+   with re-weighted priors; otherwise the current model itself.
+3. The harm test: a truncated SPRT on uniformly drawn labels of the random sample (the edge
+   labels the first `labels_wanted` rows of the frame and asks again). Benign: the candidate
+   and its outputs here are adopted (`benign` or `label_shift`), no training; harmful: the
+   flag stands and the edge opens an episode with those labels.
+
+Each request is answered from the frame alone (the labels so far travel in it), so the test
+needs no state of its own between requests.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +20,95 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlcore.contract import Reply
-from mlcore.frames import frame_features, frame_labels
+from mlcore.contract import Decision, Reply
+from mlcore.frames import frame_digest, frame_features, frame_labels
 from mlcore.seeding import rng_for
 from mlcore.training import predict_proba
 
 from . import detectors
 from .errors import RequestError
+from .estimates import accuracy_estimates
+from .label_shift import bbse_weights, confusion_matrix, weighted_ks_test
+from .state import Snapshot, ZooEntry, state_key
 
 if TYPE_CHECKING:
     from .service import DataCenter
 
+#: Class weights this close to 1 everywhere are no label shift (the flag has another cause).
+MIN_PRIOR_CHANGE = 0.2
+
 
 def check(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any]) -> Reply:
-    """Drift check of the current model on the unlabelled random sample; state unchanged."""
+    """Drift check of the current model on the random sample; then, if flagged, the harm test."""
     key, snapshot = center.parent_state(metadata)
     frame = center.sample_frame(random, "random_dataframe")
-    probabilities = predict_proba(center.model(snapshot.current), center.as_images(frame_features(frame)))
-    verdict = detect(center, snapshot.monitor_reference(), probabilities, frame_labels(frame), metadata)
-    return Reply(verdict.drift, None, {
+    images, labels = center.as_images(frame_features(frame)), frame_labels(frame)
+    current = snapshot.current
+    probabilities = predict_proba(center.model(current), images)
+    verdict, second = monitor(center, snapshot, probabilities, labels, metadata)
+    source_probabilities, source_labels = center.source_view(current)
+    info: dict[str, Any] = {
         "state": key, "flagged": verdict.drift, "detector": verdict.detector, "p_value": verdict.p_value,
-        "statistic": verdict.statistic, "current": snapshot.current,
-    })
+        "statistic": verdict.statistic, "current": current, "p_value_original": second,
+        "reference_accuracy": center.reference_accuracy(snapshot),
+        **{f"estimate_{name}": value for name, value in
+           accuracy_estimates(source_probabilities, source_labels, probabilities).items()},
+    }
+    config = center.settings.datacenter
+    if not verdict.drift:
+        return Reply(False, None, {**info, "decision": Decision.STABLE.value, "labels_wanted": 0})
+    if not config.harm_check.enabled:
+        return Reply(True, None, {**info, "decision": Decision.HARMFUL.value, "labels_wanted": 0})
+    candidate, weights = current, label_shift_weights(center, current, probabilities) if config.label_shift else None
+    if weights is not None:
+        candidate = center.reweighted(current, weights)
+        probabilities = predict_proba(center.model(candidate), images)
+    known = labels >= 0  # the labelled rows come first in the frame, in the edge's random order
+    decision = center.harm_test(snapshot).decide(probabilities[known].argmax(1) == labels[known])
+    info.update(labels_check=decision.labels, harm_accuracy=decision.accuracy if decision.labels else None,
+                harm_log_ratio=decision.log_ratio,
+                label_shift=weights is not None)
+    if decision.outcome == "more":
+        if decision.wanted > len(frame):
+            raise RequestError(f"the harm test wants {decision.wanted} labelled rows but the random sample has "
+                               f"{len(frame)} (harm_check.max_labels must not exceed edge.random_sample)")
+        return Reply(False, None, {**info, "decision": "test", "labels_wanted": decision.wanted})
+    if decision.outcome == "harmful":
+        return Reply(True, None, {**info, "decision": Decision.HARMFUL.value, "labels_wanted": 0})
+    child_key, child = adopt(center, key, snapshot, candidate, probabilities, verdict.statistic, frame, metadata)
+    center.store.save(child_key, child)
+    outcome = Decision.LABEL_SHIFT if weights is not None else Decision.BENIGN
+    info.update(state=child_key, decision=outcome.value, labels_wanted=0)
+    if candidate == current:
+        return Reply(False, None, info)
+    return center.checkpoint_reply(False, candidate, {**info, "sha256": candidate,
+                                                      "class_weights": [round(float(w), 4) for w in weights]})
+
+
+def monitor(center: DataCenter, snapshot: Snapshot, probabilities: np.ndarray, labels: np.ndarray,
+            metadata: dict) -> tuple[detectors.Verdict, float | None]:
+    """The gate: the current window; after a benign adoption also the model's original window.
+
+    The original window flags only when the data has moved significantly further from it than
+    the shift that was adopted (its statistic exceeds the adopted one by the test's critical
+    distance): a drift that creeps on from an adopted shift can still be caught, while the
+    benign shift itself does not flag every round.
+    """
+    own = snapshot.references[snapshot.current]
+    if snapshot.monitor_ref is None:
+        return detect(center, own, probabilities, labels, metadata), None
+    adopted = detect(center, snapshot.monitor_ref, probabilities, labels, metadata)
+    original = detect(center, own, probabilities, labels, metadata)
+    margin = critical_distance(len(own), len(probabilities), center.settings.datacenter.alpha / own.shape[1])
+    further = original.drift and original.statistic > (snapshot.adopted_statistic or 0.0) + margin
+    if further and not adopted.drift:
+        return original, original.p_value
+    return adopted, original.p_value
+
+
+def critical_distance(n: int, m: int, alpha: float) -> float:
+    """The two-sample KS distance significant at `alpha` for sizes n and m (asymptotic)."""
+    return float(np.sqrt(-0.5 * np.log(alpha / 2.0) * (n + m) / (n * m)))
 
 
 def detect(center: DataCenter, reference: np.ndarray, probabilities: np.ndarray, labels: np.ndarray, metadata: dict) -> detectors.Verdict:
@@ -38,3 +119,35 @@ def detect(center: DataCenter, reference: np.ndarray, probabilities: np.ndarray,
         return detectors.DETECTORS[config.detector].run(observation)
     except ValueError as exc:  # e.g. a labelled detector given no labels
         raise RequestError(str(exc)) from exc
+
+
+def label_shift_weights(center: DataCenter, sha: str, probabilities: np.ndarray) -> np.ndarray | None:
+    """Class weights q(y)/p(y) if a label-prior shift alone explains the sample's outputs, else None.
+
+    Weights by BBSE from the model's confusion matrix on held-out source data; explained when
+    the source outputs, re-weighted by class, are no longer told apart from the sample's.
+    """
+    source_probabilities, source_labels = center.source_view(sha)
+    n_classes = center.dataset.n_classes
+    confusion = confusion_matrix(source_probabilities.argmax(1), source_labels, n_classes)
+    weights = bbse_weights(confusion, probabilities.argmax(1), n_classes)
+    if float(np.max(np.abs(weights - 1.0))) < MIN_PRIOR_CHANGE:
+        return None
+    drift, _, _ = weighted_ks_test(source_probabilities, weights[source_labels], probabilities,
+                                   center.settings.datacenter.alpha)
+    return None if drift else weights
+
+
+def adopt(center: DataCenter, key: str, snapshot: Snapshot, candidate: str, probabilities: np.ndarray,
+          statistic: float, frame: Any, metadata: dict) -> tuple[str, Snapshot]:
+    """The child state after a benign flag: the candidate current, its outputs here the new normal."""
+    round_id = str(metadata.get("round"))
+    child_key = state_key(key, round_id, "normal", frame_digest(frame))
+    if candidate == snapshot.current:  # same model: monitor the adopted window, keep its own as the second
+        return child_key, Snapshot(key, round_id, "normal", candidate, snapshot.zoo, None, snapshot.references,
+                                   probabilities, None, statistic)
+    shift = str(frame["shift"].iloc[0])
+    entry = ZooEntry(candidate, round_id, snapshot.current, None, shift, 0)
+    zoo = snapshot.zoo if candidate in {e.sha256 for e in snapshot.zoo} else snapshot.zoo + (entry,)
+    return child_key, Snapshot(key, round_id, "normal", candidate, zoo, None,
+                               {**snapshot.references, candidate: probabilities}, None, None)

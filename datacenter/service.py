@@ -13,32 +13,34 @@ bytes: the model travels with the answer, so the edge never opens a data-center 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from torch import nn
 
-from mlcore.checkpoints import load_checkpoint
+from mlcore.checkpoints import load_checkpoint, save_checkpoint
 from mlcore.contract import LabelNeeds, Reply
 from mlcore.datasets import Dataset, Splits
 from mlcore.frames import validate_sample_frame
+from mlcore.models import ModelSpec
 from mlcore.settings import Settings
+from mlcore.training import accuracy_of, predict_proba
 
 from . import detectors
 from .check import check
 from .errors import RequestError
+from .harm_test import HarmTest
+from .label_shift import prior_log_shift
 from .prepare import prepare
 from .retrain import retrain
-from .state import EpisodeData, Snapshot, StateError, StateStore
+from .state import Snapshot, StateError, StateStore
 
 log = logging.getLogger("datacenter")
-
-MIN_REFERENCE_ROWS = 10
-
-
 
 
 class DataCenter:
@@ -49,6 +51,7 @@ class DataCenter:
         self.store = store
         self.n_features = dataset.image_shape[0] * dataset.image_shape[1]
         self._models: dict[str, nn.Module] = {}
+        self._source: dict[str, np.ndarray] = {}
 
     # ---- helpers -------------------------------------------------------------------------
     def model(self, sha: str) -> nn.Module:
@@ -67,13 +70,37 @@ class DataCenter:
         """Which labels this data center's detector and selection need from the edge."""
         config = self.settings.datacenter
         return LabelNeeds(check=self.settings.edge.random_sample if detectors.DETECTORS[config.detector].needs_labels else 0,
-                          prepare=config.selection_labels if config.selection in ("leep", "logme") else 0)
+                          prepare=config.selection_labels)
 
-    def reference_rows(self, data: EpisodeData) -> np.ndarray:
-        """Post-shift images for a new reference window: those no label was bought for, if enough."""
-        post_x = self.as_images(data.post_x)
-        unseen = data.unseen_post()
-        return post_x[unseen] if unseen.sum() >= MIN_REFERENCE_ROWS else post_x
+    def source_view(self, sha: str) -> tuple[np.ndarray, np.ndarray]:
+        """Model `sha`'s outputs on the labelled, held-out source reference split, and the labels.
+
+        What the label-free estimates (ATC, DoC) and the label-shift test are fitted on.
+        """
+        if sha not in self._source:
+            rows = self.splits.reference
+            self._source[sha] = predict_proba(self.model(sha), self.dataset.images[rows])
+        return self._source[sha], self.dataset.labels[self.splits.reference]
+
+    def reference_accuracy(self, snapshot: Snapshot) -> float:
+        """The standard a model is held to: the base model's accuracy on held-out source data."""
+        probabilities, labels = self.source_view(snapshot.zoo[0].sha256)
+        return accuracy_of(probabilities, labels)
+
+    def harm_test(self, snapshot: Snapshot) -> HarmTest:
+        return HarmTest.from_settings(self.reference_accuracy(snapshot), self.settings.datacenter.harm_check)
+
+    def reweighted(self, sha: str, weights: np.ndarray) -> str:
+        """A copy of model `sha` whose class priors are multiplied by `weights` (a bias shift), saved."""
+        model = copy.deepcopy(self.model(sha))
+        with torch.no_grad():
+            model.head.bias += torch.from_numpy(prior_log_shift(weights).astype(np.float32))
+        _, child = save_checkpoint(model, self.model_spec(), self.store.checkpoints)
+        self._models.setdefault(child, model)
+        return child
+
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec(self.settings.model.arch, self.dataset.image_shape, self.dataset.n_classes)
 
     def as_images(self, features: np.ndarray) -> np.ndarray:
         """Flat feature rows as images (the model's input shape)."""

@@ -26,7 +26,7 @@ import numpy as np
 from mlcore.atomic import write_bytes_atomic, write_json_atomic
 
 KEY = re.compile(r"^[0-9a-f]{64}$")
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 class StateError(ValueError):
@@ -57,6 +57,7 @@ class Episode:
     start: str
     iterations: int = 0
     labels_used: int = 0
+    best: str | None = None  # the model that does best on the held-back labels so far (None: start)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -64,24 +65,29 @@ class Episode:
 
 @dataclass(frozen=True)
 class EpisodeData:
-    """What an open episode has seen: the post-shift sample and the labelled rows bought so far."""
+    """What an open episode has seen: the post-shift random sample, the uniformly drawn labels
+    held back from training (they validate), and the labels it trains on (the other uniform
+    ones, then the actively queried ones).
 
-    post_x: np.ndarray  # (n, features) float32
+    The random sample is never an active-learning candidate, so a reference window built on it
+    is an unbiased sample of the new data.
+    """
+
+    post_x: np.ndarray  # (n, features) float32, the random sample
     post_ids: np.ndarray  # (n,) int64
-    x: np.ndarray  # (m, features) float32, labelled rows
+    val_x: np.ndarray  # (v, features) float32, uniform labelled rows of the random sample
+    val_y: np.ndarray  # (v,) int64
+    x: np.ndarray  # (m, features) float32, training rows (uniform, then queried)
     y: np.ndarray  # (m,) int64
     ids: np.ndarray  # (m,) int64
 
     def with_labels(self, x: np.ndarray, y: np.ndarray, ids: np.ndarray) -> "EpisodeData":
-        return EpisodeData(self.post_x, self.post_ids, np.concatenate([self.x, x]), np.concatenate([self.y, y]),
-                           np.concatenate([self.ids, ids]))
-
-    def unseen_post(self) -> np.ndarray:
-        """Mask of post-shift rows no label was bought for (a held-out reference)."""
-        return ~np.isin(self.post_ids, self.ids)
+        return dataclasses.replace(self, x=np.concatenate([self.x, x]), y=np.concatenate([self.y, y]),
+                                   ids=np.concatenate([self.ids, ids]))
 
 
-_EPISODE_ARRAYS = {"post_x": "post_x", "post_ids": "post_ids", "x": "episode_x", "y": "episode_y", "ids": "episode_ids"}
+_EPISODE_ARRAYS = {"post_x": "post_x", "post_ids": "post_ids", "val_x": "val_x", "val_y": "val_y",
+                   "x": "episode_x", "y": "episode_y", "ids": "episode_ids"}
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,7 @@ class Snapshot:
     references: dict[str, np.ndarray] = field(default_factory=dict)  # zoo sha256 -> its softmax window
     monitor_ref: np.ndarray | None = None  # a window adopted when a flagged shift was harmless
     data: EpisodeData | None = None  # the open episode's samples
+    adopted_statistic: float | None = None  # KS distance to the model's own window when monitor_ref was adopted
 
     def reference(self, sha: str) -> np.ndarray:
         """A zoo model's own in-distribution window (used by label-free selection)."""
@@ -139,6 +146,7 @@ class Snapshot:
             "current": self.current,
             "zoo": [e.to_dict() for e in self.zoo],
             "episode": self.episode.to_dict() if self.episode else None,
+            "adopted_statistic": self.adopted_statistic,
             "arrays": sorted(self.arrays),
         }
 
@@ -212,6 +220,7 @@ class StateStore:
             current=meta["current"],
             zoo=tuple(ZooEntry(**e) for e in meta["zoo"]),
             episode=Episode(**meta["episode"]) if meta["episode"] else None,
+            adopted_statistic=meta.get("adopted_statistic"),
             **Snapshot.typed_arrays(arrays),
         )
         self._remember(key, snapshot)

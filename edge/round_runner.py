@@ -1,9 +1,15 @@
-"""One edge round: infer the batch, ask for a state check, and run a retraining episode if flagged.
+"""One edge round: infer the batch, ask for a state check, and adapt only if accuracy is hurt.
+
+The batch splits in two: a uniform random sample (the state check; its rows, labelled in a
+seeded random order as the harm test asks, also choose the start and validate what is
+trained) and the rest (the candidates of active queries). Accuracy is reported on held-out
+rows carrying the round's shift (`mlcore.stream.draw_evaluation_batch`), never on rows the
+model trained on; the in-sample figure is kept under its own name.
 
 The data center is reached through an `mlcore.contract.Exchange` (the protocol client in the
 CLI, `contract.in_process` in tests and benchmarks). Checkpoints arrive as bytes in the
 replies and are kept, verified, in the edge's own store: the edge never opens a data-center
-path. True labels are read only by the oracle (for queried rows) and by the evaluation figures.
+path. True labels are read only by the oracle (for asked-for rows) and by the evaluation figures.
 """
 
 from __future__ import annotations
@@ -19,13 +25,14 @@ import pandas as pd
 from torch import nn
 
 from mlcore.checkpoints import load_checkpoint, store_checkpoint
-from mlcore.contract import Context, Exchange, LabelNeeds, Message, Reply, may_query
+from mlcore.contract import Context, Decision, Exchange, LabelNeeds, Message, Reply, may_query
 from mlcore.datasets import Dataset, Splits
 from mlcore.frames import build_sample_frame
 from mlcore.rounds import RoundSpec
 from mlcore.seeding import rng_for
 from mlcore.settings import Settings
-from mlcore.stream import RoundBatch, draw_round_batch
+from mlcore.evaluation import weighted_accuracy
+from mlcore.stream import EvaluationBatch, RoundBatch, draw_evaluation_batch, draw_round_batch
 from mlcore.training import accuracy_of, embed, predict_proba
 
 from .oracle import LabelOracle
@@ -61,13 +68,23 @@ class EdgeRound:
         self.previous, self.exchange, self.edge_id = previous, exchange, edge_id
         self.store = Path(store)
         self.batch: RoundBatch = draw_round_batch(dataset, splits, spec, settings.seed, settings.edge.batch_size)
-        self.oracle = LabelOracle(self.batch.labels, settings.edge.label_budget)  # until the handshake says more
+        self.evaluation: EvaluationBatch = draw_evaluation_batch(dataset, splits, spec, settings.seed,
+                                                                 settings.edge.evaluation_size)
+        # uniform labels (harm test, selection, validation) come from the random sample, queries from the rest
+        self.oracle = LabelOracle(self.batch.labels, settings.edge.label_budget + settings.edge.random_sample)
         self.needs = LabelNeeds(0, 0)
         self.state = previous["state"]
-        self.labelled_rows = np.zeros(0, dtype=np.int64)
+        self.random_rows = rng_for(settings.seed, "random-sample", spec.id).choice(
+            len(self.batch.ids), size=settings.edge.random_sample, replace=False)  # in labelling order
+        self.uniform_labels = 0  # how many of random_rows (in order) are labelled
+        self.queried_rows = np.zeros(0, dtype=np.int64)
 
-    def frame(self, rows: np.ndarray, labelled: bool) -> pd.DataFrame:
-        labels = self.oracle.reveal(rows) if labelled else None
+    def frame(self, rows: np.ndarray, labelled: int | bool) -> pd.DataFrame:
+        """A sample frame of `rows`; the first `labelled` rows (all if True) carry their label."""
+        count = len(rows) if labelled is True else int(labelled)
+        labels = np.full(len(rows), -1, dtype=np.int64)
+        if count:
+            labels[:count] = self.oracle.reveal(rows[:count])
         return build_sample_frame(self.batch.ids[rows], self.batch.images[rows], labels, self.spec.id, self.spec.tag)
 
     async def ask(self, message: Message, query: pd.DataFrame | None, random: pd.DataFrame | None,
@@ -86,8 +103,7 @@ class EdgeRound:
             self.needs = LabelNeeds.from_info(reply.info)
         except ValueError as exc:
             raise RoundError(str(exc)) from None
-        # labels for the state check are counted on top of the episode's budget
-        self.oracle = LabelOracle(self.batch.labels, self.settings.edge.label_budget + self.needs.check)
+        self.uniform_labels = min(self.needs.check, len(self.random_rows))
         if fetch is not None:
             self.keep(reply, Message.HANDSHAKE)
 
@@ -105,102 +121,128 @@ class EdgeRound:
         model, _ = load_checkpoint(path, sha)
         return model, str(path), sha
 
-    async def check(self, random_rows: np.ndarray) -> tuple[bool, dict[str, Any]]:
-        """The state check: a random sample (labelled only if the data center said so)."""
-        reply = await self.ask(Message.CHECK, None, self.frame(random_rows, labelled=self.needs.check > 0))
+    async def check(self) -> Reply:
+        """The state check on the random sample; label more of it while the harm test asks."""
+        while True:
+            reply = await self.ask(Message.CHECK, None, self.frame(self.random_rows, self.uniform_labels))
+            wanted = int(reply.info.get("labels_wanted") or 0)
+            if wanted <= self.uniform_labels:
+                break
+            if wanted > len(self.random_rows) or wanted - self.uniform_labels > self.oracle.remaining:
+                raise RoundError(f"the harm test wants {wanted} labels; the random sample and budget allow "
+                                 f"{min(len(self.random_rows), self.uniform_labels + self.oracle.remaining)}")
+            self.uniform_labels = wanted
         info = dict(reply.info)
-        log.info("round %s: state check by %s: flagged=%s p=%s", self.spec.id, info.get("detector"), reply.flag,
-                 info.get("p_value"))
-        return reply.flag, info
+        log.info("round %s: state check by %s: flagged=%s p=%s decision=%s (%d labels)", self.spec.id,
+                 info.get("detector"), info.get("flagged"), info.get("p_value"), info.get("decision"),
+                 self.uniform_labels)
+        if reply.sha256 is not None:  # a re-weighted model was adopted
+            self.keep(reply, Message.CHECK)
+        return reply
 
-    async def choose_start(self, random_rows: np.ndarray) -> Reply | None:
-        """Ask for the best starting checkpoint of the zoo (with the labels selection needs)."""
-        selection_frame = None
-        if self.needs.prepare:
-            count = min(self.needs.prepare, self.oracle.remaining)
-            if count <= 0:
-                log.info("round %s: flagged but no label budget for model selection: keeping the model", self.spec.id)
-                return None
-            rows = np.sort(rng_for(self.settings.seed, "selection", self.spec.id).choice(
-                len(self.batch.ids), size=count, replace=False))
-            selection_frame = self.frame(rows, labelled=True)
-            self.labelled_rows = rows
-        prepared = await self.ask(Message.PREPARE, selection_frame, self.frame(random_rows, labelled=False))
+    async def choose_start(self) -> Reply:
+        """Ask for the best starting checkpoint of the zoo, with uniform labels of the random sample."""
+        self.uniform_labels = min(len(self.random_rows), max(self.uniform_labels, self.needs.prepare))
+        labelled = self.random_rows[:self.uniform_labels]
+        selection_frame = self.frame(labelled, True) if len(labelled) else None
+        prepared = await self.ask(Message.PREPARE, selection_frame, self.frame(self.random_rows, False))
         self.keep(prepared, Message.PREPARE)
         log.info("round %s: start from %s (round %s, %s); retraining needed: %s", self.spec.id,
                  str(prepared.sha256)[:12], prepared.info.get("selected_round"), prepared.info.get("selected_shift"),
                  prepared.flag)
         return prepared
 
-    async def episode(self, model: nn.Module, path: str, sha: str, *, more: bool) -> tuple[nn.Module, str, str, int]:
-        """Query the most informative samples and retrain until the data center or the budget says stop."""
-        edge, iterations = self.settings.edge, 0
-        while more and may_query(self.oracle.remaining, iterations, query_size=edge.query_size,
-                                 max_iterations=edge.max_iterations):
+    async def episode(self, model: nn.Module, path: str, sha: str) -> tuple[nn.Module, str, str, int, Reply | None]:
+        """Query the most informative rows outside the random sample and retrain until told to stop."""
+        edge, iterations, more, reply = self.settings.edge, 0, True, None
+        excluded = np.sort(self.random_rows)
+        while more and may_query(self.oracle.remaining - (len(self.random_rows) - self.uniform_labels), iterations,
+                                 query_size=edge.query_size, max_iterations=edge.max_iterations):
             probs = predict_proba(model, self.batch.images)
             needs_embedding = edge.strategy in ("kcenter", "badge")
             rows = select_queries(edge.strategy, probs, edge.query_size,
                                   rng_for(self.settings.seed, "query", self.spec.id, iterations),
-                                  labelled=self.labelled_rows,
+                                  labelled=np.concatenate([excluded, self.queried_rows]),
                                   embeddings=embed(model, self.batch.images) if needs_embedding else None)
             if len(rows) == 0:
                 break
-            reply = await self.ask(Message.RETRAIN, self.frame(rows, labelled=True), None)
+            reply = await self.ask(Message.RETRAIN, self.frame(rows, True), None)
             more = reply.flag
-            self.labelled_rows = np.concatenate([self.labelled_rows, rows])
+            self.queried_rows = np.concatenate([self.queried_rows, rows])
             self.keep(reply, Message.RETRAIN)
             model, path, sha = self.load(reply.sha256)
             iterations += 1
-            log.info("round %s: retraining %d with %d labels -> %s (more needed: %s)", self.spec.id,
-                     iterations, self.oracle.labels_used, sha[:12], more)
-        return model, path, sha, iterations
+            log.info("round %s: retraining %d with %d labels -> %s (accepted: %s, more needed: %s)", self.spec.id,
+                     iterations, self.oracle.labels_used, sha[:12], reply.info.get("accepted"), more)
+        return model, path, sha, iterations, reply
 
     async def run(self) -> RoundOutcome:
-        """Check the model on this batch; if flagged, choose a start and run an episode."""
+        """Check the model on this batch; if hurt, adopt a zoo model or run an episode."""
         started = time.monotonic()
         await self.handshake()
         model, path, sha = self.load(self.previous["sha256"])
         probs_before = predict_proba(model, self.batch.images)
-        accuracy_before = accuracy_of(probs_before, self.batch.labels)  # evaluation only
-        random_rows = np.sort(rng_for(self.settings.seed, "random-sample", self.spec.id).choice(
-            len(self.batch.ids), size=self.settings.edge.random_sample, replace=False))
-        flagged, normal_info = await self.check(random_rows)
-        iterations, selection_info = 0, {}
-        if flagged:
-            prepared = await self.choose_start(random_rows)
-            if prepared is not None:
-                selection_info = dict(prepared.info)
-                model, path, sha = self.load(prepared.sha256)
-                model, path, sha, iterations = await self.episode(model, path, sha, more=prepared.flag)
-        retrained = iterations > 0
+        held_out_before = self.held_out_accuracy(model)
+        checked = await self.check()
+        normal_info = dict(checked.info)
+        decision = str(normal_info.get("decision") or (Decision.HARMFUL.value if checked.flag else Decision.STABLE.value))
+        iterations, selection_info, labels_check = 0, {}, self.oracle.labels_used
+        if checked.sha256 is not None:
+            model, path, sha = self.load(checked.sha256)
+        if checked.flag:
+            prepared = await self.choose_start()
+            selection_info = dict(prepared.info)
+            model, path, sha = self.load(prepared.sha256)
+            decision = Decision.ADOPT.value
+            if prepared.flag:
+                model, path, sha, iterations, last = await self.episode(model, path, sha)
+                decision = str(last.info.get("decision")) if last is not None else Decision.ROLLED_BACK.value
+        retrained = decision == Decision.RETRAIN.value
         probs_after = predict_proba(model, self.batch.images)
-        accuracy_after = accuracy_of(probs_after, self.batch.labels)
+        held_out_after = self.held_out_accuracy(model) if sha != self.previous["sha256"] else held_out_before
         seconds = time.monotonic() - started
         checkpoint = {"checkpoint": path, "sha256": sha, "state": self.state, "retrained": retrained,
-                      "labels_used": self.oracle.labels_used, "round": self.spec.id, "shift": self.spec.tag,
-                      "seconds": round(seconds, 3)}
+                      "decision": decision, "labels_used": self.oracle.labels_used, "round": self.spec.id,
+                      "shift": self.spec.tag, "seconds": round(seconds, 3)}
         metrics = {
-            "round": self.spec.id, "shift": self.spec.tag, "accuracy_before": accuracy_before,
-            "accuracy_after": accuracy_after, "flagged": bool(flagged), "retrained": retrained,
-            "labels_used": self.oracle.labels_used, "iterations": iterations,
-            "detector": normal_info.get("detector"), "p_value": normal_info.get("p_value"),
-            "statistic": normal_info.get("statistic"), "strategy": self.settings.edge.strategy,
+            "round": self.spec.id, "shift": self.spec.tag, "decision": decision,
+            "accuracy_before": held_out_before, "accuracy_after": held_out_after,
+            "accuracy_before_in_sample": accuracy_of(probs_before, self.batch.labels),
+            "accuracy_after_in_sample": accuracy_of(probs_after, self.batch.labels),
+            "evaluation_rows": int(len(self.evaluation.labels)),
+            "flagged": bool(normal_info.get("flagged", checked.flag)), "retrained": retrained,
+            "labels_used": self.oracle.labels_used, "labels_check": labels_check,
+            "labels_uniform": self.uniform_labels, "labels_queried": int(len(self.queried_rows)),
+            "iterations": iterations, "detector": normal_info.get("detector"), "p_value": normal_info.get("p_value"),
+            "statistic": normal_info.get("statistic"), "p_value_original": normal_info.get("p_value_original"),
+            "reference_accuracy": normal_info.get("reference_accuracy"),
+            "harm_accuracy": normal_info.get("harm_accuracy"), "label_shift": bool(normal_info.get("label_shift")),
+            "estimate_atc": normal_info.get("estimate_atc"), "estimate_doc": normal_info.get("estimate_doc"),
+            "strategy": self.settings.edge.strategy,
             "selection": selection_info.get("selection"), "selected_checkpoint": selection_info.get("sha256"),
             "selected_round": selection_info.get("selected_round"), "selected_shift": selection_info.get("selected_shift"),
-            "selection_scores": selection_info.get("scores"), "start_accuracy": selection_info.get("start_accuracy"), "checkpoint_sha256": sha, "batch_size": len(self.batch.ids),
+            "selection_scores": selection_info.get("scores"), "checkpoint_sha256": sha,
+            "batch_size": len(self.batch.ids), "seconds": round(seconds, 3),
         }
         predictions = pd.DataFrame({
             "id": self.batch.ids, "label": pd.array(self.batch.labels, dtype="Int64"),
             "pred_before": probs_before.argmax(1).astype(np.int64),
             "confidence_before": probs_before.max(1).astype(np.float32),
             "pred": probs_after.argmax(1).astype(np.int64), "confidence": probs_after.max(1).astype(np.float32),
-            "queried": np.isin(np.arange(len(self.batch.ids)), self.labelled_rows),
+            "queried": np.isin(np.arange(len(self.batch.ids)), self.queried_rows),
+            "labelled": np.isin(np.arange(len(self.batch.ids)), np.concatenate([self.queried_rows,
+                                                                                self.random_rows[:self.uniform_labels]])),
             "round": self.spec.id, "shift": self.spec.tag,
         })
         return RoundOutcome(checkpoint, metrics, predictions)
 
+    def held_out_accuracy(self, model: nn.Module) -> float:
+        """Accuracy on held-out rows carrying this round's shift (never trained on): what is reported."""
+        batch = self.evaluation
+        return weighted_accuracy(predict_proba(model, batch.images), batch.labels, batch.weights)
+
 
 def summary_line(outcome: RoundOutcome) -> str:
     m = outcome.metrics
-    return (f"round {m['round']} shift={m['shift']} acc {m['accuracy_before']:.2f}->{m['accuracy_after']:.2f} "
-            f"retrained={'yes' if m['retrained'] else 'no'} labels={m['labels_used']}")
+    return (f"round {m['round']} shift={m['shift']} held-out acc {m['accuracy_before']:.2f}->{m['accuracy_after']:.2f} "
+            f"decision={m['decision']} labels={m['labels_used']}")

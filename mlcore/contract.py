@@ -26,6 +26,18 @@ class Message(str, enum.Enum):
     RETRAIN = "retraining"  # fine-tune on these queried labels; the new checkpoint
 
 
+class Decision(str, enum.Enum):
+    """What a round did about its data, recorded in its metrics and the summary."""
+
+    STABLE = "stable"  # the label-free gate saw nothing
+    BENIGN = "benign"  # flagged, but uniformly drawn labels show accuracy is not hurt: the new outputs are adopted
+    LABEL_SHIFT = "label_shift"  # only the class priors moved: the model's priors are re-weighted, no training
+    HARMFUL = "harmful"  # flagged and hurt (the check's verdict; the round then adopts, retrains or rolls back)
+    ADOPT = "adopt"  # a zoo model fits the new data as it is
+    RETRAIN = "retrain"  # a fine-tuned model beat its start on held-back labels and replaced it
+    ROLLED_BACK = "rolled_back"  # the episode ran but no fine-tuned model beat its start: the start is kept
+
+
 @dataclass(frozen=True)
 class Context:
     """Sent with every request: the lineage state it builds on, its round and edge."""
@@ -76,10 +88,15 @@ def in_process(handle: Handler) -> Exchange:
 
 @dataclass(frozen=True)
 class LabelNeeds:
-    """Labels the data center needs from the edge at each step, announced in its handshake."""
+    """Labels the data center needs from the edge at each step, announced in its handshake.
 
-    check: int  # labelled rows in the state check's random sample (0: the detector is label-free)
-    prepare: int  # labelled rows to choose the starting checkpoint (0: selection is label-free)
+    Beyond these, a state-check reply may ask for `labels_wanted` labelled rows of the random
+    sample (the harm test): the edge labels that many rows, in its own seeded random order,
+    first in the frame, and asks again.
+    """
+
+    check: int  # labelled rows in the state check's random sample up front (0: the detector is label-free)
+    prepare: int  # uniform labelled rows of the random sample at least, to choose the start and validate
 
     def to_info(self) -> dict[str, int]:
         return {"labels_check": self.check, "labels_prepare": self.prepare}

@@ -126,7 +126,7 @@ def settings_from_dict(raw: Any) -> Settings:
     """Build settings from a parsed config mapping (top-level keys of other owners ignored).
 
     Checked against workflow/schemas/config.schema.yaml first (the one validator of
-    config.yaml), then the two rules a schema cannot state.
+    config.yaml), then the rules a schema cannot state.
     """
     check_schema(raw, "config.schema.yaml", SettingsError, open_top=True)
     settings = _build(Settings, raw)
@@ -134,6 +134,10 @@ def settings_from_dict(raw: Any) -> Settings:
         raise SettingsError("dataset.source_fraction + dataset.stream_fraction must leave room for the evaluation split (< 1)")
     if settings.edge.random_sample > settings.edge.batch_size:
         raise SettingsError("edge.random_sample: must not exceed edge.batch_size")
+    uniform = settings.datacenter
+    if max(uniform.harm_check.max_labels, uniform.selection_labels) > settings.edge.random_sample:
+        raise SettingsError("datacenter.harm_check.max_labels and datacenter.selection_labels: uniform labels come "
+                            f"from the random sample, so neither may exceed edge.random_sample ({settings.edge.random_sample})")
     return settings
 
 

@@ -18,7 +18,7 @@ datacenter: {selection: leep, finetune: {epochs: 10, replay: 100}}
 """
 ROUNDS = """rounds:
   - {id: r01, shift: []}
-  - {id: r02, shift: [{name: invert}]}
+  - {id: r02, shift: [{name: rotate, degrees: 30}]}
 """
 
 
@@ -67,15 +67,15 @@ def test_train_serve_rounds_restart(workdir):
     server = start_server(workdir, port_file, os.getpid())
     try:
         first = edge_round(workdir, "r01", "results/models/base.json", "results/rounds/r01", port_file)
-        assert first.stdout.strip().startswith("round r01 shift=none acc ") and "retrained=no labels=0" in first.stdout
+        assert first.stdout.strip().startswith("round r01 shift=none held-out acc ") and "decision=stable labels=0" in first.stdout
         second = edge_round(workdir, "r02", "results/rounds/r01/checkpoint.json", "results/rounds/r02", port_file)
-        assert "retrained=yes" in second.stdout
+        assert "decision=retrain " in second.stdout
     finally:
         assert stop(server) == 0
     out = workdir / "results/rounds/r02"
     checkpoint = json.loads((out / "checkpoint.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
-    assert checkpoint["retrained"] and 0 < checkpoint["labels_used"] <= 30 and checkpoint["bytes_sent"] > 0
+    assert checkpoint["retrained"] and 0 < metrics["labels_queried"] <= 30 and checkpoint["bytes_sent"] > 0
     assert metrics["flagged"] and metrics["accuracy_after"] > metrics["accuracy_before"] and metrics["p_value"] < 0.01
     predictions = pd.read_parquet(out / "predictions.parquet")
     assert {"id", "label", "pred", "confidence", "pred_before", "confidence_before"} <= set(predictions.columns)

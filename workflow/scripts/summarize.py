@@ -13,7 +13,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLUMNS = ["round", "shift", "flagged", "accuracy_before", "accuracy_after", "retrained", "labels_used", "checkpoint", "sha256"]
+COLUMNS = ["round", "shift", "flagged", "decision", "accuracy_before", "accuracy_after", "accuracy_after_in_sample",
+           "estimate_atc", "estimate_doc", "retrained", "labels_used", "checkpoint", "sha256"]
+
+
+def _rounded(value) -> float | None:
+    return None if value is None else round(float(value), 4)
 
 
 def read_rows(metrics_files: list[str], checkpoint_files: list[str]) -> list[dict]:
@@ -25,8 +30,12 @@ def read_rows(metrics_files: list[str], checkpoint_files: list[str]) -> list[dic
             "round": metrics["round"],
             "shift": metrics["shift"],
             "flagged": bool(metrics["flagged"]),
-            "accuracy_before": round(float(metrics["accuracy_before"]), 4),
-            "accuracy_after": round(float(metrics["accuracy_after"]), 4),
+            "decision": metrics["decision"],
+            "accuracy_before": _rounded(metrics["accuracy_before"]),  # held out, with the round's shift
+            "accuracy_after": _rounded(metrics["accuracy_after"]),
+            "accuracy_after_in_sample": _rounded(metrics["accuracy_after_in_sample"]),
+            "estimate_atc": _rounded(metrics.get("estimate_atc")),  # label-free, information only
+            "estimate_doc": _rounded(metrics.get("estimate_doc")),
             "retrained": bool(metrics["retrained"]),
             "labels_used": int(metrics["labels_used"]),
             "checkpoint": checkpoint["checkpoint"],
@@ -50,13 +59,14 @@ def plot_accuracy(rows: list[dict], path: str) -> None:
     for i, row in enumerate(rows):
         if row["shift"] != "none":
             ax.axvspan(i - 0.5, i + 0.5, color="tab:orange", alpha=0.12, lw=0)
-    ax.plot(x, [r["accuracy_before"] for r in rows], "o-", label="before retraining")
-    ax.plot(x, [r["accuracy_after"] for r in rows], "s--", label="after retraining")
+    ax.plot(x, [r["accuracy_before"] for r in rows], "o-", label="held out, model entering the round")
+    ax.plot(x, [r["accuracy_after"] for r in rows], "s--", label="held out, model leaving the round")
+    ax.plot(x, [r["estimate_atc"] for r in rows], ":", color="grey", label="label-free estimate (ATC), entering")
     retrained = [i for i, r in enumerate(rows) if r["retrained"]]
     ax.plot(retrained, [rows[i]["accuracy_after"] for i in retrained], "k*", ms=12, label="retrained")
-    ax.set_xticks(list(x), [f"{r['round']}\n{r['shift']}" for r in rows], fontsize=7)
+    ax.set_xticks(list(x), [f"{r['round']}\n{r['shift']}\n{r['decision']}" for r in rows], fontsize=6)
     ax.set_ylim(0, 1.02)
-    ax.set_ylabel("edge accuracy (evaluation only)")
+    ax.set_ylabel("held-out accuracy (evaluation only)")
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
