@@ -2,10 +2,14 @@
 
 1. The label-free gate: the configured detector (KS on the softmax outputs by default) on
    the unlabelled random sample. Quiet: `stable`, no label spent.
-2. On a flag, if only the class priors moved (black-box shift estimation: the sample's
+2. On a flag, if the sample looks like the source data again (KS against the model's outputs on
+   the held-out source split), the model's accuracy there is known from labelled rows the data
+   center holds: benign or harmful without asking the edge for a label. A switch back to the
+   source costs nothing.
+3. Otherwise, if only the class priors moved (black-box shift estimation: the sample's
    outputs look like the source's re-weighted by class), the candidate is the current model
    with re-weighted priors; otherwise the current model itself.
-3. The harm test: a truncated SPRT on uniformly drawn labels of the random sample (the edge
+4. The harm test: a truncated SPRT on uniformly drawn labels of the random sample (the edge
    labels the first `labels_wanted` rows of the frame and asks again). Benign: the candidate
    and its outputs here are adopted (`benign` or `label_shift`), no training; harmful: the
    flag stands and the edge opens an episode with those labels.
@@ -16,6 +20,7 @@ needs no state of its own between requests.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,7 +28,7 @@ import numpy as np
 from mlcore.contract import Decision, Reply
 from mlcore.frames import frame_digest, frame_features, frame_labels
 from mlcore.seeding import rng_for
-from mlcore.training import predict_proba
+from mlcore.training import accuracy_of, predict_proba
 
 from . import detectors
 from .errors import RequestError
@@ -59,6 +64,15 @@ def check(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any])
         return Reply(False, None, {**info, "decision": Decision.STABLE.value, "labels_wanted": 0})
     if not config.harm_check.enabled:
         return Reply(True, None, {**info, "decision": Decision.HARMFUL.value, "labels_wanted": 0})
+    source_like = not detectors.ks_softmax_test(source_probabilities, probabilities, config.alpha).drift
+    info["source_like"] = source_like
+    if source_like:  # back on the source, where this model's accuracy is known from labelled held-out rows
+        fit = accuracy_of(source_probabilities, source_labels) >= info["reference_accuracy"] - config.harm_check.tolerance
+        if not fit:
+            return Reply(True, None, {**info, "decision": Decision.HARMFUL.value, "labels_wanted": 0})
+        child_key, child = adopt(center, key, snapshot, current, probabilities, verdict.statistic, frame, metadata)
+        center.store.save(child_key, child)
+        return Reply(False, None, {**info, "state": child_key, "decision": Decision.BENIGN.value, "labels_wanted": 0})
     candidate, weights = current, label_shift_weights(center, current, probabilities) if config.label_shift else None
     if weights is not None:
         candidate = center.reweighted(current, weights)
@@ -82,7 +96,7 @@ def check(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any])
     if candidate == current:
         return Reply(False, None, info)
     return center.checkpoint_reply(False, candidate, {**info, "sha256": candidate,
-                                                      "class_weights": [round(float(w), 4) for w in weights]})
+                                                      "class_weights": json.dumps([round(float(w), 4) for w in weights])})
 
 
 def monitor(center: DataCenter, snapshot: Snapshot, probabilities: np.ndarray, labels: np.ndarray,

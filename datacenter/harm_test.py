@@ -10,7 +10,7 @@ needless retrain) and `beta` (harmful called benign: a silent accuracy loss).
 The test looks only at batch boundaries (multiples of `batch`, and `max_labels`), and stops at
 the first boundary that crosses a Wald limit, so the answer depends on the labels in the order
 they were drawn, not on how many the edge happened to send at once. At `max_labels` it is
-truncated: see `HarmTest.decide`.
+truncated: benign only if the accuracy reached H0's level (`truncation_accuracy`).
 """
 
 from __future__ import annotations
@@ -86,14 +86,15 @@ class HarmTest:
 
     @property
     def truncation_accuracy(self) -> float:
-        """At max_labels, benign iff the accuracy reaches (p0 + p1) / 2.
+        """At max_labels, benign iff the accuracy reaches p0: not shown benign is treated as harmful.
 
-        The midpoint of the two hypotheses rather than log ratio 0 (which sits a little above
-        it when p0 is near 1) or the Wald limits (which would leave an answer-less test): it
-        splits the indifference zone evenly, needs no tuning, and for the defaults (0.95 vs
-        0.87, 40 labels) both rules ask for the same 37 correct.
+        Wald's error rates hold only for an untruncated test; at a cap of 40 labels the test
+        usually ends at the cap, and a midpoint rule there called a 10-point drop benign 22%
+        of the time. Asking the estimate to reach H0's level cuts that to 9% (a 15-point drop:
+        2%), at the price of retraining 12% of rounds whose accuracy did not fall at all
+        (operating characteristic in benchmarks/results/learning.md and the tests).
         """
-        return 0.5 * (self.p0 + self.p1)
+        return self.p0
 
     def boundaries(self) -> np.ndarray:
         """The label counts at which the test looks: multiples of batch, then max_labels."""

@@ -78,8 +78,9 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
         kept = {e.sha256 for e in zoo}
         references = {z: w for z, w in references.items() if z in kept} | {sha: predict_proba(model, post_x)}
     converged = iterations >= 2 and agreement >= config.stop_agreement
+    stalled = iterations >= 2 and not accepted  # more labels no longer beat the best on held-back labels
     more = may_query(edge.label_budget - labels_used, iterations, query_size=edge.query_size,
-                     max_iterations=edge.max_iterations) and not converged
+                     max_iterations=edge.max_iterations) and not converged and not stalled
     child_key = state_key(key, str(metadata.get("round", episode.round)), "retraining", frame_digest(new))
     child = Snapshot(key, episode.round, "retraining", current, zoo,
                      replace(episode, iterations=iterations, labels_used=labels_used,
@@ -89,7 +90,7 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
     return center.checkpoint_reply(more, current, {
         "state": child_key, "sha256": current, "more_needed": more, "iteration": iterations,
         "labels_used": labels_used, "prequential_accuracy": prequential, "agreement": agreement,
-        "converged": converged, "accepted": accepted, "trained": sha, "decision": outcome.value,
+        "converged": converged, "stalled": stalled, "accepted": accepted, "trained": sha, "decision": outcome.value,
         "validation_accuracy": new_score[0], "best_validation_accuracy": max(new_score, best_score)[0],
     })
 

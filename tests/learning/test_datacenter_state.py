@@ -133,8 +133,8 @@ def test_ece_detector_spends_counted_labels(trained, settings, digits, splits):
 
 def test_a_benign_shift_costs_a_few_labels_and_no_training_a_harmful_one_is_retrained(trained, settings, digits, splits):
     """contrast x0.5 moves the softmax outputs (KS fires) but barely hurts accuracy: the harm
-    test on uniformly drawn labels says so, the outputs are adopted, nothing is trained. Inverted
-    digits are confident and wrong: the same test sends them to an episode."""
+    test on uniformly drawn labels says so, the outputs are adopted, nothing is trained. A 30-degree
+    rotation hurts: the same test sends it to an episode."""
     state_dir, base = trained
     center = center_over(state_dir, settings, digits, splits)
     contrast = [{"name": "contrast", "factor": 0.5}]
@@ -146,7 +146,8 @@ def test_a_benign_shift_costs_a_few_labels_and_no_training_a_harmful_one_is_retr
     assert first.checkpoint["state"] != base["state"] and first.checkpoint["sha256"] == base["sha256"]
     second = run_round(center, settings, digits, splits, {"id": "t02", "shift": contrast}, first.checkpoint)
     assert not second.metrics["flagged"] and second.metrics["labels_used"] == 0
-    third = run_round(center, settings, digits, splits, {"id": "t03", "shift": [{"name": "invert"}]}, second.checkpoint)
+    third = run_round(center, settings, digits, splits, {"id": "t03", "shift": [{"name": "rotate", "degrees": 30}]},
+                      second.checkpoint)
     assert third.metrics["flagged"] and third.metrics["decision"] == "retrain" and third.metrics["retrained"]
     assert third.metrics["accuracy_after"] > third.metrics["accuracy_before"] + 0.1  # held out
 

@@ -49,11 +49,13 @@ def test_harm_test_defaults_match_the_exact_operating_characteristic():
         exact_benign, exact_labels = test.operating_characteristic(accuracy)
         assert benign == pytest.approx(exact_benign, abs=3 * math.sqrt(0.25 / RUNS))
         assert labels == pytest.approx(exact_labels, abs=0.5)
-    # the defaults call a benign round benign, but only at the 40-label cap, and the cap costs
-    # the nominal beta: a 10-point drop is called benign about one time in five (see the report)
+    # the defaults call a benign round benign only at the 40-label cap, and only if 38 of 40 are
+    # right (truncation at p0): 88% of unhurt rounds, while a 10-point drop passes 9% of the time,
+    # a 15-point drop 2% (a midpoint rule let the 10-point drop through one time in five)
     benign, _, labels = simulate(test, 0.97, seed=6)
-    assert benign >= 1 - test.alpha - 0.01
-    assert test.operating_characteristic(0.87)[0] > 10 * test.beta
+    assert 0.85 <= benign <= 0.92 and labels == pytest.approx(40, abs=0.5)
+    assert 0.05 < test.operating_characteristic(0.87)[0] < 0.12
+    assert test.operating_characteristic(0.82)[0] < 0.025
 
 
 def test_harm_test_does_not_depend_on_how_the_labels_arrived():
@@ -82,8 +84,8 @@ def test_harm_test_steps_and_limits():
     assert early.log_ratio == pytest.approx(4 * math.log(0.13 / 0.05) + math.log(0.87 / 0.95))
     # three are not enough (2.69), and later correct labels do not undo a decision
     assert test.decide(np.array([False, False, False, True, True])).outcome == "more"
-    # at the cap: 37/40 = 0.925 >= (0.95 + 0.87) / 2 is benign, 36/40 = 0.90 is harmful
-    for errors, outcome in ((3, "benign"), (4, "harmful")):
+    # at the cap: 38/40 = 0.95 >= p0 is benign, 37/40 = 0.925 is harmful
+    for errors, outcome in ((2, "benign"), (3, "harmful")):
         stream = np.ones(40, dtype=bool)
         stream[np.arange(errors) * 10 + 9] = False  # spread out, so no boundary settles it early
         decision = test.decide(stream)
