@@ -78,6 +78,7 @@ class EdgeRound:
             len(self.batch.ids), size=settings.edge.random_sample, replace=False)  # in labelling order
         self.uniform_labels = 0  # how many of random_rows (in order) are labelled
         self.queried_rows = np.zeros(0, dtype=np.int64)
+        self.queue_wait = 0.0  # seconds the data center's training queue held this round's retrainings
 
     def frame(self, rows: np.ndarray, labelled: int | bool) -> pd.DataFrame:
         """A sample frame of `rows`; the first `labelled` rows (all if True) carry their label."""
@@ -168,6 +169,7 @@ class EdgeRound:
                 break
             reply = await self.ask(Message.RETRAIN, self.frame(rows, True), None)
             more = reply.flag
+            self.queue_wait += float(reply.info.get("queue_wait") or 0.0)
             self.queried_rows = np.concatenate([self.queried_rows, rows])
             self.keep(reply, Message.RETRAIN)
             model, path, sha = self.load(reply.sha256)
@@ -222,7 +224,7 @@ class EdgeRound:
             "selection": selection_info.get("selection"), "selected_checkpoint": selection_info.get("sha256"),
             "selected_round": selection_info.get("selected_round"), "selected_shift": selection_info.get("selected_shift"),
             "selection_scores": selection_info.get("scores"), "checkpoint_sha256": sha,
-            "batch_size": len(self.batch.ids), "seconds": round(seconds, 3),
+            "batch_size": len(self.batch.ids), "seconds": round(seconds, 3), "queue_wait": round(self.queue_wait, 3),
         }
         predictions = pd.DataFrame({
             "id": self.batch.ids, "label": pd.array(self.batch.labels, dtype="Int64"),
