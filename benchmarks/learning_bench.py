@@ -405,33 +405,58 @@ def bench_selection(world: World, methods: tuple[str, ...]) -> dict:
     return out
 
 
-def run_seed(job: tuple) -> dict:
-    """Everything measured on one seed (a process of its own with --jobs > 1)."""
-    raw, seed, quick, extra_false_alarm_world, options = job
+def run_task(job: tuple) -> dict:
+    """One part on one seed, in a process of its own with --jobs > 1. Each task trains its seed's
+    base model again (seconds; deterministic, so every task of a seed starts from the same bytes)."""
+    raw, seed, quick, part, options = job
     make_deterministic()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="learning-bench-") as tmp:
         world = World(raw, seed, Path(tmp), quick)
-        out: dict[str, Any] = {"seed": seed, "base_seconds": world.base_seconds, "clean_start": world.clean_start}
-        if extra_false_alarm_world and "B" in options["parts"]:  # a world for part B only: a fresh reference
-            out["false_alarms"] = bench_false_alarms(world, options["stable_rounds"])
-            out["seconds"] = time.monotonic() - started
-            return out
-        timings = {}
-        parts = (("A", "policies", lambda: bench_policies(world, options["scenarios"])),
-                 ("B", "false_alarms", lambda: bench_false_alarms(world, options["stable_rounds"])),
-                 ("C", "active", lambda: bench_active(world, options["strategies"])),
-                 ("D", "selection", lambda: bench_selection(world, options["selections"])))
-        for letter, name, part in parts:
-            if letter not in options["parts"]:
-                continue
-            t0 = time.monotonic()
-            out[name] = part()
-            timings[name] = time.monotonic() - t0
-            print(f"  seed {seed}: {name} in {timings[name]:.0f} s", file=sys.stderr, flush=True)
-        out["timings"], out["seconds"] = timings, time.monotonic() - started
-        out["ceilings"] = {tag: values for tag, values in world.ceilings.items()}
+        if part.startswith("A:"):
+            scenario = part[2:]
+            value = bench_policies(world, {scenario: options["scenarios"][scenario]})
+        elif part in ("B", "B-only"):
+            value = bench_false_alarms(world, options["stable_rounds"])
+        elif part == "C":
+            value = bench_active(world, options["strategies"])
+        else:
+            value = bench_selection(world, options["selections"])
+        seconds = time.monotonic() - started
+        print(f"  seed {seed}: {part} in {seconds:.0f} s", file=sys.stderr, flush=True)
+        return {"seed": seed, "part": part, "value": value, "seconds": seconds, "base_seconds": world.base_seconds,
+                "clean_start": world.clean_start, "ceilings": dict(world.ceilings)}
+
+
+def tasks(raw: dict, seeds: list[int], extra: int, quick: bool, options: dict) -> list[tuple]:
+    """The longest first (the scenarios), so that two processes finish together."""
+    parts = options["parts"]
+    out = [(raw, seed, quick, f"A:{name}", options) for name in options["scenarios"] for seed in seeds if "A" in parts]
+    out += [(raw, seed, quick, letter, options) for letter in "DCB" if letter in parts for seed in seeds]
+    out += [(raw, 1000 + k, quick, "B-only", options) for k in range(extra if "B" in parts else 0)]
     return out
+
+
+def gather(outputs: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Task outputs -> one dict per seed (policies, false_alarms, active, selection) and the part-B-only worlds."""
+    names = {"B": "false_alarms", "C": "active", "D": "selection"}
+    by_seed: dict[int, dict] = {}
+    fa_results = []
+    for o in outputs:
+        if o["part"] == "B-only":
+            fa_results.append({"seed": o["seed"], "false_alarms": o["value"], "seconds": o["seconds"]})
+            continue
+        r = by_seed.setdefault(o["seed"], {"seed": o["seed"], "timings": {}, "ceilings": {}, "seconds": 0.0,
+                                           "base_seconds": o["base_seconds"], "clean_start": o["clean_start"]})
+        if o["part"].startswith("A:"):
+            r.setdefault("policies", {}).update(o["value"])
+        else:
+            r[names[o["part"]]] = o["value"]
+        r["timings"][o["part"]] = o["seconds"]
+        r["seconds"] += o["seconds"]
+        for tag, values in o["ceilings"].items():
+            r["ceilings"].setdefault(tag, values)
+    return [by_seed[k] for k in sorted(by_seed)], fa_results
 
 
 # ---- the report --------------------------------------------------------------------------------
@@ -441,7 +466,8 @@ def report(results: list[dict], fa_results: list[dict], args, notes: list[str], 
     n = len(results)
     cmd = "python benchmarks/learning_bench.py" + (f" --dataset {args.dataset}" if args.dataset != "digits" else "") + \
           f" --seeds {args.seeds}" + (" --quick" if args.quick else "") + (f" --jobs {args.jobs}" if args.jobs > 1 else "") + \
-          (f" --parts {args.parts}" if args.parts.upper() != "ABCD" else "")
+          (f" --parts {args.parts}" if args.parts.upper() != "ABCD" else "") + \
+          (f" --scenarios {args.scenarios}" if args.scenarios != "default,mixed" else "")
     intro = [f"# Learning benchmark ({args.dataset}, held-out accuracy, through the production loop)", "",
              f"Generated by `{cmd}` in {seconds:.0f} s on 2 CPU cores (shared with other work; {args.jobs} process(es)); "
              f"seeds {seeds}. Figures are means over seeds with a 95% t-interval `[low, high]` over the {n} seeds; "
@@ -634,10 +660,12 @@ def report(results: list[dict], fa_results: list[dict], args, notes: list[str], 
     # targets and timing ----------------------------------------------------------------------
     head = ["## Targets (issue 10)", "", "| target | measured | verdict |", "|---|---|---|"]
     head += [f"| {t} | {m} | {v} |" for t, m, v in targets]
-    timing = ["## Runtime", "", "| seed | base training | " + " | ".join(results[0]["timings"]) + " | total |",
+    timing = ["## Runtime", "", "Each part of a seed is a task (which trains the seed's base model again); "
+              f"{args.jobs} task(s) at a time.", "",
+              "| seed | base training | " + " | ".join(results[0]["timings"]) + " | total (CPU) |",
               "|---|---|" + "---|" * len(results[0]["timings"]) + "---|"]
     for r in results:
-        timing.append(f"| {r['seed']} | {r['base_seconds']:.0f} s | " + " | ".join(f"{v:.0f} s" for v in r["timings"].values())
+        timing.append(f"| {r['seed']} | {r['base_seconds']:.0f} s | " + " | ".join(f"{r['timings'].get(k, 0):.0f} s" for k in results[0]["timings"])
                       + f" | {r['seconds']:.0f} s |")
     if fa_results:
         timing.append(f"| {len(fa_results)} part-B worlds |" + " |" * (1 + len(results[0]["timings"]))
@@ -654,9 +682,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=None, help="worlds for parts A, C, D (default: 3 digits, 1 mnist)")
     parser.add_argument("--false-alarm-worlds", type=int, default=None, help="extra worlds for part B only")
     parser.add_argument("--stable-rounds", type=int, default=None, help="clean rounds per world in part B")
-    parser.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes (1 core each)")
+    parser.add_argument("--jobs", type=int, default=2, help="seeds run in parallel processes (1 core each; the machine has 2)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, short scenarios")
     parser.add_argument("--parts", default="ABCD", help="which of parts A-D to run (E reads A and D)")
+    parser.add_argument("--scenarios", default="default,mixed", help="part A's scenarios: default, mixed or both")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     mnist = args.dataset == "mnist"
@@ -671,26 +700,25 @@ def main(argv: list[str] | None = None) -> int:
             ([("config/config.yaml and the code defaults disagree on " + ", ".join(differ) + " (config.yaml used)")]
              if differ else ["config/config.yaml and the code defaults agree"])
     default_scenario = (read_yaml(ROUNDS, SettingsError, "rounds") or {})["rounds"]
-    scenarios = {"default scenario": default_scenario, "mixed scenario": MIXED}
+    scenarios = {f"{name} scenario": entries for name, entries in (("default", default_scenario), ("mixed", MIXED))
+                 if name in args.scenarios.split(",")}
     if args.quick:
         scenarios = {name: entries[:5] for name, entries in scenarios.items()}
     options = {"scenarios": scenarios, "stable_rounds": stable, "parts": args.parts.upper(),
                "strategies": ("margin", "uniform") if args.quick else tuple(STRATEGIES),
                "selections": ("likelihood", "logme") if args.quick else SELECTIONS}
-    jobs = [(raw, seed, args.quick, False, options) for seed in range(args.seeds)]
-    jobs += [(raw, 1000 + k, args.quick, True, options) for k in range(extra if "B" in options["parts"] else 0)]
+    jobs = tasks(raw, list(range(args.seeds)), extra, args.quick, options)
     started = time.monotonic()
-    print(f"learning bench: {args.dataset}, seeds {list(range(args.seeds))} + {extra} part-B worlds, {args.jobs} process(es)",
-          file=sys.stderr)
+    print(f"learning bench: {args.dataset}, seeds {list(range(args.seeds))} + {extra} part-B worlds, "
+          f"{len(jobs)} tasks on {args.jobs} process(es)", file=sys.stderr)
     if args.jobs > 1:
         with concurrent.futures.ProcessPoolExecutor(args.jobs) as pool:
-            outputs = list(pool.map(run_seed, jobs))
+            outputs = list(pool.map(run_task, jobs))
     else:
-        outputs = [run_seed(job) for job in jobs]
-    for output, job in zip(outputs, jobs):
-        output["raw"] = merge(job[0], {"seed": job[1]})
-    results = [o for o, job in zip(outputs, jobs) if not job[3]]
-    fa_results = [o for o, job in zip(outputs, jobs) if job[3]]
+        outputs = [run_task(job) for job in jobs]
+    results, fa_results = gather(outputs)
+    for r in results + fa_results:
+        r["raw"] = merge(raw, {"seed": r["seed"]})
     text = report(results, fa_results, args, notes, time.monotonic() - started, scenarios)
     write_bytes_atomic(args.out, text.encode("utf-8"))
     print(text)
