@@ -29,6 +29,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     serve.add_argument("--port-file", required=True)
     serve.add_argument("--token-file")
     serve.add_argument("--exit-with-pid", type=int)
+    serve.add_argument("--workers", type=int, default=4,
+                       help="threads for drift checks, prepares and handshakes (each retraining has its own thread "
+                            "and waits for a slot of the training queue, datacenter.trainings)")
     for p in (base, serve):
         p.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)
@@ -58,9 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         from .service import DataCenter
 
         token = read_token_file(args.token_file) if args.token_file else None
-        log.info("serving on %s:%s (port file %s)", args.host, args.port, args.port_file)
+        log.info("serving on %s:%s (port file %s; %d check workers, %d training(s) at once)", args.host, args.port,
+                 args.port_file, args.workers, settings.datacenter.trainings)
         run(serve(DataCenter(settings, dataset, splits, store), host=args.host, port=args.port,
-                          port_file=args.port_file, token=token, exit_with_pid=args.exit_with_pid))
+                          port_file=args.port_file, token=token, exit_with_pid=args.exit_with_pid,
+                          workers=args.workers))
         log.info("stopped")
         return 0
 

@@ -49,8 +49,10 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
     new_x, new_y = frame_features(new), frame_labels(new)
     prequential = accuracy_of(predict_proba(previous, center.as_images(new_x)), new_y)
     data = seen.with_labels(new_x, new_y, new_ids)
-    model = finetune(center.model(episode.start), data.x, data.y, center.dataset, center.splits, config.finetune,
-                     center.settings.seed, episode.id)
+    start = center.model(episode.start)
+    with center.training_queue.slot(metadata.get("edge_id")) as ticket:  # only the fine-tune holds a slot
+        model = finetune(start, data.x, data.y, center.dataset, center.splits, config.finetune,
+                         center.settings.seed, episode.id)
     _, sha = save_checkpoint(model, center.model_spec(), center.store.checkpoints)
     center._models.setdefault(sha, model)
     best = episode.best or episode.start
@@ -92,6 +94,7 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
         "labels_used": labels_used, "prequential_accuracy": prequential, "agreement": agreement,
         "converged": converged, "stalled": stalled, "accepted": accepted, "trained": sha, "decision": outcome.value,
         "validation_accuracy": new_score[0], "best_validation_accuracy": max(new_score, best_score)[0],
+        "queue_wait": ticket.wait,  # seconds this request waited for a training slot (other edges' fine-tunes)
     })
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import threading
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,7 @@ from .errors import RequestError
 from .harm_test import HarmTest
 from .label_shift import prior_log_shift
 from .prepare import prepare
+from .queue import TrainingQueue
 from .retrain import retrain
 from .state import Snapshot, StateError, StateStore
 
@@ -50,14 +52,24 @@ class DataCenter:
         self.splits = splits
         self.store = store
         self.n_features = dataset.image_shape[0] * dataset.image_shape[1]
+        # Requests run in several threads at once (see datacenter/server.py). Cached models are
+        # shared read-only (inference only; training works on a copy); loading one builds a
+        # model under torch's global RNG (mlcore.models.build_model), so loads are serialised.
         self._models: dict[str, nn.Module] = {}
         self._source: dict[str, np.ndarray] = {}
+        self._loading = threading.Lock()
+        self.training_queue = TrainingQueue(settings.datacenter.trainings)  # only fine-tunes hold its slots
 
     # ---- helpers -------------------------------------------------------------------------
     def model(self, sha: str) -> nn.Module:
-        if sha not in self._models:
-            self._models[sha], _ = load_checkpoint(self.store.checkpoint_path(sha), sha)
-        return self._models[sha]
+        model = self._models.get(sha)
+        if model is None:
+            with self._loading:
+                model = self._models.get(sha)
+                if model is None:
+                    model, _ = load_checkpoint(self.store.checkpoint_path(sha), sha)
+                    model = self._models.setdefault(sha, model)
+        return model
 
     def checkpoint_reply(self, flag: bool, sha: str, info: dict[str, Any]) -> Reply:
         """A reply naming checkpoint `sha`, with its bytes (verified against the name)."""
@@ -77,10 +89,10 @@ class DataCenter:
 
         What the label-free estimates (ATC, DoC) and the label-shift test are fitted on.
         """
-        if sha not in self._source:
-            rows = self.splits.reference
-            self._source[sha] = predict_proba(self.model(sha), self.dataset.images[rows])
-        return self._source[sha], self.dataset.labels[self.splits.reference]
+        source = self._source.get(sha)
+        if source is None:  # two threads may both compute it: the same array, the first one kept
+            source = self._source.setdefault(sha, predict_proba(self.model(sha), self.dataset.images[self.splits.reference]))
+        return source, self.dataset.labels[self.splits.reference]
 
     def reference_accuracy(self, snapshot: Snapshot) -> float:
         """The standard a model is held to: the base model's accuracy on held-out source data."""

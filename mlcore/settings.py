@@ -94,6 +94,7 @@ class DatacenterSettings:
     mmd_permutations: int = 200
     entropy_threshold: float = 0.5
     ece_threshold: float = 0.15
+    trainings: int = 1  # fine-tunes run at once (the rest queue, fair across edges); 1 on 2 cores leaves one to checks
 
 
 @dataclass(frozen=True)
