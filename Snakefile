@@ -1,5 +1,5 @@
-# driftloop: one edge job per round of config/rounds.yaml; each round's checkpoint feeds
-# the next. The data-center server runs outside the DAG, from onstart to onsuccess/onerror
+# driftloop: one job per (edge, round) of config/rounds.yaml; each round's checkpoint feeds
+# that edge's next round, and edges run side by side. The data-center server runs outside the DAG, from onstart to onsuccess/onerror
 # (runtime/pipeline.py).
 
 from snakemake.utils import min_version
@@ -21,6 +21,7 @@ include: "workflow/rules/summary.smk"
 
 wildcard_constraints:
     round=ROUND_ID.removeprefix("^").removesuffix("$"),
+    edge=EDGE_ID.removeprefix("^").removesuffix("$"),
 
 
 rule all:

@@ -13,7 +13,7 @@ from mlcore.atomic import write_atomic, write_json_atomic
 from mlcore.cli import run_cli, setup_logging
 from mlcore.contract import Context, Exchange, Message, Reply
 from mlcore.datasets import load_dataset_and_splits
-from mlcore.rounds import find_round, load_rounds
+from mlcore.rounds import find_round, load_edge_rounds
 from mlcore.seeding import make_deterministic
 from mlcore.settings import load_settings
 
@@ -25,13 +25,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command", required=True)
     one = sub.add_parser("round", help="run one round and write checkpoint.json, metrics.json, predictions.parquet")
     one.add_argument("--config", required=True)
-    one.add_argument("--rounds", required=True)
+    one.add_argument("--rounds", required=True,
+                     help="a rounds file (either form) or the workflow's one-round spec.json; the edge's rounds are read")
     one.add_argument("--round", required=True, dest="round_id")
     one.add_argument("--previous", required=True, help="base.json or the previous round's checkpoint.json")
     one.add_argument("--port-file", required=True)
     one.add_argument("--token-file")
     one.add_argument("--host", default="127.0.0.1")
-    one.add_argument("--edge-id", default="edge")
+    one.add_argument("--edge-id", default="edge",
+                     help="this edge's id: its rounds in a fleet, its stream order, its store (default edge)")
     one.add_argument("--outdir", required=True)
     one.add_argument("--store", help="the edge's own checkpoint store (default results/edge/<edge-id>/models)")
     one.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the port file (default 120)")
@@ -84,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         from protocol import AsyncClient, ProtocolError, read_port_file, read_token_file, run
 
         settings = load_settings(args.config)
-        spec = find_round(load_rounds(args.rounds), args.round_id)
+        # Offsets as the workflow computes them (a spec.json carries its own); the edge id picks
+        # the edge's rounds in a fleet file and its stream order (mlcore/stream.py).
+        spec = find_round(load_edge_rounds(args.rounds, args.edge_id, settings.edge.batch_size), args.round_id)
         previous = read_previous(args.previous)
         make_deterministic()
         dataset, splits = load_dataset_and_splits(settings.dataset, settings.seed)
@@ -94,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         store = args.store or str(Path("results") / "edge" / args.edge_id / "models")
         round_ = EdgeRound(settings, dataset, splits, spec, previous, protocol_exchange(client), store,
                            edge_id=args.edge_id)
-        log.info("round %s: batch of %d, shift %s, data center on port %d", spec.id, len(round_.batch.ids), spec.tag, port)
+        log.info("edge %s round %s: batch of %d, shift %s, data center on port %d", args.edge_id, spec.id,
+                 len(round_.batch.ids), spec.tag, port)
         try:
             outcome = run(run_with_client(round_, client))
         except ProtocolError as exc:

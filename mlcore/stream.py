@@ -10,6 +10,13 @@ past its slice, so it may share rows of the classes it favours with the rounds a
 Offsets depend only on the earlier rounds' sizes and every other draw on (seed, round id),
 so editing one round's shift never changes another round's rows.
 
+Each edge of a fleet walks its own order: the stream permuted by (seed, edge id), and its
+mix coin and shift noise drawn by (seed, edge id, round id); so edges see different batches,
+and adding, removing or editing an edge changes no other edge's rows. The one edge of a
+one-edge scenario (id `edge`, mlcore.rounds.DEFAULT_EDGE) walks the seed's own order, as
+before fleets existed. Edges share the evaluation batch of a round id (same held-out rows,
+the same shift noise): edges that see the same shift are scored on the same rows.
+
 The evaluation batch comes from the evaluation split (never trained on, never queried), with
 the round's image shift and mix; a label prior becomes per-row weights, so a weighted
 accuracy (mlcore/evaluation.py) is the accuracy under the round's class mix.
@@ -22,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .datasets import Dataset, Splits
-from .rounds import RoundSpec
+from .rounds import DEFAULT_EDGE, RoundSpec
 from .seeding import rng_for
 from .shifts import apply_image_shifts, class_weights
 
@@ -44,9 +51,15 @@ class EvaluationBatch:
     shifted: np.ndarray  # (n,) bool, which rows carry the image shift
 
 
-def stream_order(splits: Splits, seed: int) -> np.ndarray:
-    """The stream split in the order the rounds of a scenario consume it."""
-    return rng_for(seed, "stream").permutation(splits.stream).astype(np.int64)
+def _edge_key(edge: str | None) -> tuple[str, ...]:
+    """The purpose key of an edge's draws: none for the one-edge scenario's edge (its draws are
+    those of the seed alone), the edge id for every other."""
+    return () if edge in (None, DEFAULT_EDGE) else (edge,)
+
+
+def stream_order(splits: Splits, seed: int, edge: str | None = None) -> np.ndarray:
+    """The stream split in the order the rounds of one edge consume it (by seed and edge id)."""
+    return rng_for(seed, "stream", *_edge_key(edge)).permutation(splits.stream).astype(np.int64)
 
 
 def _walk(order: np.ndarray, labels: np.ndarray, weights: np.ndarray | None, start: int, size: int, round_id: str) -> np.ndarray:
@@ -67,23 +80,25 @@ def _walk(order: np.ndarray, labels: np.ndarray, weights: np.ndarray | None, sta
     return np.sort(passage[np.argsort(rank, kind="stable")[:size]])
 
 
-def _shift_part(images: np.ndarray, spec: RoundSpec, seed: int, purpose: str) -> tuple[np.ndarray, np.ndarray]:
-    """Shift the share `spec.mix` of the rows (chosen by a coin of (seed, purpose, id)); returns (images, shifted)."""
+def _shift_part(images: np.ndarray, spec: RoundSpec, seed: int, purpose: str,
+                edge_key: tuple[str, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """Shift the share `spec.mix` of the rows (chosen by a coin of (seed, purpose, edge key, id)); returns (images, shifted)."""
     n = len(images)
-    shifted = rng_for(seed, purpose, spec.id).random(n) < spec.mix if spec.mix < 1.0 else np.ones(n, dtype=bool)
+    coin = rng_for(seed, purpose, *edge_key, spec.id)
+    shifted = coin.random(n) < spec.mix if spec.mix < 1.0 else np.ones(n, dtype=bool)
     out = images.copy()
     if shifted.any():
-        out[shifted] = apply_image_shifts(out[shifted], spec.shifts, rng_for(seed, f"{purpose}-shift", spec.id))
+        out[shifted] = apply_image_shifts(out[shifted], spec.shifts, rng_for(seed, f"{purpose}-shift", *edge_key, spec.id))
     return out, shifted
 
 
 def draw_round_batch(dataset: Dataset, splits: Splits, spec: RoundSpec, seed: int, default_size: int) -> RoundBatch:
-    """The round's batch: `size` rows of the stream order from `spec.offset` (None: 0), shifted as the round says."""
+    """The round's batch: `size` rows of its edge's stream order from `spec.offset` (None: 0), shifted as the round says."""
     size = spec.size or default_size
     base_seed = seed if spec.seed is None else spec.seed
     weights = class_weights(spec.shifts, dataset.n_classes)
-    ids = _walk(stream_order(splits, base_seed), dataset.labels, weights, spec.offset or 0, size, spec.id)
-    images, shifted = _shift_part(dataset.images[ids], spec, base_seed, "batch")
+    ids = _walk(stream_order(splits, base_seed, spec.edge), dataset.labels, weights, spec.offset or 0, size, spec.id)
+    images, shifted = _shift_part(dataset.images[ids], spec, base_seed, "batch", _edge_key(spec.edge))
     return RoundBatch(ids, images, dataset.labels[ids].copy(), shifted)
 
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from mlcore.evaluation import weighted_accuracy
-from mlcore.rounds import (RoundsError, gradual_ramp, hard_switch, load_rounds, parse_round, parse_rounds, random_mixture,
-                           static_mixture)
+from mlcore.rounds import (RoundsError, gradual_ramp, hard_switch, load_edge_rounds, load_fleet, parse_fleet, parse_round,
+                           parse_rounds, random_mixture, static_mixture)
 from mlcore.shifts import ShiftError, apply_image_shifts, class_weights, parse_shift_list, shift_tag
 from mlcore.stream import draw_evaluation_batch, draw_round_batch
 
@@ -131,20 +131,30 @@ def test_offsets_are_the_sizes_of_the_earlier_rounds():
 
 
 def test_the_workflow_and_mlcore_agree_on_offsets(tmp_path):
-    """common.smk computes offsets without mlcore; both must give every round of config/rounds.yaml the same start."""
+    """common.smk expands the fleet without mlcore; both must give every edge's round of config/rounds.yaml
+    the same shift and start."""
     from pathlib import Path
 
     import yaml
     rounds_file = Path(__file__).resolve().parents[2] / "config" / "rounds.yaml"
-    entries = yaml.safe_load(rounds_file.read_text())["rounds"]
-    entries[3]["size"] = 57  # a size override moves the later rounds only
-    (tmp_path / "rounds.yaml").write_text(yaml.safe_dump({"rounds": entries}))
-    offset, expected = 0, []
-    for entry in entries:  # the loop of common.smk's load_rounds
-        expected.append(offset)
-        offset += entry.get("size", 200)
-    assert [s.offset for s in load_rounds(tmp_path / "rounds.yaml", 200)] == expected
-    assert expected[4] - expected[3] == 57
+    raw = yaml.safe_load(rounds_file.read_text())
+    edges = raw.get("edges", ["edge"])
+    raw["rounds"][3].setdefault("per_edge", {}).setdefault(edges[-1], {})["size"] = 57  # moves that edge's later rounds only
+    (tmp_path / "rounds.yaml").write_text(yaml.safe_dump(raw))
+    expected = {}
+    for edge in edges:  # the loop of common.smk's load_rounds
+        expected[edge], offset = [], 0
+        for entry in raw["rounds"]:
+            if edge not in entry.get("only", (edge,)):
+                continue
+            resolved = {k: v for k, v in entry.items() if k not in ("only", "per_edge")}
+            resolved.update(entry.get("per_edge", {}).get(edge, {}))
+            expected[edge].append((entry["id"], len(resolved.get("shift", [])), offset))
+            offset += resolved.get("size", 200)
+    fleet = load_fleet(tmp_path / "rounds.yaml", 200)
+    assert {edge: [(s.id, len(s.shifts), s.offset) for s in specs] for edge, specs in fleet.items()} == expected
+    assert fleet[edges[-1]][4].offset - fleet[edges[-1]][3].offset == 57
+    assert fleet[edges[0]][4].offset - fleet[edges[0]][3].offset == 200
 
 
 def test_rounds_are_disjoint_while_the_stream_lasts_then_wrap(digits, splits):
@@ -234,3 +244,85 @@ def test_evaluation_weights_reproduce_a_label_prior(digits, splits):
     assert weighted_accuracy(probabilities, batch.labels, np.ones(len(batch.labels))) == pytest.approx(np.mean(batch.labels == 0))
     with pytest.raises(ValueError, match="one weight"):
         weighted_accuracy(probabilities, batch.labels, batch.weights[:-1])
+
+
+FLEET = {
+    "edges": ["a", "b", "c"],
+    "rounds": [
+        {"id": "r01"},
+        {"id": "r02", "shift": ROTATE, "per_edge": {"c": {"shift": [{"name": "invert"}], "mix": 0.5}}},
+        {"id": "r03", "shift": ROTATE, "only": ["a", "c"], "per_edge": {"c": {"size": 30}}},
+        {"id": "r04"},
+    ],
+}
+
+
+def test_a_fleet_expands_into_each_edges_rounds():
+    fleet = parse_fleet(FLEET, 100)
+    assert list(fleet) == ["a", "b", "c"]
+    assert [(s.id, s.tag, s.offset) for s in fleet["a"]] == [("r01", "none", 0), ("r02", "rotate15", 100),
+                                                             ("r03", "rotate15", 200), ("r04", "none", 300)]
+    assert [(s.id, s.tag, s.offset) for s in fleet["b"]] == [("r01", "none", 0), ("r02", "rotate15", 100), ("r04", "none", 200)]
+    assert [(s.id, s.tag, s.offset, s.size) for s in fleet["c"]] == [
+        ("r01", "none", 0, None), ("r02", "invert@0.5", 100, None), ("r03", "rotate15", 200, 30), ("r04", "none", 230, None)]
+    assert {s.edge for specs in fleet.values() for s in specs} == {"a", "b", "c"}
+    one_edge = parse_fleet({"rounds": [{"id": "r01"}, {"id": "r02", "shift": ROTATE}]}, 100)
+    assert list(one_edge) == ["edge"] and [s.offset for s in one_edge["edge"]] == [0, 100]
+    with pytest.raises(RoundsError, match="parse_fleet"):
+        parse_rounds(FLEET)
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"edges": ["a", "b/c"], "rounds": [{"id": "r01"}]}, r"edges\[1\]"),
+    ({"edges": ["a", "a"], "rounds": [{"id": "r01"}]}, "non-unique"),
+    ({"edges": [], "rounds": [{"id": "r01"}]}, "edges"),
+    ({"edges": ["a"], "rounds": [{"id": "r01", "per_edge": {"z": {"mix": 0.5}}}]}, r"rounds\[0\].per_edge: unknown edge 'z'"),
+    ({"edges": ["a"], "rounds": [{"id": "r01", "only": ["z"]}]}, r"rounds\[0\].only: unknown edge 'z'"),
+    ({"edges": ["a", "b"], "rounds": [{"id": "r01", "only": ["a"], "per_edge": {"b": {}}}]}, "not in this round's `only`"),
+    ({"edges": ["a", "b"], "rounds": [{"id": "r01", "only": ["a"]}]}, "edge 'b' has no round"),
+    ({"rounds": [{"id": "r01", "only": ["a"]}]}, "only a fleet names edges"),
+    ({"edges": ["a"], "rounds": [{"id": "r01", "per_edge": {"a": {"seed": 3}}}]}, "seed"),
+    ({"edges": ["a"], "rounds": [{"id": "r01"}, {"id": "r01"}]}, "duplicate id"),
+])
+def test_a_bad_fleet_names_the_field(raw, message):
+    with pytest.raises(RoundsError, match=message):
+        parse_fleet(raw)
+
+
+def test_the_edge_reads_its_own_rounds(tmp_path):
+    import yaml
+    (tmp_path / "fleet.yaml").write_text(yaml.safe_dump(FLEET))
+    assert [s.id for s in load_edge_rounds(tmp_path / "fleet.yaml", "b", 100)] == ["r01", "r02", "r04"]
+    with pytest.raises(RoundsError, match="edge 'z' is not in"):
+        load_edge_rounds(tmp_path / "fleet.yaml", "z")
+    (tmp_path / "spec.json").write_text('{"rounds": [{"id": "r02"}], "offset": 100, "edge": "b"}')  # what the workflow writes
+    assert [(s.id, s.offset, s.edge) for s in load_edge_rounds(tmp_path / "spec.json", "b")] == [("r02", 100, "b")]
+    with pytest.raises(RoundsError, match="edge 'b'"):
+        load_edge_rounds(tmp_path / "spec.json", "a")
+    (tmp_path / "plain.yaml").write_text(yaml.safe_dump({"rounds": [{"id": "r01"}, {"id": "r02"}]}))
+    assert [(s.offset, s.edge) for s in load_edge_rounds(tmp_path / "plain.yaml", "x", 100)] == [(0, "x"), (100, "x")]
+
+
+def test_edges_draw_their_own_batches(digits, splits):
+    fleet = parse_fleet(FLEET, 100)
+    a, b = (draw_round_batch(digits, splits, fleet[edge][0], 0, 100) for edge in ("a", "b"))
+    assert not np.array_equal(np.sort(a.ids), np.sort(b.ids))
+    assert len(np.intersect1d(a.ids, b.ids)) < 60  # two independent orders: about 100 * 100 / 539 rows in common
+    again = draw_round_batch(digits, splits, parse_fleet(FLEET, 100)["a"][0], 0, 100)
+    assert np.array_equal(a.ids, again.ids)  # deterministic
+    # Within an edge the rounds stay disjoint, as for one edge.
+    rounds = [draw_round_batch(digits, splits, spec, 0, 100).ids for spec in fleet["a"][:4]]
+    assert len(np.unique(np.concatenate(rounds))) == 400
+    # The one-edge scenario's edge keeps the seed's own order, whatever it is called in spec.edge.
+    plain = parse_rounds({"rounds": [{"id": "r01"}]}, 100)[0]
+    named = parse_fleet({"rounds": [{"id": "r01"}]}, 100)["edge"][0]
+    assert np.array_equal(draw_round_batch(digits, splits, plain, 0, 100).ids, draw_round_batch(digits, splits, named, 0, 100).ids)
+    # An edge's rows depend on its id only: adding an edge or editing another changes nothing.
+    alone = parse_fleet({"edges": ["b"], "rounds": [{"id": "r01", "per_edge": {"b": {"shift": ROTATE}}}]}, 100)["b"][0]
+    assert np.array_equal(draw_round_batch(digits, splits, alone, 0, 100).ids, b.ids)
+    # The same mix on two edges shifts different rows' worth of coins; their evaluation rows are shared.
+    half = {"edges": ["a", "b"], "rounds": [{"id": "r01", "shift": [{"name": "invert"}], "mix": 0.5}]}
+    ha, hb = (draw_round_batch(digits, splits, parse_fleet(half, 100)[edge][0], 0, 100) for edge in ("a", "b"))
+    assert not np.array_equal(ha.shifted, hb.shifted)
+    ea, eb = (draw_evaluation_batch(digits, splits, parse_fleet(half, 100)[edge][0], 0, 150) for edge in ("a", "b"))
+    assert np.array_equal(ea.ids, eb.ids) and np.array_equal(ea.images, eb.images)

@@ -1,5 +1,6 @@
-"""Fixtures: one complete small run per session (`finished_run`); tests that change things
-work on a copy of it (`run_copy`, mtimes and Snakemake's metadata intact) or from scratch (`fresh`).
+"""Fixtures: one complete small run per session of one edge (`finished_run`) and of a fleet
+(`fleet_run`); tests that change things work on a copy of one (`run_copy`, `fleet_copy`: mtimes
+and Snakemake's metadata intact) or from scratch (`fresh`).
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from snakemake_workdir import Workdir, make_workdir
+from snakemake_workdir import SMALL_FLEET, Workdir, make_workdir
 
 
 @pytest.fixture(scope="session")
@@ -18,11 +19,27 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Workdir:
     return work
 
 
+@pytest.fixture(scope="session")
+def fleet_run(tmp_path_factory: pytest.TempPathFactory) -> Workdir:
+    work = make_workdir(tmp_path_factory.mktemp("fleet") / "wf")
+    work.write_scenario(SMALL_FLEET)
+    work.run("--cores", "2")
+    return work
+
+
+def copy_of(run: Workdir, target: Path) -> Workdir:
+    shutil.copytree(run.path, target, symlinks=True)
+    return Workdir(target)
+
+
 @pytest.fixture
 def run_copy(finished_run: Workdir, tmp_path: Path) -> Workdir:
-    target = tmp_path / "wf"
-    shutil.copytree(finished_run.path, target, symlinks=True)
-    return Workdir(target)
+    return copy_of(finished_run, tmp_path / "wf")
+
+
+@pytest.fixture
+def fleet_copy(fleet_run: Workdir, tmp_path: Path) -> Workdir:
+    return copy_of(fleet_run, tmp_path / "wf")
 
 
 @pytest.fixture

@@ -21,6 +21,15 @@ SMALL_ROUNDS = [
     {"id": "r04", "shift": []},
 ]
 
+#: A fleet of two edges, two rounds: in r02 both see a rotation (a at full strength, b on half its batch).
+SMALL_FLEET = {
+    "edges": ["a", "b"],
+    "rounds": [
+        {"id": "r01", "shift": []},
+        {"id": "r02", "shift": [{"name": "rotate", "degrees": 30}], "per_edge": {"b": {"mix": 0.5}}},
+    ],
+}
+
 
 class Workdir:
     """A copy of the workflow with a small config; runs snakemake inside it."""
@@ -43,8 +52,15 @@ class Workdir:
     def write_rounds(self, rounds: list[dict]) -> None:
         (self.path / "config/rounds.yaml").write_text(yaml.safe_dump({"rounds": rounds}, sort_keys=False))
 
+    def write_scenario(self, scenario: dict) -> None:
+        """A whole rounds document (either form)."""
+        (self.path / "config/rounds.yaml").write_text(yaml.safe_dump(scenario, sort_keys=False))
+
+    def scenario(self) -> dict:
+        return yaml.safe_load((self.path / "config/rounds.yaml").read_text())
+
     def rounds(self) -> list[dict]:
-        return yaml.safe_load((self.path / "config/rounds.yaml").read_text())["rounds"]
+        return self.scenario()["rounds"]
 
     def config(self) -> dict:
         return yaml.safe_load((self.path / "config/config.yaml").read_text())
@@ -58,8 +74,18 @@ class Workdir:
         with open(self.path / "results/summary.csv", newline="") as handle:
             return list(csv.DictReader(handle))
 
-    def mtimes(self, pattern: str = "results/rounds/*/checkpoint.json") -> dict[str, float]:
+    def mtimes(self, pattern: str = "results/edges/*/rounds/*/checkpoint.json") -> dict[str, float]:
         return {str(p.relative_to(self.path)): p.stat().st_mtime_ns for p in sorted(self.path.glob(pattern))}
+
+
+def planned(dry_run_stdout: str) -> set[tuple[str, str]]:
+    """The (edge, round) jobs a `snakemake -n` would run."""
+    jobs = set()
+    for line in dry_run_stdout.splitlines():
+        if "wildcards: edge=" in line:
+            fields = dict(item.split("=", 1) for item in line.split("wildcards:")[1].strip().split(", "))
+            jobs.add((fields["edge"], fields["round"]))
+    return jobs
 
 
 def make_workdir(path: Path) -> Workdir:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from snakemake_workdir import SMALL_ROUNDS, Workdir
+from snakemake_workdir import SMALL_ROUNDS, Workdir, planned
 
 
 def server_pid(work: Workdir, timeout: float = 60) -> int:
@@ -45,22 +45,23 @@ def wait_gone(pid: int, timeout: float = 15) -> bool:
     return True
 
 
-def hashes(work: Workdir) -> dict[str, str]:
-    return {r["round"]: r["sha256"] for r in work.summary()}
+def hashes(work: Workdir) -> dict[tuple[str, str], str]:
+    return {(r["edge"], r["round"]): r["sha256"] for r in work.summary()}
 
 
 def test_default_scenario_runs_and_summarizes(finished_run: Workdir) -> None:
     rows = finished_run.summary()
     assert [r["round"] for r in rows] == [r["id"] for r in SMALL_ROUNDS]
+    assert {r["edge"] for r in rows} == {"edge"}, "a plain rounds list is one edge, id `edge`"
     by_round = {r["round"]: r for r in rows}
     assert by_round["r02"]["flagged"] == "True", "a 30-degree rotation must trigger retraining"
     assert by_round["r02"]["retrained"] == "True"
     assert float(by_round["r02"]["accuracy_after"]) > float(by_round["r02"]["accuracy_before"])
     assert by_round["r01"]["labels_used"] == "0", "monitoring a clean round must spend no labels"
-    for name in ("accuracy.svg", "labels.svg"):
+    for name in ("accuracy.svg", "labels.svg", "fleet_accuracy.svg", "queue_wait.svg"):
         assert (finished_run.path / "results/plots" / name).read_text().lstrip().startswith("<?xml")
     for round_id in by_round:
-        record = json.loads((finished_run.path / f"results/rounds/{round_id}/checkpoint.json").read_text())
+        record = json.loads((finished_run.path / f"results/edges/edge/rounds/{round_id}/checkpoint.json").read_text())
         assert record["sha256"] == by_round[round_id]["sha256"]
     assert not alive(int((finished_run.path / "results/server/pid").read_text())), "the server outlived the run"
 
@@ -78,8 +79,7 @@ def test_editing_a_round_reruns_it_and_later_only(run_copy: Workdir) -> None:
     rounds[2]["shift"] = [{"name": "rotate", "degrees": 15}]
     run_copy.write_rounds(rounds)
     dry = run_copy.run("-n", "--cores", "2").stdout
-    planned = {line.split("wildcards: round=")[1].strip() for line in dry.splitlines() if "wildcards: round=" in line}
-    assert planned == {"r03", "r04"}
+    assert planned(dry) == {("edge", "r03"), ("edge", "r04")}
 
 
 def test_appending_a_round_runs_only_it_with_one_core(run_copy: Workdir) -> None:
@@ -88,14 +88,14 @@ def test_appending_a_round_runs_only_it_with_one_core(run_copy: Workdir) -> None
     run_copy.run("--cores", "1")
     after = run_copy.mtimes()
     assert {k: v for k, v in after.items() if "r05" not in k} == before
-    assert "results/rounds/r05/checkpoint.json" in after
+    assert "results/edges/edge/rounds/r05/checkpoint.json" in after
     assert [r["round"] for r in run_copy.summary()][-1] == "r05"
 
 
 def test_killed_server_fails_the_run_and_the_rerun_matches(fresh: Workdir, finished_run: Workdir) -> None:
     process = fresh.popen("--cores", "2")
     pid = server_pid(fresh)
-    first_round = fresh.path / "results/rounds/r01/checkpoint.json"
+    first_round = fresh.path / "results/edges/edge/rounds/r01/checkpoint.json"
     deadline = time.monotonic() + 120
     while not first_round.exists():
         assert time.monotonic() < deadline and process.poll() is None, "round r01 never finished"
@@ -105,7 +105,7 @@ def test_killed_server_fails_the_run_and_the_rerun_matches(fresh: Workdir, finis
     assert process.returncode != 0
     assert "data center" in output.lower() or "cannot connect" in output.lower(), output[-3000:]
     kept = fresh.mtimes()
-    assert "results/rounds/r01/checkpoint.json" in kept
+    assert "results/edges/edge/rounds/r01/checkpoint.json" in kept
     fresh.run("--cores", "2")
     assert {k: v for k, v in fresh.mtimes().items() if k in kept} == kept, "finished rounds were redone"
     assert hashes(fresh) == hashes(finished_run), "an interrupted run must end with the same checkpoints"
@@ -168,7 +168,8 @@ def test_lint_is_clean_and_report_works_offline(run_copy: Workdir) -> None:
     assert "Congratulations" in lint.stdout + lint.stderr
     run_copy.run("--report", "results/report.html")
     html = (run_copy.path / "results/report.html").read_text(errors="replace")
-    assert "accuracy.svg" in html
+    for name in ("accuracy.svg", "labels.svg", "fleet_accuracy.svg", "queue_wait.svg"):
+        assert name in html
     assert not alive(int((run_copy.path / "results/server/pid").read_text()))
 
 

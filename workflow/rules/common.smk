@@ -1,5 +1,6 @@
 # Helpers of the workflow: validation of config.yaml and rounds.yaml (the schemas in
-# workflow/schemas are the validators), round chaining, and the names the rules share.
+# workflow/schemas are the validators), the fleet's (edge, round) jobs and their chaining,
+# and the names the rules share.
 # Process plumbing (the data center's lifetime, warm starts) lives in the torch-free
 # `runtime` package; parsing this file imports nothing else of the project.
 
@@ -25,8 +26,13 @@ WARM_START = bool(config.get("warm_start", True)) and not workflow.deployment_se
 PORT_FILE = str(pipeline.PORT_FILE)
 TOKEN_FILE = str(pipeline.TOKEN_FILE)
 STATE_DIR = pipeline.STATE_DIR
-# The round-id pattern is written once, in rounds.schema.yaml; here it constrains the wildcard.
-ROUND_ID = yaml.safe_load((SCHEMAS / "rounds.schema.yaml").read_text())["$defs"]["round_id"]["pattern"]
+# The round- and edge-id patterns are written once, in rounds.schema.yaml; here they constrain the wildcards.
+_ROUNDS_DEFS = yaml.safe_load((SCHEMAS / "rounds.schema.yaml").read_text())["$defs"]
+ROUND_ID = _ROUNDS_DEFS["round_id"]["pattern"]
+EDGE_ID = _ROUNDS_DEFS["edge_id"]["pattern"]
+# The edge of a one-edge rounds file (`rounds:` without `edges:`), as mlcore.rounds.DEFAULT_EDGE.
+DEFAULT_EDGE = "edge"
+FLEET_KEYS = ("only", "per_edge")
 
 
 def launch(module):
@@ -44,45 +50,86 @@ def load_config(config):
     return json.dumps(config, sort_keys=True)
 
 
-def load_rounds(path, batch_size):
-    """Validate rounds.yaml against its schema; return {round id: its one-round document as JSON text}, in order.
+def check_fleet(raw, path):
+    """The rules of rounds.yaml its schema cannot state (as mlcore.rounds._check_ids): unique
+    round ids; `only` and `per_edge` in the fleet form only, naming its edges; every edge has a round."""
 
-    The document carries the round's `offset` into the seeded stream order (mlcore/stream.py):
-    the sizes of the rounds before it (`size`, or the edge's `batch_size`), as
-    mlcore.rounds.assign_offsets computes it. It changes only when an earlier round's size does
-    (then this round reruns, with its new rows); editing a round's shift moves no other round.
+    def refuse(where, message):
+        raise WorkflowError(f"invalid rounds file {path}: {where}: {message}")
+
+    seen = {}
+    for i, entry in enumerate(raw["rounds"]):
+        if entry["id"] in seen:
+            refuse(f"rounds[{i}].id", f"duplicate id {entry['id']!r} (first at rounds[{seen[entry['id']]}])")
+        seen[entry["id"]] = i
+    edges = raw.get("edges")
+    for i, entry in enumerate(raw["rounds"]):
+        for key in FLEET_KEYS:
+            if key in entry and edges is None:
+                refuse(f"rounds[{i}].{key}", "only a fleet names edges (add a top-level `edges: [...]`)")
+            unknown = [edge for edge in entry.get(key, ()) if edge not in edges]
+            if unknown:
+                refuse(f"rounds[{i}].{key}", f"unknown edge {unknown[0]!r} (edges: {edges})")
+        excluded = [edge for edge in entry.get("per_edge", {}) if "only" in entry and edge not in entry["only"]]
+        if excluded:
+            refuse(f"rounds[{i}].per_edge", f"edge {excluded[0]!r} is not in this round's `only` {entry['only']}")
+    for edge in edges or ():
+        if not any(edge in entry.get("only", (edge,)) for entry in raw["rounds"]):
+            refuse("edges", f"edge {edge!r} has no round (every round's `only` leaves it out)")
+
+
+def load_rounds(path, batch_size):
+    """Validate rounds.yaml (either form) against its schema; return {edge id: {round id: its
+    one-round document as JSON text}}, edges and rounds in file order.
+
+    An edge's rounds are the timeline's rounds it takes part in (`only`), each with the edge's
+    `per_edge` override laid over the round's own shift, mix and size (mlcore.rounds.expand_fleet).
+    The document carries the edge and the round's `offset` into that edge's seeded stream order
+    (mlcore/stream.py): the sizes of the edge's rounds before it (`size`, or the edge's
+    `batch_size`), as mlcore.rounds.assign_offsets computes it. It changes only when an
+    earlier round's size does (then this round reruns, with its new rows); editing a round's
+    shift for one edge changes that edge's document of that round only.
     """
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as error:
         raise WorkflowError(f"invalid rounds file {path}: {error}")
     validate(raw, "../schemas/rounds.schema.yaml")
-    rounds, offset = {}, 0
-    for i, entry in enumerate(raw["rounds"]):  # unique ids: the one rule the schema cannot state
-        if entry["id"] in rounds:
-            raise WorkflowError(f"invalid rounds file {path}: rounds[{i}].id: duplicate id {entry['id']!r}")
-        rounds[entry["id"]] = json.dumps({"rounds": [entry], "offset": offset}, sort_keys=True)
-        offset += entry.get("size", batch_size)
-    return rounds
+    check_fleet(raw, path)
+    fleet = {}
+    for edge in raw.get("edges", [DEFAULT_EDGE]):
+        fleet[edge], offset = {}, 0
+        for entry in raw["rounds"]:
+            if edge not in entry.get("only", (edge,)):
+                continue
+            resolved = {key: value for key, value in entry.items() if key not in FLEET_KEYS}
+            resolved.update(entry.get("per_edge", {}).get(edge, {}))
+            document = {"rounds": [resolved], "offset": offset, "edge": edge}
+            fleet[edge][entry["id"]] = json.dumps(document, sort_keys=True)
+            offset += resolved.get("size", batch_size)
+    return fleet
 
 
 SETTINGS_JSON = load_config(config)
 # 200: edge.batch_size's default (mlcore/settings.py EdgeSettings), for a config without it.
-ROUNDS = load_rounds(config["rounds"], config["edge"].get("batch_size", 200))
-ROUND_IDS = list(ROUNDS)
+FLEET = load_rounds(config["rounds"], config["edge"].get("batch_size", 200))
+# Every (edge, round) job, edge by edge in file order: the summary's rows.
+JOB_EDGES = [edge for edge, rounds in FLEET.items() for _ in rounds]
+JOB_ROUNDS = [round_id for rounds in FLEET.values() for round_id in rounds]
 
 
 def previous_checkpoint(wildcards):
-    """Round k starts from round k-1's checkpoint; the first round from the base model."""
-    index = ROUND_IDS.index(wildcards.round)
+    """An edge's round k starts from its round k-1's checkpoint; its first round from the base model."""
+    round_ids = list(FLEET[wildcards.edge])
+    index = round_ids.index(wildcards.round)
     if index == 0:
         return "results/models/base.json"
-    return f"results/rounds/{ROUND_IDS[index - 1]}/checkpoint.json"
+    return f"results/edges/{wildcards.edge}/rounds/{round_ids[index - 1]}/checkpoint.json"
 
 
 def round_spec(wildcards):
-    """This round's entry of rounds.yaml and its stream offset, as a one-round rounds document (JSON)."""
-    return ROUNDS[wildcards.round]
+    """This edge's entry of this round of rounds.yaml, its stream offset and the edge id, as a one-round rounds document (JSON)."""
+    return FLEET[wildcards.edge][wildcards.round]
 
 
 def start_services():

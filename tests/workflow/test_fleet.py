@@ -1,0 +1,75 @@
+"""A fleet in one run (issue 11): one job per (edge, round), chained per edge, checked with the real snakemake."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from mlcore.rounds import parse_fleet
+from snakemake_workdir import SMALL_FLEET, Workdir, planned
+
+
+def test_each_edge_runs_its_rounds_and_the_summary_names_it(fleet_run: Workdir) -> None:
+    rows = fleet_run.summary()
+    assert [(r["edge"], r["round"]) for r in rows] == [("a", "r01"), ("a", "r02"), ("b", "r01"), ("b", "r02")]
+    assert {r["shift"] for r in rows if r["round"] == "r02"} == {"rotate30", "rotate30@0.5"}
+    for name in ("summary.csv", "plots/fleet_accuracy.svg", "plots/queue_wait.svg", "plots/labels.svg"):
+        assert (fleet_run.path / "results" / name).stat().st_size > 0
+    # The workflow (common.smk, without mlcore) and mlcore.rounds expand the fleet alike.
+    expected = parse_fleet(SMALL_FLEET, fleet_run.config()["edge"]["batch_size"])
+    for edge, specs in expected.items():
+        for spec in specs:
+            folder = fleet_run.path / f"results/edges/{edge}/rounds/{spec.id}"
+            document = json.loads((folder / "spec.json").read_text())
+            assert (document["edge"], document["offset"]) == (edge, spec.offset)
+            assert (folder / "checkpoint.json").is_file() and (folder / "predictions.parquet").is_file()
+    first = {edge: pd.read_parquet(fleet_run.path / f"results/edges/{edge}/rounds/r01/predictions.parquet")["id"]
+             for edge in ("a", "b")}
+    assert set(first["a"]) != set(first["b"]), "two edges drew the same batch"
+
+
+def test_a_fleet_reruns_nothing_then_only_what_is_new_or_edited(fleet_copy: Workdir) -> None:
+    before = fleet_copy.mtimes("results/**/*")
+    assert "Nothing to be done" in fleet_copy.run("--cores", "2").stderr
+    assert fleet_copy.mtimes("results/**/*") == before
+
+    scenario = fleet_copy.scenario()
+    edited = json.loads(json.dumps(scenario))
+    edited["rounds"][0]["per_edge"] = {"b": {"shift": [{"name": "contrast", "factor": 0.5}]}}
+    fleet_copy.write_scenario(edited)
+    assert planned(fleet_copy.run("-n", "--cores", "2").stdout) == {("b", "r01"), ("b", "r02")}
+
+    grown = json.loads(json.dumps(scenario))
+    grown["edges"].append("c")
+    fleet_copy.write_scenario(grown)
+    assert planned(fleet_copy.run("-n", "--cores", "2").stdout) == {("c", "r01"), ("c", "r02")}
+
+    scenario["rounds"].append({"id": "r03", "shift": [{"name": "invert"}], "only": ["a"]})
+    fleet_copy.write_scenario(scenario)
+    checkpoints = fleet_copy.mtimes()
+    result = fleet_copy.run("--cores", "2")
+    assert result.stderr.count("rule edge_round:") == 1, result.stderr[-3000:]  # "localrule edge_round:"
+    after = fleet_copy.mtimes()
+    assert {k: v for k, v in after.items() if k in checkpoints} == checkpoints
+    assert set(after) - set(checkpoints) == {"results/edges/a/rounds/r03/checkpoint.json"}
+    assert [(r["edge"], r["round"]) for r in fleet_copy.summary()][-3:] == [("a", "r03"), ("b", "r01"), ("b", "r02")]
+
+
+@pytest.mark.parametrize(
+    "scenario, named",
+    [
+        ({"edges": ["a", "b c"], "rounds": [{"id": "r01"}]}, "'b c'"),
+        ({"edges": ["a"], "rounds": [{"id": "r01", "per_edge": {"z": {"mix": 0.5}}}]}, "unknown edge 'z'"),
+        ({"rounds": [{"id": "r01", "per_edge": {"a": {"mix": 0.5}}}]}, "only a fleet names edges"),
+        ({"edges": ["a", "b"], "rounds": [{"id": "r01", "only": ["a"]}]}, "edge 'b' has no round"),
+    ],
+)
+def test_an_invalid_fleet_is_refused_before_any_job(fresh: Workdir, scenario: dict, named: str) -> None:
+    """The workflow's own checks (common.smk); mlcore.rounds' twins are tested case by case in tests/learning."""
+    fresh.write_scenario(scenario)
+    result = fresh.run("-n", "--cores", "2", check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert named in output, output[-2000:]
