@@ -9,6 +9,7 @@ are the episode's first training labels.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from mlcore.training import embed, predict_proba
 
 from . import selection
 from .errors import RequestError
+from .harm_test import HarmDecision
 from .state import Episode, EpisodeData, Snapshot, state_key
 
 if TYPE_CHECKING:
@@ -39,11 +41,18 @@ def prepare(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
             raise RequestError("query_dataframe: the labelled rows must be drawn from the random sample "
                                "(uniform labels validate the fine-tuned model)")
     data = episode_data(center, post, labelled)
+    own = len(snapshot.zoo)
+    snapshot = with_peer_models(center, snapshot, metadata)
     scores = [transferability(center, entry.sha256, snapshot, data) for entry in snapshot.zoo]
-    best = int(np.argmax(scores))  # ties: the earliest entry (the base model first)
+    best = int(np.argmax(scores))  # ties: the earliest entry (the base model first, own models before peers')
     start = snapshot.zoo[best].sha256
-    child_key = state_key(key, round_id, "prep_retraining", frame_digest(post) + frame_digest(labelled))
-    adopted = fits_as_is(center, snapshot, start, data)
+    child_key = state_key(key, round_id, "prep_retraining",
+                          frame_digest(post) + frame_digest(labelled) + str(metadata.get("peers") or ""))
+    verdict = fits_as_is(center, snapshot, start, data)
+    if verdict.outcome == "more":  # another model may fit as it is: the harm test wants more uniform labels
+        return Reply(False, None, {"state": key, "decision": "test", "labels_wanted": verdict.wanted,
+                                   "sha256": start, "selection": method})
+    adopted = verdict.outcome == "benign"
     if adopted:
         child = Snapshot(key, round_id, "prep_retraining", start, snapshot.zoo, None, snapshot.references)
     else:
@@ -57,8 +66,29 @@ def prepare(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
         "state": child_key, "sha256": start, "selection": method, "selected_index": best,
         "selected_round": snapshot.zoo[best].round, "selected_shift": snapshot.zoo[best].shift,
         "score": float(scores[best]), "scores": json.dumps(ranking, sort_keys=True),
+        "from_peer": best >= own, "candidates": len(snapshot.zoo),
         "labels_used": int(len(data.val_y)),
     })
+
+
+def with_peer_models(center: DataCenter, snapshot: Snapshot, metadata: dict[str, Any]) -> Snapshot:
+    """The snapshot with the zoo models of the peer states the edge named added (a fleet's shared zoo).
+
+    Which peers count is the edge's (the workflow's) explicit choice — the other edges' states
+    after the previous round — so the candidates, and the answer, do not depend on timing.
+    """
+    raw = metadata.get("peers")
+    if not raw:
+        return snapshot
+    zoo, references, known = list(snapshot.zoo), dict(snapshot.references), {e.sha256 for e in snapshot.zoo}
+    for peer in str(raw).split(","):
+        _, other = center.parent_state({"state": peer})
+        for entry in other.zoo:
+            if entry.sha256 not in known and entry.sha256 in other.references:
+                zoo.append(entry)
+                references[entry.sha256] = other.references[entry.sha256]
+                known.add(entry.sha256)
+    return dataclasses.replace(snapshot, zoo=tuple(zoo), references=references)
 
 
 def episode_data(center: DataCenter, post: Any, labelled: Any) -> EpisodeData:
@@ -72,13 +102,14 @@ def episode_data(center: DataCenter, post: Any, labelled: Any) -> EpisodeData:
                        val_x=x[held], val_y=y[held], x=x[~held], y=y[~held], ids=ids[~held])
 
 
-def fits_as_is(center: DataCenter, snapshot: Snapshot, start: str, data: EpisodeData) -> bool:
-    """Another zoo model passes the harm test on all the uniform labels: adopt it without training."""
+def fits_as_is(center: DataCenter, snapshot: Snapshot, start: str, data: EpisodeData) -> HarmDecision:
+    """The harm test of another zoo model on all the uniform labels: benign means adopt it untrained."""
     if start == snapshot.current or not len(data.val_y) or not center.settings.datacenter.harm_check.enabled:
-        return False
+        return HarmDecision("harmful", 0, float("nan"), 0.0, 0)  # nothing to adopt: train
     x, y = interleave(data.x, data.val_x), interleave(data.y, data.val_y)  # back in labelling order
     predicted = predict_proba(center.model(start), center.as_images(x)).argmax(1)
-    return center.harm_test(snapshot).decide(predicted == y).outcome == "benign"
+    verdict = center.harm_test(snapshot).decide(predicted == y)
+    return verdict if verdict.wanted <= len(data.post_ids) else dataclasses.replace(verdict, outcome="harmful")
 
 
 def interleave(even: np.ndarray, odd: np.ndarray) -> np.ndarray:

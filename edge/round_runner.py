@@ -60,12 +60,13 @@ def _require(info: dict[str, Any], key: str, message: str) -> Any:
 
 class EdgeRound:
     def __init__(self, settings: Settings, dataset: Dataset, splits: Splits, spec: RoundSpec, previous: dict[str, Any],
-                 exchange: Exchange, store: str | Path, edge_id: str = "edge") -> None:
+                 exchange: Exchange, store: str | Path, edge_id: str = "edge", peers: tuple[str, ...] = ()) -> None:
         for key in ("sha256", "state"):
             if not isinstance(previous.get(key), str):
                 raise RoundError(f"previous output lacks a string {key!r} (need sha256 and state)")
         self.settings, self.dataset, self.spec = settings, dataset, spec
         self.previous, self.exchange, self.edge_id = previous, exchange, edge_id
+        self.peers = tuple(peers)  # other edges' states: their zoo models are candidates when choosing a start
         self.store = Path(store)
         self.batch: RoundBatch = draw_round_batch(dataset, splits, spec, settings.seed, settings.edge.batch_size)
         self.evaluation: EvaluationBatch = draw_evaluation_batch(dataset, splits, spec, settings.seed,
@@ -90,7 +91,8 @@ class EdgeRound:
 
     async def ask(self, message: Message, query: pd.DataFrame | None, random: pd.DataFrame | None,
                   fetch: str | None = None) -> Reply:
-        reply = await self.exchange(message, query, random, Context(self.state, self.spec.id, self.edge_id, fetch))
+        peers = self.peers if message is Message.PREPARE else ()
+        reply = await self.exchange(message, query, random, Context(self.state, self.spec.id, self.edge_id, fetch, peers))
         if message is not Message.HANDSHAKE:
             self.state = _require(dict(reply.info), "state", message.value)
         return reply
@@ -122,17 +124,30 @@ class EdgeRound:
         model, _ = load_checkpoint(path, sha)
         return model, str(path), sha
 
-    async def check(self) -> Reply:
-        """The state check on the random sample; label more of it while the harm test asks."""
+    async def ask_labelling(self, message: Message) -> Reply:
+        """Ask; while the reply wants more uniform labels of the random sample (the harm test),
+        label the next rows in the sample's order and ask again.
+
+        CHECK carries them in the random frame (labelled rows first), PREPARE as its query frame.
+        """
         while True:
-            reply = await self.ask(Message.CHECK, None, self.frame(self.random_rows, self.uniform_labels))
+            if message is Message.CHECK:
+                query, random = None, self.frame(self.random_rows, self.uniform_labels)
+            else:
+                rows = self.random_rows[:self.uniform_labels]
+                query, random = (self.frame(rows, True) if len(rows) else None), self.frame(self.random_rows, False)
+            reply = await self.ask(message, query, random)
             wanted = int(reply.info.get("labels_wanted") or 0)
             if wanted <= self.uniform_labels:
-                break
+                return reply
             if wanted > len(self.random_rows) or wanted - self.uniform_labels > self.oracle.remaining:
-                raise RoundError(f"the harm test wants {wanted} labels; the random sample and budget allow "
-                                 f"{min(len(self.random_rows), self.uniform_labels + self.oracle.remaining)}")
+                raise RoundError(f"the data center wants {wanted} uniform labels; the random sample and budget "
+                                 f"allow {min(len(self.random_rows), self.uniform_labels + self.oracle.remaining)}")
             self.uniform_labels = wanted
+
+    async def check(self) -> Reply:
+        """The state check on the random sample, with as many uniform labels as the harm test asks."""
+        reply = await self.ask_labelling(Message.CHECK)
         info = dict(reply.info)
         log.info("round %s: state check by %s: flagged=%s p=%s decision=%s (%d labels)", self.spec.id,
                  info.get("detector"), info.get("flagged"), info.get("p_value"), info.get("decision"),
@@ -142,11 +157,10 @@ class EdgeRound:
         return reply
 
     async def choose_start(self) -> Reply:
-        """Ask for the best starting checkpoint of the zoo, with uniform labels of the random sample."""
+        """The best starting checkpoint of the zoo, chosen on uniform labels (at least `needs.prepare`);
+        more are labelled while the data center tests whether another model fits as it is."""
         self.uniform_labels = min(len(self.random_rows), max(self.uniform_labels, self.needs.prepare))
-        labelled = self.random_rows[:self.uniform_labels]
-        selection_frame = self.frame(labelled, True) if len(labelled) else None
-        prepared = await self.ask(Message.PREPARE, selection_frame, self.frame(self.random_rows, False))
+        prepared = await self.ask_labelling(Message.PREPARE)
         self.keep(prepared, Message.PREPARE)
         log.info("round %s: start from %s (round %s, %s); retraining needed: %s", self.spec.id,
                  str(prepared.sha256)[:12], prepared.info.get("selected_round"), prepared.info.get("selected_shift"),
@@ -224,6 +238,8 @@ class EdgeRound:
             "selection": selection_info.get("selection"), "selected_checkpoint": selection_info.get("sha256"),
             "selected_round": selection_info.get("selected_round"), "selected_shift": selection_info.get("selected_shift"),
             "selection_scores": selection_info.get("scores"), "checkpoint_sha256": sha,
+            "from_peer": bool(selection_info.get("from_peer")),  # the start came from another edge's lineage
+            "reuse_spared_training": bool(selection_info.get("from_peer")) and decision == Decision.ADOPT.value,
             "batch_size": len(self.batch.ids), "seconds": round(seconds, 3), "queue_wait": round(self.queue_wait, 3),
         }
         predictions = pd.DataFrame({

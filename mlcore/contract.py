@@ -46,10 +46,16 @@ class Context:
     round: str
     edge_id: str = "edge"
     fetch: str | None = None  # HANDSHAKE only: the sha256 of a checkpoint the edge lacks
+    peers: tuple[str, ...] = ()  # PREPARE: other edges' states whose zoo models are candidates too
 
     def extra(self) -> dict[str, Any]:
         """Application fields for the request (round and edge id travel as fields of their own)."""
-        return {"state": self.state} if self.fetch is None else {"state": self.state, "fetch": self.fetch}
+        out: dict[str, Any] = {"state": self.state}
+        if self.fetch is not None:
+            out["fetch"] = self.fetch
+        if self.peers:
+            out["peers"] = ",".join(self.peers)  # the wire's extra holds scalars only
+        return out
 
 
 @dataclass(frozen=True)

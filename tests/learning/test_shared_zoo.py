@@ -1,0 +1,42 @@
+"""A fleet's shared zoo: a model adapted for one edge is a candidate for another edge that names
+that edge's state as a peer, and is adopted as it is when the harm test shows it fits."""
+
+import asyncio
+import dataclasses
+
+from datacenter.service import DataCenter
+from datacenter.state import StateStore
+from edge.round_runner import EdgeRound
+from mlcore.contract import in_process
+from mlcore.rounds import parse_round
+
+ROT = [{"name": "rotate", "degrees": 30}]
+
+
+def edge_round(center, settings, digits, splits, spec, previous, edge_id, peers=()):
+    store = center.store.root.parent / f"{center.store.root.name}-{edge_id}"
+    return asyncio.run(EdgeRound(settings, digits, splits, parse_round(spec), previous, in_process(center.handle),
+                                 store, edge_id=edge_id, peers=peers).run())
+
+
+def test_a_peer_model_spares_a_retraining(trained, settings, digits, splits):
+    state_dir, base = trained
+    # the small MLP of these tests adapts to about 0.85 on rotated digits: a model within 15 points
+    # of the reference counts as fit here, so that the peer's model can be adopted as it is
+    loose = dataclasses.replace(settings.datacenter.harm_check, tolerance=0.15, harm=0.4)
+    chosen = dataclasses.replace(settings, datacenter=dataclasses.replace(settings.datacenter, selection="likelihood",
+                                                                          harm_check=loose))
+    center = DataCenter(chosen, digits, splits, StateStore(state_dir))
+    a = edge_round(center, chosen, digits, splits, {"id": "z01", "shift": ROT}, base, "a")
+    assert a.metrics["decision"] == "retrain"
+    # edge b meets the same shift later, with a's state as a peer: a's model fits, nothing is trained
+    b = edge_round(center, chosen, digits, splits, {"id": "z02", "shift": ROT}, base, "b",
+                   peers=(a.checkpoint["state"],))
+    m = b.metrics
+    assert m["flagged"] and m["from_peer"] and m["decision"] == "adopt" and m["reuse_spared_training"]
+    assert b.checkpoint["sha256"] == a.checkpoint["sha256"] and m["labels_queried"] == 0 and m["iterations"] == 0
+    assert m["accuracy_after"] > m["accuracy_before"] + 0.1  # held out
+    # without the peer, the same round trains a model of its own
+    alone = edge_round(center, chosen, digits, splits, {"id": "z02", "shift": ROT}, base, "c")
+    assert alone.metrics["decision"] in ("retrain", "rolled_back") and not alone.metrics["from_peer"]
+    assert alone.checkpoint["state"] != b.checkpoint["state"]
