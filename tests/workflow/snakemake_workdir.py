@@ -21,12 +21,13 @@ SMALL_ROUNDS = [
     {"id": "r04", "shift": []},
 ]
 
-#: A fleet of two edges, two rounds: in r02 both see a rotation (a at full strength, b on half its batch).
+#: A fleet of two edges, two rounds, kept cheap (nothing to retrain): in r02, a benign shift on a and
+#: on half of b's batch.
 SMALL_FLEET = {
     "edges": ["a", "b"],
     "rounds": [
         {"id": "r01", "shift": []},
-        {"id": "r02", "shift": [{"name": "rotate", "degrees": 30}], "per_edge": {"b": {"mix": 0.5}}},
+        {"id": "r02", "shift": [{"name": "contrast", "factor": 0.8}], "per_edge": {"b": {"mix": 0.5}}},
     ],
 }
 

@@ -14,7 +14,7 @@ from snakemake_workdir import SMALL_FLEET, Workdir, planned
 def test_each_edge_runs_its_rounds_and_the_summary_names_it(fleet_run: Workdir) -> None:
     rows = fleet_run.summary()
     assert [(r["edge"], r["round"]) for r in rows] == [("a", "r01"), ("a", "r02"), ("b", "r01"), ("b", "r02")]
-    assert {r["shift"] for r in rows if r["round"] == "r02"} == {"rotate30", "rotate30@0.5"}
+    assert {r["shift"] for r in rows if r["round"] == "r02"} == {"contrast0.8", "contrast0.8@0.5"}
     for name in ("summary.csv", "plots/fleet_accuracy.svg", "plots/queue_wait.svg", "plots/labels.svg"):
         assert (fleet_run.path / "results" / name).stat().st_size > 0
     # The workflow (common.smk, without mlcore) and mlcore.rounds expand the fleet alike.
@@ -46,7 +46,7 @@ def test_a_fleet_reruns_nothing_then_only_what_is_new_or_edited(fleet_copy: Work
     fleet_copy.write_scenario(grown)
     assert planned(fleet_copy.run("-n", "--cores", "2").stdout) == {("c", "r01"), ("c", "r02")}
 
-    scenario["rounds"].append({"id": "r03", "shift": [{"name": "invert"}], "only": ["a"]})
+    scenario["rounds"].append({"id": "r03", "shift": [], "only": ["a"]})
     fleet_copy.write_scenario(scenario)
     checkpoints = fleet_copy.mtimes()
     result = fleet_copy.run("--cores", "2")
