@@ -10,7 +10,7 @@ import pytest
 
 from mlcore.datasets import DatasetError, load_mnist_dataset, split_dataset, stratified_subset
 from mlcore.models import ModelSpec, build_model
-from mlcore.rounds import load_rounds
+from mlcore.rounds import load_fleet
 from mlcore.settings import DatasetSettings, load_settings
 from mlcore.stream import draw_round_batch
 from mlcore.training import accuracy, train_model
@@ -67,10 +67,11 @@ def test_mnist_loads_the_70000_official_digits(mnist):
 def test_the_mnist_scenario_never_repeats_a_row(mnist):
     settings = load_settings(CONFIG)
     splits = split_dataset(mnist, settings.dataset, settings.seed)
-    rounds = load_rounds(ROUNDS, settings.edge.batch_size)
-    ids = np.concatenate([draw_round_batch(mnist, splits, spec, settings.seed, settings.edge.batch_size).ids for spec in rounds])
-    assert len(ids) == len(np.unique(ids)) == len(rounds) * settings.edge.batch_size
-    assert np.isin(ids, splits.stream).all()
+    for edge, rounds in load_fleet(ROUNDS, settings.edge.batch_size).items():  # each edge walks its own order
+        ids = np.concatenate([draw_round_batch(mnist, splits, spec, settings.seed, settings.edge.batch_size).ids
+                              for spec in rounds])
+        assert len(ids) == len(np.unique(ids)) == len(rounds) * settings.edge.batch_size, edge
+        assert np.isin(ids, splits.stream).all()
 
 
 @needs_mnist
