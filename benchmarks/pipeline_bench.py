@@ -35,6 +35,8 @@ from pathlib import Path
 
 import yaml
 
+from mlcore.rounds import RoundSpec, load_fleet
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "pipeline.md"
 
@@ -52,9 +54,11 @@ def copy_workflow(target: Path, warm: bool) -> Path:
     return target
 
 
-def round_ids(workdir: Path) -> list[str]:
+def fleet_jobs(workdir: Path) -> list[tuple[str, RoundSpec]]:
+    """Every (edge, round) of the scenario, edge by edge in file order, offsets assigned."""
     config = yaml.safe_load((workdir / "config/config.yaml").read_text())
-    return [r["id"] for r in yaml.safe_load((workdir / config["rounds"]).read_text())["rounds"]]
+    fleet = load_fleet(workdir / config["rounds"], config["edge"]["batch_size"])
+    return [(edge, spec) for edge, specs in fleet.items() for spec in specs]
 
 
 def measure_pipeline(workdir: Path) -> dict:
@@ -64,15 +68,15 @@ def measure_pipeline(workdir: Path) -> dict:
     total = time.time() - started
     if result.returncode != 0:
         raise SystemExit(f"snakemake failed in {workdir}:\n{result.stderr[-3000:]}")
-    ids = round_ids(workdir)
     marks = [(workdir / "results/models/base.json").stat().st_mtime]
     compute, hashes = [], []
-    for round_id in ids:
-        record_file = workdir / f"results/rounds/{round_id}/checkpoint.json"
+    for edge, spec in fleet_jobs(workdir):
+        record_file = workdir / f"results/edges/{edge}/rounds/{spec.id}/checkpoint.json"
         record = json.loads(record_file.read_text())
         marks.append(record_file.stat().st_mtime)
         compute.append(float(record["seconds"]))
         hashes.append(record["sha256"])
+    marks = [marks[0], *sorted(marks[1:])]  # edges run side by side: a job's cycle is the gap to the one before it
     cycles = [b - a for a, b in zip(marks, marks[1:])]
     return {
         "total": total,
@@ -94,7 +98,6 @@ def in_process(workdir: Path) -> dict:
     from edge.round_runner import EdgeRound
     from mlcore.contract import in_process
     from mlcore.datasets import load_dataset_and_splits
-    from mlcore.rounds import load_rounds
     from mlcore.seeding import make_deterministic
     from mlcore.settings import load_settings
 
@@ -107,14 +110,14 @@ def in_process(workdir: Path) -> dict:
     base_done = time.time()
     center = DataCenter(settings, dataset, splits, store)
 
-    compute, hashes = [], []
-    for spec in load_rounds(REPO / "config/rounds.yaml"):
+    compute, hashes, last = [], [], {}
+    for edge, spec in fleet_jobs(REPO):  # one edge after another, each chained on its own rounds
         t0 = time.time()
-        outcome = asyncio.run(EdgeRound(settings, dataset, splits, spec, previous, in_process(center.handle),
-                                        workdir / "edge").run())
+        outcome = asyncio.run(EdgeRound(settings, dataset, splits, spec, last.get(edge, previous),
+                                        in_process(center.handle), workdir / "edges" / edge, edge_id=edge).run())
         compute.append(time.time() - t0)
-        previous = outcome.checkpoint
-        hashes.append(previous["sha256"])
+        last[edge] = outcome.checkpoint
+        hashes.append(outcome.checkpoint["sha256"])
     return {"total": time.time() - started, "imports": imported - started, "base": base_done - imported,
             "compute": compute, "hashes": hashes}
 
