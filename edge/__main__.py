@@ -37,18 +37,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     one.add_argument("--outdir", required=True)
     one.add_argument("--store", help="the edge's own checkpoint store (default results/edge/<edge-id>/models)")
     one.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the port file (default 120)")
+    one.add_argument("--peers", nargs="*", default=[],
+                     help="other edges' checkpoint.json: their zoo models are candidates when choosing a start")
     one.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)
 
 
-def read_previous(path: str) -> dict:
+def read_previous(path: str, option: str = "--previous") -> dict:
+    """A round's record (base.json or checkpoint.json): its checkpoint's sha256 and its state."""
     file = Path(path)
     if not file.is_file():
-        raise RoundError(f"--previous: file not found: {file}")
+        raise RoundError(f"{option}: file not found: {file}")
     try:
-        return json.loads(file.read_text(encoding="utf-8"))
+        record = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise RoundError(f"--previous: {file} is not JSON: {exc}") from exc
+        raise RoundError(f"{option}: {file} is not JSON: {exc}") from exc
+    if not isinstance(record, dict) or not isinstance(record.get("state"), str):
+        raise RoundError(f"{option}: {file} names no state")
+    return record
 
 
 def wait_for_port(path: str, read_port_file, timeout: float) -> int:
@@ -96,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         token = read_token_file(args.token_file) if args.token_file else None
         client = AsyncClient(port, host=args.host, token=token, edge_id=args.edge_id)
         store = args.store or str(Path("results") / "edge" / args.edge_id / "models")
+        peers = tuple(read_previous(path, "--peers")["state"] for path in args.peers)
         round_ = EdgeRound(settings, dataset, splits, spec, previous, protocol_exchange(client), store,
-                           edge_id=args.edge_id)
+                           edge_id=args.edge_id, peers=peers)
         log.info("edge %s round %s: batch of %d, shift %s, data center on port %d", args.edge_id, spec.id,
                  len(round_.batch.ids), spec.tag, port)
         try:

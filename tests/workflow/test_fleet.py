@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from mlcore.rounds import parse_fleet
-from snakemake_workdir import SMALL_FLEET, Workdir, planned
+from snakemake_workdir import SMALL_FLEET, Workdir, make_workdir, planned
 
 
 def test_each_edge_runs_its_rounds_and_the_summary_names_it(fleet_run: Workdir) -> None:
@@ -73,3 +73,20 @@ def test_an_invalid_fleet_is_refused_before_any_job(fresh: Workdir, scenario: di
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert named in output, output[-2000:]
+
+
+def test_share_zoo_gives_each_round_the_other_edges_earlier_checkpoints(tmp_path) -> None:
+    """Opt-in: with `share_zoo: true` an edge's round names the other edges' latest earlier
+    checkpoints (`--peers`), so their models are candidates when it chooses a start; off, none."""
+    work = make_workdir(tmp_path / "wf")
+    work.write_scenario(SMALL_FLEET)
+    plain = work.run("-n", "-p", "--cores", "2").stdout
+    assert "--peers  2>" in plain or "--peers 2>" in plain
+    config = work.config()
+    config["share_zoo"] = True
+    work.write_config(config)
+    shared = work.run("-n", "-p", "--cores", "2").stdout
+    second_of_b = [line for line in shared.splitlines() if "--edge-id b --round r02" in line]
+    assert second_of_b and "--peers results/edges/a/rounds/r01/checkpoint.json" in second_of_b[0]
+    first_of_a = [line for line in shared.splitlines() if "--edge-id a --round r01" in line]
+    assert first_of_a and "results/edges/b/" not in first_of_a[0]

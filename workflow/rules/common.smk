@@ -97,6 +97,7 @@ def load_rounds(path, batch_size):
     validate(raw, "../schemas/rounds.schema.yaml")
     check_fleet(raw, path)
     fleet = {}
+    TIMELINE[:] = [entry["id"] for entry in raw["rounds"]]
     for edge in raw.get("edges", [DEFAULT_EDGE]):
         fleet[edge], offset = {}, 0
         for entry in raw["rounds"]:
@@ -110,6 +111,7 @@ def load_rounds(path, batch_size):
     return fleet
 
 
+TIMELINE = []  # every round id in file order (filled by load_rounds)
 SETTINGS_JSON = load_config(config)
 # 200: edge.batch_size's default (mlcore/settings.py EdgeSettings), for a config without it.
 FLEET = load_rounds(config["rounds"], config["edge"].get("batch_size", 200))
@@ -125,6 +127,24 @@ def previous_checkpoint(wildcards):
     if index == 0:
         return "results/models/base.json"
     return f"results/edges/{wildcards.edge}/rounds/{round_ids[index - 1]}/checkpoint.json"
+
+
+def peer_checkpoints(wildcards):
+    """With `share_zoo: true`, the other edges' latest checkpoints before this round: their zoo
+    models are candidates when this edge chooses a start (issue 11's shared zoo).
+
+    Explicit inputs keep the answer deterministic, at a price: a round then waits for every
+    edge's earlier rounds, and editing one edge's round reruns the later rounds of all edges.
+    """
+    if not config.get("share_zoo", False):
+        return []
+    earlier = set(TIMELINE[:TIMELINE.index(wildcards.round)])
+    peers = []
+    for edge, rounds in FLEET.items():
+        done = [round_id for round_id in rounds if round_id in earlier]
+        if edge != wildcards.edge and done:
+            peers.append(f"results/edges/{edge}/rounds/{done[-1]}/checkpoint.json")
+    return peers
 
 
 def round_spec(wildcards):

@@ -2,6 +2,7 @@ rule edge_round:
     input:
         previous=previous_checkpoint,
         settings=rules.write_settings.output[0],
+        peers=peer_checkpoints,
     output:
         checkpoint="results/edges/{edge}/rounds/{round}/checkpoint.json",
         metrics="results/edges/{edge}/rounds/{round}/metrics.json",
@@ -28,4 +29,4 @@ rule edge_round:
         "{params.launch} round --config {input.settings} --rounds {output.spec} "
         "--edge-id {wildcards.edge} --round {wildcards.round} --previous {input.previous} "
         "--port-file {params.port_file} --token-file {params.token_file} "
-        "--outdir {params.outdir} --store {params.store} 2> {log}"
+        "--outdir {params.outdir} --store {params.store} --peers {input.peers} 2> {log}"
