@@ -24,6 +24,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from scipy import stats
 
 from mlcore.contract import Decision, Reply
 from mlcore.frames import frame_digest, frame_features, frame_labels
@@ -138,13 +139,21 @@ def detect(center: DataCenter, reference: np.ndarray, probabilities: np.ndarray,
 def label_shift_weights(center: DataCenter, sha: str, probabilities: np.ndarray) -> np.ndarray | None:
     """Class weights q(y)/p(y) if a label-prior shift alone explains the sample's outputs, else None.
 
-    Weights by BBSE from the model's confusion matrix on held-out source data; explained when
+    Weights by BBSE from the model's confusion matrix on held-out source data. A label shift
+    needs the predicted classes' mix to differ from the source's beyond sampling noise (a
+    chi-square test at alpha: on a false alarm the weights are noise), and is explained when
     the source outputs, re-weighted by class, are no longer told apart from the sample's.
     """
     source_probabilities, source_labels = center.source_view(sha)
     n_classes = center.dataset.n_classes
+    predicted = probabilities.argmax(1)
+    expected = np.bincount(source_probabilities.argmax(1), minlength=n_classes) + 0.5  # smoothed source mix
+    observed = np.bincount(predicted, minlength=n_classes)
+    _, p_value = stats.chisquare(observed, expected / expected.sum() * observed.sum())
+    if p_value >= center.settings.datacenter.alpha:
+        return None
     confusion = confusion_matrix(source_probabilities.argmax(1), source_labels, n_classes)
-    weights = bbse_weights(confusion, probabilities.argmax(1), n_classes)
+    weights = bbse_weights(confusion, predicted, n_classes)
     if float(np.max(np.abs(weights - 1.0))) < MIN_PRIOR_CHANGE:
         return None
     drift, _, _ = weighted_ks_test(source_probabilities, weights[source_labels], probabilities,
