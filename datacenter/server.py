@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from mlcore.processes import pid_alive
 from protocol import MESSAGE_TYPES, AsyncServer, MessageType, ResponseBlock, write_port_file
-from protocol.workers import DaemonWorkers
+from protocol.workers import DaemonWorkers, call_and_deliver
 
 from .service import DataCenter
 
@@ -68,26 +68,7 @@ async def in_own_thread(fn: Callable[..., Any], *args: Any) -> Any:
     """`fn(*args)` in a new daemon thread (it never holds up the process's exit); awaited on this loop."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
-
-    def settle(result: Any, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-
-    def run() -> None:
-        try:
-            result, error = fn(*args), None
-        except BaseException as exc:  # delivered to the awaiting coroutine
-            result, error = None, exc
-        try:
-            loop.call_soon_threadsafe(settle, result, error)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            pass
-
-    threading.Thread(target=run, name="retraining", daemon=True).start()
+    threading.Thread(target=call_and_deliver, args=(loop, future, fn, args), name="retraining", daemon=True).start()
     return await future
 
 

@@ -41,15 +41,20 @@ class DaemonWorkers:
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not _STOP:
-            loop, future, fn, args = job
-            try:
-                result, error = fn(*args), None
-            except BaseException as exc:  # delivered to the awaiting coroutine
-                result, error = None, exc
-            try:
-                loop.call_soon_threadsafe(_settle, future, result, error)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
+            call_and_deliver(*job)
+
+
+def call_and_deliver(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], fn: Callable[..., Any],
+                     args: tuple) -> None:
+    """Run `fn(*args)` in this thread; hand its result or exception to `future` on `loop`."""
+    try:
+        result, error = fn(*args), None
+    except BaseException as exc:  # delivered to the awaiting coroutine
+        result, error = None, exc
+    try:
+        loop.call_soon_threadsafe(_settle, future, result, error)
+    except RuntimeError:  # the loop is closed: nobody is waiting any more
+        pass
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
