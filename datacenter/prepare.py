@@ -40,15 +40,17 @@ def prepare(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
         if not np.isin(labelled["id"].to_numpy(), post["id"].to_numpy()).all():
             raise RequestError("query_dataframe: the labelled rows must be drawn from the random sample "
                                "(uniform labels validate the fine-tuned model)")
-    data = episode_data(center, post, labelled)
+    x, y, ids = uniform_rows(center, labelled)  # in the edge's labelling order
+    images = center.as_images(x)
+    data = episode_data(post, x, y, ids)
     own = len(snapshot.zoo)
     snapshot = with_peer_models(center, snapshot, metadata)
-    scores = [transferability(center, entry.sha256, snapshot, data) for entry in snapshot.zoo]
+    scores = [transferability(center, entry.sha256, snapshot, data.post_x, images, y) for entry in snapshot.zoo]
     best = int(np.argmax(scores))  # ties: the earliest entry (the base model first, own models before peers')
     start = snapshot.zoo[best].sha256
     child_key = state_key(key, round_id, "prep_retraining",
                           frame_digest(post) + frame_digest(labelled) + str(metadata.get("peers") or ""))
-    verdict = fits_as_is(center, snapshot, start, data)
+    verdict = fits_as_is(center, snapshot, start, images, y, len(data.post_ids))
     if verdict.outcome == "more":  # another model may fit as it is: the harm test wants more uniform labels
         return Reply(False, None, {"state": key, "decision": "test", "labels_wanted": verdict.wanted,
                                    "sha256": start, "selection": method})
@@ -91,40 +93,39 @@ def with_peer_models(center: DataCenter, snapshot: Snapshot, metadata: dict[str,
     return dataclasses.replace(snapshot, zoo=tuple(zoo), references=references)
 
 
-def episode_data(center: DataCenter, post: Any, labelled: Any) -> EpisodeData:
+def uniform_rows(center: DataCenter, labelled: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The uniform labelled rows as (features, labels, ids), in the frame's (the labelling) order."""
+    if labelled is None:
+        return np.zeros((0, center.n_features), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return frame_features(labelled), frame_labels(labelled), labelled["id"].to_numpy(dtype=np.int64)
+
+
+def episode_data(post: Any, x: np.ndarray, y: np.ndarray, ids: np.ndarray) -> EpisodeData:
     """The random sample, and its uniform labels split in turn: every other one (in the edge's
     labelling order) is held back to validate, the rest is the episode's first training step."""
-    x = frame_features(labelled) if labelled is not None else np.zeros((0, center.n_features), np.float32)
-    y = frame_labels(labelled) if labelled is not None else np.zeros(0, np.int64)
-    ids = labelled["id"].to_numpy(dtype=np.int64) if labelled is not None else np.zeros(0, np.int64)
     held = np.arange(len(y)) % 2 == 1
     return EpisodeData(post_x=frame_features(post), post_ids=post["id"].to_numpy(dtype=np.int64),
                        val_x=x[held], val_y=y[held], x=x[~held], y=y[~held], ids=ids[~held])
 
 
-def fits_as_is(center: DataCenter, snapshot: Snapshot, start: str, data: EpisodeData) -> HarmDecision:
+def fits_as_is(center: DataCenter, snapshot: Snapshot, start: str, images: np.ndarray, labels: np.ndarray,
+               sample_size: int) -> HarmDecision:
     """The harm test of another zoo model on all the uniform labels: benign means adopt it untrained."""
-    if start == snapshot.current or not len(data.val_y) or not center.settings.datacenter.harm_check.enabled:
+    if start == snapshot.current or len(labels) < 2 or not center.settings.datacenter.harm_check.enabled:
         return HarmDecision("harmful", 0, float("nan"), 0.0, 0)  # nothing to adopt: train
-    x, y = interleave(data.x, data.val_x), interleave(data.y, data.val_y)  # back in labelling order
-    predicted = predict_proba(center.model(start), center.as_images(x)).argmax(1)
-    verdict = center.harm_test(snapshot).decide(predicted == y)
-    return verdict if verdict.wanted <= len(data.post_ids) else dataclasses.replace(verdict, outcome="harmful")
+    predicted = predict_proba(center.model(start), images).argmax(1)
+    verdict = center.harm_test(snapshot).decide(predicted == labels)
+    return verdict if verdict.wanted <= sample_size else dataclasses.replace(verdict, outcome="harmful")
 
 
-def interleave(even: np.ndarray, odd: np.ndarray) -> np.ndarray:
-    """The inverse of the even/odd split in `episode_data`."""
-    out = np.empty((len(even) + len(odd), *even.shape[1:]), dtype=even.dtype)
-    out[0::2], out[1::2] = even, odd
-    return out
-
-
-def transferability(center: DataCenter, sha: str, snapshot: Snapshot, data: EpisodeData) -> float:
+def transferability(center: DataCenter, sha: str, snapshot: Snapshot, post_x: np.ndarray, images: np.ndarray,
+                     labels: np.ndarray) -> float:
+    """Model `sha`'s fit to the shifted data by the configured selection: on the uniform labelled
+    rows (`images`, `labels`), or label-free on the random sample (`post_x`)."""
     model = center.model(sha)
     method = center.settings.datacenter.selection
     if method == "label_free":
-        return selection.label_free_fit(snapshot.reference(sha), predict_proba(model, center.as_images(data.post_x)))
-    images, labels = center.as_images(interleave(data.x, data.val_x)), interleave(data.y, data.val_y)
+        return selection.label_free_fit(snapshot.reference(sha), predict_proba(model, center.as_images(post_x)))
     if method == "likelihood":
         return selection.likelihood(predict_proba(model, images), labels)
     if method == "leep":
