@@ -69,7 +69,7 @@ def prepare(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
         "selected_round": snapshot.zoo[best].round, "selected_shift": snapshot.zoo[best].shift,
         "score": float(scores[best]), "scores": json.dumps(ranking, sort_keys=True),
         "from_peer": best >= own, "candidates": len(snapshot.zoo),
-        "labels_used": int(len(data.val_y)),
+        "labels_used": int(len(y)),  # every uniform label (half train, half validate)
     })
 
 
