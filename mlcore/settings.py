@@ -135,8 +135,8 @@ def settings_from_dict(raw: Any) -> Settings:
         raise SettingsError("dataset.source_fraction + dataset.stream_fraction must leave room for the evaluation split (< 1)")
     if settings.edge.random_sample > settings.edge.batch_size:
         raise SettingsError("edge.random_sample: must not exceed edge.batch_size")
-    uniform = settings.datacenter
-    if max(uniform.harm_check.max_labels, uniform.selection_labels) > settings.edge.random_sample:
+    datacenter = settings.datacenter
+    if max(datacenter.harm_check.max_labels, datacenter.selection_labels) > settings.edge.random_sample:
         raise SettingsError("datacenter.harm_check.max_labels and datacenter.selection_labels: uniform labels come "
                             f"from the random sample, so neither may exceed edge.random_sample ({settings.edge.random_sample})")
     return settings

@@ -80,7 +80,8 @@ def check_fleet(raw, path):
 
 def load_rounds(path, batch_size):
     """Validate rounds.yaml (either form) against its schema; return {edge id: {round id: its
-    one-round document as JSON text}}, edges and rounds in file order.
+    one-round document as JSON text}}, edges and rounds in file order, and every round id of the
+    timeline in file order.
 
     An edge's rounds are the timeline's rounds it takes part in (`only`), each with the edge's
     `per_edge` override laid over the round's own shift, mix and size (mlcore.rounds.expand_fleet).
@@ -97,7 +98,6 @@ def load_rounds(path, batch_size):
     validate(raw, "../schemas/rounds.schema.yaml")
     check_fleet(raw, path)
     fleet = {}
-    TIMELINE[:] = [entry["id"] for entry in raw["rounds"]]
     for edge in raw.get("edges", [DEFAULT_EDGE]):
         fleet[edge], offset = {}, 0
         for entry in raw["rounds"]:
@@ -108,13 +108,12 @@ def load_rounds(path, batch_size):
             document = {"rounds": [resolved], "offset": offset, "edge": edge}
             fleet[edge][entry["id"]] = json.dumps(document, sort_keys=True)
             offset += resolved.get("size", batch_size)
-    return fleet
+    return fleet, [entry["id"] for entry in raw["rounds"]]
 
 
-TIMELINE = []  # every round id in file order (filled by load_rounds)
 SETTINGS_JSON = load_config(config)
 # 200: edge.batch_size's default (mlcore/settings.py EdgeSettings), for a config without it.
-FLEET = load_rounds(config["rounds"], config["edge"].get("batch_size", 200))
+FLEET, TIMELINE = load_rounds(config["rounds"], config["edge"].get("batch_size", 200))
 # Every (edge, round) job, edge by edge in file order: the summary's rows.
 JOB_EDGES = [edge for edge, rounds in FLEET.items() for _ in rounds]
 JOB_ROUNDS = [round_id for rounds in FLEET.values() for round_id in rounds]
