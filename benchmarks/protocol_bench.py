@@ -463,18 +463,34 @@ def frame_candidates(servers: Servers, plan: Plan, with_protocol: bool, flight_a
 
 
 @dataclass
+class CpuCost:
+    """Server and client CPU seconds over a number of requests."""
+
+    server: float = 0.0
+    client: float = 0.0
+    requests: int = 0
+
+    def add(self, server: float, client: float, requests: int) -> None:
+        self.server += server
+        self.client += client
+        self.requests += requests
+
+    def per_request(self) -> tuple[float, float] | None:
+        """(server, client) CPU seconds a request; None when nothing was measured."""
+        if not self.requests:
+            return None
+        return self.server / self.requests, self.client / self.requests
+
+
+@dataclass
 class Stats:
     times: list[float] = field(default_factory=list)
-    server_cpu: float = 0.0
-    client_cpu: float = 0.0
-    cpu_requests: int = 0
+    cpu: CpuCost = field(default_factory=CpuCost)
 
     def add(self, sample: Sample) -> None:
         self.times += sample.times
         if sample.server_cpu is not None and sample.client_cpu is not None:
-            self.server_cpu += sample.server_cpu
-            self.client_cpu += sample.client_cpu
-            self.cpu_requests += len(sample.times)
+            self.cpu.add(sample.server_cpu, sample.client_cpu, len(sample.times))
 
     @property
     def median(self) -> float:
@@ -487,9 +503,7 @@ class Stats:
         return q[0], q[2]
 
     def cpu_per_request(self) -> tuple[float, float] | None:
-        if not self.cpu_requests:
-            return None
-        return self.server_cpu / self.cpu_requests, self.client_cpu / self.cpu_requests
+        return self.cpu.per_request()
 
 
 Results = dict[str, dict[str, Stats]]  # workload -> candidate -> stats
@@ -536,16 +550,16 @@ def measure_samples(servers: Servers, plan: Plan, with_protocol: bool, results: 
 @dataclass
 class Rate:
     rates: list[float] = field(default_factory=list)
-    server_cpu: float = 0.0
-    client_cpu: float = 0.0
-    requests: int = 0
+    cpu: CpuCost = field(default_factory=CpuCost)
 
     @property
     def median(self) -> float:
         return statistics.median(self.rates)
 
     def cpu_per_request(self) -> tuple[float, float]:
-        return self.server_cpu / self.requests, self.client_cpu / self.requests
+        cost = self.cpu.per_request()
+        assert cost is not None, "a rate is measured with its CPU"
+        return cost
 
 
 async def request_rate(worker: Callable[[int], Awaitable[None]], count: int) -> float:
@@ -573,11 +587,8 @@ def measure_tiny(servers: Servers, plan: Plan, with_protocol: bool) -> dict[str,
             server0, client0 = process_cpu(pid), time.process_time()
             rate = run_on(loop, request_rate(worker, count))
             if rep:
-                r = rates[name]
-                r.rates.append(rate)
-                r.server_cpu += process_cpu(pid) - server0
-                r.client_cpu += time.process_time() - client0
-                r.requests += CLIENTS * count
+                rates[name].rates.append(rate)
+                rates[name].cpu.add(process_cpu(pid) - server0, time.process_time() - client0, CLIENTS * count)
     return rates
 
 
