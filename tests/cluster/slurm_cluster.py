@@ -6,8 +6,13 @@ controller's state and slurmd's spool. Nothing is written to /etc and no daemon 
 else is touched or reused:
 
 - slurm.conf is a file under `root`, named by the SLURM_CONF environment variable, which
-  every SLURM command and daemon reads; `cluster.env` carries it. Jobs inherit it (sbatch
-  exports the submitter's environment), so the srun inside a job finds the same cluster.
+  every SLURM command and daemon reads; `cluster.env` carries it, and sbatch passes it on to
+  the job. But the executor plugin's job step (snakemake-executor-plugin-slurm-jobstep 0.6.1)
+  removes every SLURM_* variable but the job's identity before its nested `srun`, and srun
+  then looks for the compiled-in /etc/slurm/slurm.conf (or a DNS SRV record) and dies with
+  "Could not establish a configuration source". So a copy goes to /etc/slurm/slurm.conf too,
+  marked as ours; a file already there that is not ours is moved aside and put back by
+  `stop()`. Hence one such cluster a host at a time.
 - munged is always our own, with its own key, socket and pid file, even when another munged
   (the system's, /run/munge) is running: slurm.conf's `AuthInfo=socket=...` points slurmctld,
   slurmd, the commands and the job steps at our socket. Reusing a foreign munged would tie
@@ -34,6 +39,9 @@ from pathlib import Path
 PACKAGES = ("slurm-wlm", "munge")
 DAEMONS = ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd")
 PARTITION = "debug"
+#: Where srun looks when SLURM_CONF is unset (Debian's slurm-wlm), and the first line that marks the file as ours.
+SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
+MARKER = "# A single-node test cluster (tests/cluster/slurm_cluster.py"
 
 
 class ClusterUnavailable(RuntimeError):
@@ -113,6 +121,8 @@ class SlurmCluster:
             "slurmd": self.root / "slurmd.pid",
         }
         self.started: list[str] = []
+        self.saved_conf: Path | None = None  # someone else's /etc/slurm/slurm.conf, moved aside
+        self.wrote_system_conf = False
 
     # ------------------------------------------------------------------ environment
     @property
@@ -171,7 +181,7 @@ class SlurmCluster:
             (self.root / folder).mkdir(parents=True, exist_ok=True)
         cpus = os.cpu_count() or 1
         self.conf.write_text(f"""\
-# A single-node test cluster (tests/cluster/slurm_cluster.py; ../shared/notes/slurm.md).
+{MARKER}; ../shared/notes/slurm.md).
 ClusterName=driftloop
 SlurmctldHost={self.node}
 SlurmctldPort={free_port()}
@@ -208,6 +218,24 @@ NodeName={self.node} CPUs={cpus} RealMemory={node_memory_mb()} State=UNKNOWN
 PartitionName={PARTITION} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 """)
         # Slurm 22.05 knows no CgroupPlugin=disabled; with no cgroup.conf beside slurm.conf it autodetects.
+        self._install_system_conf()
+
+    def _install_system_conf(self) -> None:
+        """Copy slurm.conf to /etc/slurm for the job steps' srun (see the module's docstring)."""
+        SYSTEM_CONF.parent.mkdir(parents=True, exist_ok=True)
+        if SYSTEM_CONF.exists() and not SYSTEM_CONF.read_text(errors="replace").startswith(MARKER):
+            self.saved_conf = SYSTEM_CONF.with_name(f"slurm.conf.saved-by-driftloop-{os.getpid()}")
+            SYSTEM_CONF.rename(self.saved_conf)
+        shutil.copyfile(self.conf, SYSTEM_CONF)
+        self.wrote_system_conf = True
+
+    def _restore_system_conf(self) -> None:
+        if self.wrote_system_conf and SYSTEM_CONF.exists() and SYSTEM_CONF.read_text() == self.conf.read_text():
+            SYSTEM_CONF.unlink()
+        self.wrote_system_conf = False
+        if self.saved_conf is not None:
+            self.saved_conf.rename(SYSTEM_CONF)
+            self.saved_conf = None
 
     def _start_daemon(self, name: str, command: list[str], timeout: float) -> None:
         """Run a self-daemonizing daemon; wait for its pid file."""
@@ -258,6 +286,7 @@ PartitionName={PARTITION} Nodes={self.node} Default=YES MaxTime=INFINITE State=U
             if name in self.started:
                 self._stop_daemon(name, grace)
         self.started.clear()
+        self._restore_system_conf()
 
     def pid(self, name: str) -> int | None:
         try:
