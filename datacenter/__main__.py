@@ -10,6 +10,7 @@ from mlcore.cli import run_cli, setup_logging
 from mlcore.datasets import load_dataset_and_splits
 from mlcore.seeding import make_deterministic
 from mlcore.settings import load_settings
+from protocol.errors import UsageError
 
 from .state import StateError, StateStore
 
@@ -29,12 +30,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     serve.add_argument("--port-file", required=True)
     serve.add_argument("--token-file")
     serve.add_argument("--exit-with-pid", type=int)
+    serve.add_argument("--tls-cert", help="serve TLS with this certificate chain (PEM); needs --tls-key")
+    serve.add_argument("--tls-key", help="the certificate's private key (PEM)")
     serve.add_argument("--workers", type=int, default=4,
                        help="threads for drift checks, prepares and handshakes (each retraining has its own thread "
                             "and waits for a slot of the training queue, datacenter.trainings)")
     for p in (base, serve):
         p.add_argument("-v", "--verbose", action="store_true")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.command == "serve" and (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,20 +62,22 @@ def main(argv: list[str] | None = None) -> int:
             log.info("wrote %s", args.out)
             return 0
         from protocol import read_token_file, run
+        from protocol.tls import server_context
 
         from .server import serve
         from .service import DataCenter
 
         token = read_token_file(args.token_file) if args.token_file else None
-        log.info("serving on %s:%s (port file %s; %d check workers, %d training(s) at once)", args.host, args.port,
-                 args.port_file, args.workers, settings.datacenter.trainings)
+        tls = server_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+        log.info("serving on %s:%s (port file %s; TLS %s; %d check workers, %d training(s) at once)", args.host,
+                 args.port, args.port_file, "on" if tls else "off", args.workers, settings.datacenter.trainings)
         run(serve(DataCenter(settings, dataset, splits, store), host=args.host, port=args.port,
                           port_file=args.port_file, token=token, exit_with_pid=args.exit_with_pid,
-                          workers=args.workers))
+                          workers=args.workers, ssl=tls), use_uvloop=tls is None)  # see AsyncServer.start_server
         log.info("stopped")
         return 0
 
-    return run_cli("datacenter", run, (StateError,))
+    return run_cli("datacenter", run, (StateError, UsageError))
 
 
 if __name__ == "__main__":

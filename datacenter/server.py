@@ -20,6 +20,7 @@ import logging
 import signal
 import sys
 import threading
+from ssl import SSLContext
 from typing import Any, Callable
 
 from mlcore.processes import pid_alive
@@ -93,10 +94,10 @@ def _on_signal(server: AsyncServer, sig: int) -> None:
 
 
 async def serve(center: DataCenter, *, host: str, port: int, port_file: str, token: str | None,
-                exit_with_pid: int | None, workers: int = DEFAULT_WORKERS) -> None:
+                exit_with_pid: int | None, workers: int = DEFAULT_WORKERS, ssl: SSLContext | None = None) -> None:
     """Serve until SIGTERM/SIGINT or until `exit_with_pid` is gone; publish the port once listening."""
     sys.setswitchinterval(SWITCH_INTERVAL)  # this process serves: checks get the GIL back from training sooner
-    server, lanes = make_server(center, port, host=host, token=token, workers=workers)
+    server, lanes = make_server(center, port, host=host, token=token, workers=workers, ssl=ssl)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal, server, sig)

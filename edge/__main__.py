@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from mlcore.datasets import load_dataset_and_splits
 from mlcore.rounds import find_round, load_edge_rounds
 from mlcore.seeding import make_deterministic
 from mlcore.settings import load_settings
+from protocol.errors import ConnectionLost, UsageError
 
 from .round_runner import EdgeRound, RoundError, summary_line
 
@@ -29,9 +31,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      help="a rounds file (either form) or the workflow's one-round spec.json; the edge's rounds are read")
     one.add_argument("--round", required=True, dest="round_id")
     one.add_argument("--previous", required=True, help="base.json or the previous round's checkpoint.json")
-    one.add_argument("--port-file", required=True)
+    where = one.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port-file", help="the file the data center publishes its port in (waited for)")
+    where.add_argument("--port", type=int, help="the data center's port, when it is known (e.g. on another host)")
     one.add_argument("--token-file")
-    one.add_argument("--host", default="127.0.0.1")
+    one.add_argument("--host", default="127.0.0.1", help="the data center's address (default 127.0.0.1)")
+    one.add_argument("--tls-ca", help="speak TLS, trusting only this CA certificate (PEM)")
+    one.add_argument("--server-name", help="the name the certificate must carry (default: --host)")
     one.add_argument("--edge-id", default="edge",
                      help="this edge's id: its rounds in a fleet, its stream order, its store (default edge)")
     one.add_argument("--outdir", required=True)
@@ -79,6 +85,16 @@ def protocol_exchange(client) -> Exchange:
     return exchange
 
 
+def failure_message(exc: Exception, tls: bool) -> str:
+    """What went wrong talking to the data center, with the likely cause when TLS is involved."""
+    message = f"talking to the data center failed: {exc}"
+    if isinstance(exc.__cause__, ssl.SSLCertVerificationError):
+        return message + " (its certificate is not signed by the CA given with --tls-ca, or names another host)"
+    if not tls and isinstance(exc, ConnectionLost):
+        return message + " (if the data center serves TLS, give its CA with --tls-ca)"
+    return message
+
+
 async def run_with_client(round_: EdgeRound, client) -> dict:
     async with client:
         return await round_.run()
@@ -90,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         from protocol import AsyncClient, ProtocolError, read_port_file, read_token_file, run
+        from protocol.tls import client_context
 
         settings = load_settings(args.config)
         # Offsets as the workflow computes them (a spec.json carries its own); the edge id picks
@@ -98,19 +115,21 @@ def main(argv: list[str] | None = None) -> int:
         previous = read_previous(args.previous)
         make_deterministic()
         dataset, splits = load_dataset_and_splits(settings.dataset, settings.seed)
-        port = wait_for_port(args.port_file, read_port_file, args.wait)
+        port = args.port if args.port_file is None else wait_for_port(args.port_file, read_port_file, args.wait)
         token = read_token_file(args.token_file) if args.token_file else None
-        client = AsyncClient(port, host=args.host, token=token, edge_id=args.edge_id)
+        tls = client_context(args.tls_ca) if args.tls_ca else None
+        client = AsyncClient(port, host=args.host, token=token, edge_id=args.edge_id, ssl=tls,
+                             server_hostname=args.server_name or args.host)
         store = args.store or str(Path("results") / "edge" / args.edge_id / "models")
         peers = tuple(read_previous(path, "--peers")["state"] for path in args.peers)
         round_ = EdgeRound(settings, dataset, splits, spec, previous, protocol_exchange(client), store,
                            edge_id=args.edge_id, peers=peers)
-        log.info("edge %s round %s: batch of %d, shift %s, data center on port %d", args.edge_id, spec.id,
-                 len(round_.batch.ids), spec.tag, port)
+        log.info("edge %s round %s: batch of %d, shift %s, data center at %s:%d (TLS %s)", args.edge_id, spec.id,
+                 len(round_.batch.ids), spec.tag, args.host, port, "on" if tls else "off")
         try:
             outcome = run(run_with_client(round_, client))
         except ProtocolError as exc:
-            raise RoundError(f"talking to the data center failed: {exc}") from exc
+            raise RoundError(failure_message(exc, tls is not None)) from exc
         outcome.checkpoint.update(bytes_sent=client.bytes_sent, bytes_received=client.bytes_received)
         outcome.metrics.update(bytes_sent=client.bytes_sent, bytes_received=client.bytes_received)
         outdir = Path(args.outdir)
@@ -126,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         print(summary_line(outcome))
         return 0
 
-    return run_cli("edge", run, (RoundError,))
+    return run_cli("edge", run, (RoundError, UsageError))
 
 
 if __name__ == "__main__":

@@ -57,7 +57,9 @@ class ConversationProtocol(asyncio.BufferedProtocol):
     def eof_received(self) -> bool:
         self.conversation.receive_eof(self.loop.time())
         self.drive()
-        return True  # keep our side open: a half-closed peer still gets its answer
+        # Keep our side open: a half-closed peer still gets its answer. TLS cannot half-close
+        # (asyncio warns when asked to), so there the answer must already be on its way.
+        return self.transport is None or self.transport.get_extra_info("sslcontext") is None
 
     def pause_writing(self) -> None:
         self._can_write.clear()

@@ -30,6 +30,7 @@ from .codec import decode_request
 from .connection import ConversationProtocol, start_eagerly
 from .conversation import BodyBudget, ConnectionClosed, Event, RequestReceived, ServerConversation
 from .errors import PeerError, ProtocolError, UsageError, describe
+from .loop import loop_name
 from .limits import (
     DEFAULT_AUTH_TIMEOUT, DEFAULT_DECODE_INLINE_BYTES, DEFAULT_FRAME_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_CONNECTIONS,
@@ -153,6 +154,10 @@ class AsyncServer:
     async def start_server(self) -> None:
         """Listen, then serve until `stop()`; drain requests in flight (up to `drain_timeout`); return."""
         self._loop = asyncio.get_running_loop()
+        if self.ssl is not None and loop_name() == "uvloop":
+            # uvloop 0.23's server-side start_tls (our TLS after admission) fails the handshake of
+            # every client here (tests/network/test_remote_datacenter.py); asyncio's does not.
+            raise UsageError("TLS needs asyncio's event loop: run this server with protocol.run(..., use_uvloop=False)")
         # A restarted server refuses requests stamped before it started: no replays across restarts.
         self.replay_guard = ReplayGuard(self.max_clock_skew, not_before=time.time())
         self._workers = DaemonWorkers(self.worker_count)
@@ -314,7 +319,7 @@ class _ServerProtocol(ConversationProtocol):
             tls = await self.loop.start_tls(raw, self, self.server.ssl, server_side=True,  # type: ignore[arg-type]
                                             ssl_handshake_timeout=self.server.tls_handshake_timeout)
         except (OSError, asyncio.TimeoutError, ssl_module.SSLError, ConnectionError) as exc:
-            log.warning("%s: TLS handshake failed: %s", self.peer, exc or type(exc).__name__)
+            log.warning("%s: TLS handshake failed: %s", self.peer, str(exc) or type(exc).__name__)
             raw.abort()
             self.server.release(self)
             return
