@@ -57,7 +57,7 @@ def ensure_installed(timeout: float = 300) -> None:
     if not shutil.which("apt-get"):
         raise ClusterUnavailable("slurm-wlm/munge are not installed and there is no apt-get")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES]
+    install = ["apt-get", "install", "-y", *PACKAGES]  # as measured in ../shared/notes/slurm.md
     output = ""
     for commands in ([install], [["apt-get", "update"], install]):  # the package lists may be stale or absent
         for command in commands:
@@ -339,11 +339,23 @@ def run_bounded(command: list[str], *, cwd: Path, env: dict[str, str], timeout: 
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGTERM)
+        signal_group(process.pid, signal.SIGTERM)
         try:
             output, _ = process.communicate(timeout=grace)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            signal_group(process.pid, signal.SIGKILL)
             output, _ = process.communicate()
         output += f"\n[run_bounded: killed after {timeout:.0f} s]"
+    except BaseException:  # e.g. pytest-timeout's exception: leave no snakemake behind
+        signal_group(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
     return process.returncode, output, time.monotonic() - started
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    """Signal the process group we started (`start_new_session`), if anything of it is left."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
