@@ -9,6 +9,7 @@ import ssl
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from mlcore.atomic import write_atomic, write_json_atomic
 from mlcore.cli import run_cli, setup_logging
@@ -34,6 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     where = one.add_mutually_exclusive_group(required=True)
     where.add_argument("--port-file", help="the file the data center publishes its port in (waited for)")
     where.add_argument("--port", type=int, help="the data center's port, when it is known (e.g. on another host)")
+    where.add_argument("--endpoint", help="the workflow's endpoint file: the data center's address, port and TLS CA")
     one.add_argument("--token-file")
     one.add_argument("--host", default="127.0.0.1", help="the data center's address (default 127.0.0.1)")
     one.add_argument("--tls-ca", help="speak TLS, trusting only this CA certificate (PEM)")
@@ -42,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      help="this edge's id: its rounds in a fleet, its stream order, its store (default edge)")
     one.add_argument("--outdir", required=True)
     one.add_argument("--store", help="the edge's own checkpoint store (default results/edge/<edge-id>/models)")
-    one.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the port file (default 120)")
+    one.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the port or endpoint file (default 120)")
     one.add_argument("--peers", nargs="*", default=[],
                      help="other edges' checkpoint.json: their zoo models are candidates when choosing a start")
     one.add_argument("-v", "--verbose", action="store_true")
@@ -63,16 +65,38 @@ def read_previous(path: str, option: str = "--previous") -> dict:
     return record
 
 
-def wait_for_port(path: str, read_port_file, timeout: float) -> int:
-    """The data center writes its port file once listening; wait for it (it may still be starting)."""
+def wait_for(path: str, read, timeout: float) -> Any:
+    """The data center (or the workflow, for it) publishes a file once listening; wait for it."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return read_port_file(path)
+            return read(path)
         except (FileNotFoundError, ValueError):
             if time.monotonic() > deadline:
-                raise RoundError(f"--port-file: no valid port in {path} after {timeout:.0f} s: is the data center serving?")
+                raise RoundError(f"no valid {path} after {timeout:.0f} s: is the data center serving?")
             time.sleep(0.1)
+
+
+def read_endpoint(path: str) -> dict[str, Any]:
+    """runtime/pipeline.py's endpoint file: host, port, and the TLS CA and server name (or null)."""
+    found = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not (isinstance(found, dict) and isinstance(found.get("host"), str) and isinstance(found.get("port"), int)):
+        raise ValueError(f"{path} names no host and port")
+    return found
+
+
+def server_address(args: argparse.Namespace, read_port_file) -> tuple[str, int, str | None, str]:
+    """(host, port, TLS CA or None, server name) from --endpoint, --port-file or --port and the flags."""
+    host, ca, name = args.host, args.tls_ca, args.server_name
+    if args.endpoint is not None:
+        found = wait_for(args.endpoint, read_endpoint, args.wait)
+        host, port = found["host"], found["port"]
+        ca, name = ca or found.get("tls_ca"), name or found.get("server_name")
+    elif args.port_file is not None:
+        port = wait_for(args.port_file, read_port_file, args.wait)
+    else:
+        port = args.port
+    return host, port, ca, name or host
 
 
 def protocol_exchange(client) -> Exchange:
@@ -115,17 +139,16 @@ def main(argv: list[str] | None = None) -> int:
         previous = read_previous(args.previous)
         make_deterministic()
         dataset, splits = load_dataset_and_splits(settings.dataset, settings.seed)
-        port = args.port if args.port_file is None else wait_for_port(args.port_file, read_port_file, args.wait)
+        host, port, ca, server_name = server_address(args, read_port_file)
         token = read_token_file(args.token_file) if args.token_file else None
-        tls = client_context(args.tls_ca) if args.tls_ca else None
-        client = AsyncClient(port, host=args.host, token=token, edge_id=args.edge_id, ssl=tls,
-                             server_hostname=args.server_name or args.host)
+        tls = client_context(ca) if ca else None
+        client = AsyncClient(port, host=host, token=token, edge_id=args.edge_id, ssl=tls, server_hostname=server_name)
         store = args.store or str(Path("results") / "edge" / args.edge_id / "models")
         peers = tuple(read_previous(path, "--peers")["state"] for path in args.peers)
         round_ = EdgeRound(settings, dataset, splits, spec, previous, protocol_exchange(client), store,
                            edge_id=args.edge_id, peers=peers)
         log.info("edge %s round %s: batch of %d, shift %s, data center at %s:%d (TLS %s)", args.edge_id, spec.id,
-                 len(round_.batch.ids), spec.tag, args.host, port, "on" if tls else "off")
+                 len(round_.batch.ids), spec.tag, host, port, "on" if tls else "off")
         try:
             outcome = run(run_with_client(round_, client))
         except ProtocolError as exc:

@@ -9,8 +9,10 @@ package of this project. Paths are relative to the working directory (the workfl
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -23,6 +25,7 @@ SERVER_DIR = Path("results/server")
 PORT_FILE = SERVER_DIR / "port"
 PID_FILE = SERVER_DIR / "pid"  # the data center's own pid (the forked child when warm)
 TOKEN_FILE = SERVER_DIR / "token"
+ENDPOINT_FILE = SERVER_DIR / "endpoint.json"  # how edges reach the data center (written once it listens)
 SETTINGS_FILE = SERVER_DIR / "config.json"  # the settings as the data center reads them at start
 WARM_SOCKET = SERVER_DIR / "warm.sock"
 STATE_DIR = "results/datacenter"
@@ -62,6 +65,20 @@ def defer_sigterm_handler() -> None:
     signal.signal(signal.SIGTERM, deferred)
 
 
+def endpoint(server: dict, port: int) -> dict:
+    """Where edges dial and what they trust: `server.advertise`, else the listening address
+    (for a wildcard one, this host's name); the CA of `server.tls`, if any."""
+    host = str(server.get("host", "127.0.0.1"))
+    address = server.get("advertise") or (socket.getfqdn() if host in ("0.0.0.0", "::", "") else host)
+    tls = server.get("tls") or {}
+    return {"host": address, "port": port, "tls_ca": tls.get("ca"), "server_name": tls.get("server_name") or address}
+
+
+def tls_args(server: dict) -> list[str]:
+    tls = server.get("tls") or {}
+    return ["--tls-cert", str(tls["cert"]), "--tls-key", str(tls["key"])] if tls else []
+
+
 def start(python: str, settings_json: str, server: dict, *, warm: bool, owner: int | None = None) -> int:
     """Start the services; return the data center's port. Raises ServiceError (services stopped)."""
     owner = os.getpid() if owner is None else owner
@@ -69,8 +86,11 @@ def start(python: str, settings_json: str, server: dict, *, warm: bool, owner: i
         defer_sigterm_handler()
     deadline = time.monotonic() + float(server.get("start_timeout", 60))
     SERVER_DIR.mkdir(parents=True, exist_ok=True)
+    ENDPOINT_FILE.unlink(missing_ok=True)  # edges wait for this run's, never an old one
     create_token_file(TOKEN_FILE)
     write_atomic(SETTINGS_FILE, settings_json)
+    if not warm:
+        WARM_SOCKET.unlink(missing_ok=True)  # jobs find no warm starter and start cold (common.smk `launch`)
     if warm:
         modules = [arg for module in WARM_MODULES for arg in ("--module", module)]
         _services.start("warm-starter", [python, "-m", "runtime.warm", "serve", "--socket", str(WARM_SOCKET), *modules,
@@ -80,12 +100,14 @@ def start(python: str, settings_json: str, server: dict, *, warm: bool, owner: i
         "serve", "--config", str(SETTINGS_FILE), "--state-dir", STATE_DIR,
         "--host", str(server.get("host", "127.0.0.1")), "--port", str(server.get("port", 0)),
         "--port-file", str(PORT_FILE), "--token-file", str(TOKEN_FILE), "--exit-with-pid", str(owner),
+        *tls_args(server),
     ], warm=warm, pid_file=str(PID_FILE)), PORT_FILE)
     _services.wait_ready("datacenter", deadline)
     port = read_port(PORT_FILE)
     if port is None:
         stop()
         raise ServiceError(f"the data center published no valid port in {PORT_FILE}")
+    write_atomic(ENDPOINT_FILE, json.dumps(endpoint(server, port)) + "\n")
     print(f"data center listening on port {port} (pid {PID_FILE.read_text().strip()})", file=sys.stderr)
     return port
 

@@ -23,7 +23,7 @@ ENV = "../envs/driftloop.yaml"
 SUMMARIZE = os.path.relpath(Path(workflow.basedir) / "workflow/scripts/summarize.py")
 SCHEMAS = Path(workflow.basedir) / "workflow/schemas"
 WARM_START = bool(config.get("warm_start", True)) and not workflow.deployment_settings.deployment_method
-PORT_FILE = str(pipeline.PORT_FILE)
+ENDPOINT_FILE = str(pipeline.ENDPOINT_FILE)
 TOKEN_FILE = str(pipeline.TOKEN_FILE)
 STATE_DIR = pipeline.STATE_DIR
 # The round- and edge-id patterns are written once, in rounds.schema.yaml; here they constrain the wildcards.
@@ -36,18 +36,25 @@ FLEET_KEYS = ("only", "per_edge")
 
 
 def launch(module):
-    """The shell prefix that runs `python -m <module>` for a job: forked warm, or a cold process."""
-    return " ".join(pipeline.warm_command(PYTHON, module, [], warm=WARM_START))
+    """The shell prefix that runs `python -m <module>` for a job: forked by the warm starter when
+    one listens on its socket, else a cold process. The same with or without `warm_start` (onstart
+    removes the socket when it starts none), so toggling it, or running jobs on other hosts, reruns nothing."""
+    return " ".join(pipeline.warm_command(PYTHON, module, [], warm=True))
+
+
+# Where and how the services run (the data center's address and TLS, warm starts): they change
+# no result, so they stay out of the settings the jobs read, and changing them reruns nothing.
+RUNTIME_KEYS = ("server", "warm_start")
 
 
 def load_config(config):
-    """Validate config.yaml against its schema; return the settings as JSON text.
+    """Validate config.yaml against its schema; return the settings (without RUNTIME_KEYS) as JSON text.
 
     Two rules the schema cannot state (source + stream fractions < 1, random_sample <=
     batch_size) are checked by mlcore.settings when the data center starts, in onstart.
     """
     validate(config, "../schemas/config.schema.yaml")
-    return json.dumps(config, sort_keys=True)
+    return json.dumps({key: value for key, value in config.items() if key not in RUNTIME_KEYS}, sort_keys=True)
 
 
 def check_fleet(raw, path):

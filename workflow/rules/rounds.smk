@@ -16,7 +16,7 @@ rule edge_round:
         # moves that edge's later offsets.
         spec=round_spec,
         launch=launch("edge"),
-        port_file=PORT_FILE,
+        endpoint=ENDPOINT_FILE,
         token_file=TOKEN_FILE,
         outdir=subpath(output.checkpoint, parent=True),
         store="results/edges/{edge}/models",
@@ -28,5 +28,5 @@ rule edge_round:
         "printf '%s\\n' {params.spec:q} > {output.spec} && "
         "{params.launch} round --config {input.settings} --rounds {output.spec} "
         "--edge-id {wildcards.edge} --round {wildcards.round} --previous {input.previous} "
-        "--port-file {params.port_file} --token-file {params.token_file} "
+        "--endpoint {params.endpoint} --token-file {params.token_file} "
         "--outdir {params.outdir} --store {params.store} --peers {input.peers} 2> {log}"
