@@ -32,10 +32,11 @@ PROFILE = REPO / "profiles" / "slurm"
 #: One edge, three rounds: clean, a harmful rotation (the edge retrains), a contrast change.
 SCENARIO = SMALL_ROUNDS[:3]
 #: Bounds of each snakemake run (SIGTERM, then SIGKILL 15 s later), safety nets only: the runs take
-#: about 20 s and 115-165 s (7 jobs, each seen finished 12 or 33 s after its submission: the
-#: plugin's status checks come 1 s, 11 s and 21 s apart; benchmarks/results/cluster.md).
-LOCAL_TIMEOUT = 90
-SLURM_TIMEOUT = 210
+#: about 20 s and 115-145 s on an idle machine, up to 190 s on a busy one (7 jobs, each seen finished
+#: 12 or 33 s after its submission: the plugin's status checks come 1 s, 11 s and 21 s apart, and a
+#: job takes 7-17 s, more under load; benchmarks/results/cluster.md).
+LOCAL_TIMEOUT = 120
+SLURM_TIMEOUT = 300
 #: summary.csv columns that measure time, not results.
 TIMING_COLUMNS = {"queue_wait"}
 
@@ -121,12 +122,12 @@ def test_the_data_center_starts_once_on_the_submitting_host(runs: tuple[Workdir,
     # so no job started a second data center or replaced the token.
     log = (work.path / "logs/datacenter.log").read_text()
     assert log.count("serving on") == 1, log
-    # warm_start: false from the profile reached the jobs: no warm starter, cold launches.
+    # warm_start: false from the profile: no warm starter, so no socket a job could fork from
+    # (each job's launcher then starts a cold process).
     assert not (work.path / "logs/warm-starter.log").exists()
+    assert not (work.path / "results/server/warm.sock").exists()
     for job_log in (work.path / ".snakemake/slurm_logs").rglob("*.log"):
-        text = job_log.read_text()
-        assert "warm.sock" not in text, job_log
-        assert "serving on" not in text, job_log
+        assert "serving on" not in job_log.read_text(), job_log
 
 
 def test_a_slurm_conf_already_in_etc_is_put_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
