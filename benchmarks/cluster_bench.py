@@ -184,6 +184,8 @@ def main() -> None:
     load = f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     per_round_local = local["wall"] / len(local["rounds"])
     per_round_slurm = slurm["wall"] / len(slurm["rounds"])
+    latency_local = mean([job["seconds"] for job in local["rounds"]])
+    latency_slurm = mean([job["seconds"] for job in slurm["rounds"]])
     same = local["hashes"] == slurm["hashes"]
     report = "\n".join([
         "# Cluster benchmark: local against SLURM",
@@ -199,6 +201,9 @@ def main() -> None:
         f"- SLURM / local, per round (total wall / edge_round jobs): {per_round_slurm:.1f} s / {per_round_local:.1f} s "
         f"= **{per_round_slurm / per_round_local:.1f}x**; total wall {slurm['wall'] / local['wall']:.1f}x "
         f"({len(slurm['jobs'])} jobs each: write_settings, train_base, the rounds, summarize).",
+        f"- SLURM / local, per edge_round job (submitted -> seen finished): {latency_slurm:.1f} s / "
+        f"{latency_local:.1f} s = **{latency_slurm / latency_local:.0f}x**; a SLURM job's own run (Start -> End) "
+        f"{mean([j['ran'] for j in slurm_jobs if j['comment'].startswith('rule_edge_round_')]):.1f} s.",
         f"- Checkpoints: {'identical' if same else 'DIFFERENT'} (sha256 of every round's checkpoint).",
         "",
         "Every job, in submission order (1 s resolution):",
