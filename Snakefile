@@ -29,6 +29,13 @@ rule all:
         rules.summarize.output,
 
 
+# Instant bookkeeping: on a cluster executor these run on the submitting host, not as jobs (docs/cluster.md).
+localrules:
+    all,
+    write_settings,
+    summarize,
+
+
 onstart:
     start_services()
 
