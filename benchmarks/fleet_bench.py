@@ -1,0 +1,432 @@
+"""Fleet benchmark (issue 11): 8 edges x 12 rounds, isolated edges against a shared zoo, through real Snakemake.
+
+Prints a Markdown table and writes it to benchmarks/results/fleet.md. Measured in one run,
+on this machine, for each seed, two arms on the same scenario and seed:
+
+- isolation: `share_zoo: false`, each edge alone with its own lineage (the baseline);
+- fleet: `share_zoo: true`, another edge's adapted models are candidates when an edge
+  chooses a start (issue 11 item 4). Item 5 (one retraining for a group on pooled labels)
+  is not built: no arm has it.
+
+Each arm is a real `snakemake --cores 2` in a temp copy of the workflow (Snakefile, workflow/,
+config/, as tests/workflow/snakemake_workdir.py's make_workdir does), with the default
+config/config.yaml except `seed`, `share_zoo` and the options below (the same for both arms),
+and benchmarks/scenarios/fleet8x12.yaml as config/rounds.yaml.
+
+Per arm, from results/edges/<edge>/rounds/<round>/metrics.json and logs/edges/<edge>/rounds/<round>.log:
+
+- labels = Σ `labels_used` (uniform + queried);
+- fine-tunes = Σ `iterations` (one data-center fine-tune each); retrains = rounds with
+  decision `retrain`; adoptions = decision `adopt`; `from_peer`, `reuse_spared_training` counts;
+- training seconds = per round with an episode, the edge log's time from "start from" (the
+  start chosen) to the last "retraining N" reply, minus `queue_wait` (the seconds the data
+  center's training queue held the requests): the fine-tunes plus their validation and
+  transfer, without waiting for other edges' fine-tunes;
+- accuracy = `accuracy_after`, held-out rows with the round's shift.
+
+Paired per (seed, edge, round): fleet - isolation; 95% intervals by a cluster bootstrap that
+resamples (seed, edge) chains (rounds of one edge are chained, not independent).
+
+Workflow overhead (8 edges, 2 cores), per (edge, round) job, two ways:
+- aggregate: (rounds phase wall - Σ job seconds / 2) / jobs, rounds phase = from base.json's
+  write to the last checkpoint.json write, job seconds = `seconds` in checkpoint.json (the
+  edge's own round: handshake to reply, queue waits included);
+- dispatch gap: per job, (its checkpoint write - its `seconds`) - the last output written
+  before that (any job's checkpoint or base.json): Snakemake noticing, scheduling, the warm
+  starter's fork, loading the dataset, drawing the batch, writing outputs.
+
+Drift-check latency while training runs: benchmarks/datacenter_load_bench.py measures it;
+this script runs it (`--no-write`) after the fleet runs and quotes its table.
+
+    python benchmarks/fleet_bench.py                 # 1 seed, both arms, then the load bench
+    python benchmarks/fleet_bench.py --seeds 2 --skip-load
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "fleet.md"
+SCENARIO = REPO / "benchmarks" / "scenarios" / "fleet8x12.yaml"
+ARMS = {"isolation": False, "fleet": True}
+CORES = 2
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) edge INFO round \S+: (start from|retraining \d+ with)")
+GROUPS = {"A (a-d: rotate, same round)": "abcd", "B (e-h: translate, staggered)": "efgh"}
+
+
+# ----------------------------------------------------------------------------- runs
+def make_workdir(target: Path, seed: int, share: bool, overrides: dict) -> Path:
+    target.mkdir(parents=True)
+    shutil.copy2(REPO / "Snakefile", target / "Snakefile")
+    shutil.copytree(REPO / "workflow", target / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "config", target / "config")
+    config_file = target / "config/config.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    config["seed"], config["share_zoo"] = seed, share
+    for dotted, value in overrides.items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    shutil.copy2(SCENARIO, target / "config/rounds.yaml")
+    return target
+
+
+def jobs_of(scenario: dict) -> list[tuple[str, str]]:
+    """Every (edge, round) of the fleet scenario, edge by edge."""
+    return [(edge, entry["id"]) for edge in scenario["edges"] for entry in scenario["rounds"]
+            if edge in entry.get("only", [edge])]
+
+
+def stamp(text: str) -> float:
+    return dt.datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f").timestamp()  # local time, as the file mtimes
+
+
+def training_seconds(log_file: Path, queue_wait: float) -> float:
+    """The edge log's time from the chosen start to the last retraining reply, minus the queue wait."""
+    times = [stamp(m.group(1)) for m in map(LOG_TIME.match, log_file.read_text().splitlines()) if m]
+    return max(0.0, times[-1] - times[0] - queue_wait) if len(times) >= 2 else 0.0
+
+
+def run_arm(workdir: Path, timeout: float) -> dict:
+    started = time.time()
+    result = subprocess.run([sys.executable, "-m", "snakemake", "--cores", str(CORES)], cwd=workdir,
+                            capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    wall = time.time() - started
+    if result.returncode != 0:
+        raise SystemExit(f"snakemake failed in {workdir}:\n{result.stderr[-4000:]}")
+    return {"wall": wall, "started": started}
+
+
+def collect(workdir: Path, jobs: list[tuple[str, str]]) -> dict:
+    """Every job's figures from its metrics.json, checkpoint.json and log."""
+    rows = {}
+    for edge, round_id in jobs:
+        folder = workdir / f"results/edges/{edge}/rounds/{round_id}"
+        metrics = json.loads((folder / "metrics.json").read_text())
+        record = json.loads((folder / "checkpoint.json").read_text())
+        assert metrics["round"] == round_id and record["round"] == round_id, (edge, round_id)
+        train = training_seconds(workdir / f"logs/edges/{edge}/rounds/{round_id}.log", float(metrics["queue_wait"]))
+        rows[(edge, round_id)] = {
+            "labels": int(metrics["labels_used"]), "uniform": int(metrics["labels_uniform"]),
+            "queried": int(metrics["labels_queried"]), "acc_before": float(metrics["accuracy_before"]),
+            "acc": float(metrics["accuracy_after"]), "decision": metrics["decision"],
+            "finetunes": int(metrics["iterations"]), "train_s": train if metrics["iterations"] else 0.0,
+            "queue_wait": float(metrics["queue_wait"]), "from_peer": bool(metrics["from_peer"]),
+            "spared": bool(metrics["reuse_spared_training"]), "flagged": bool(metrics["flagged"]),
+            "shift": metrics["shift"], "seconds": float(record["seconds"]),
+            "written": (folder / "checkpoint.json").stat().st_mtime, "sha": record["sha256"],
+        }
+    base_written = (workdir / "results/models/base.json").stat().st_mtime
+    dc_log = workdir / "logs/datacenter.log"
+    dc_errors = sum(" ERROR " in line or "Traceback" in line for line in dc_log.read_text().splitlines()) \
+        if dc_log.is_file() else -1
+    return {"base": base_written, "rows": rows, "dc_errors": dc_errors,
+            "summary_rows": sum(1 for _ in open(workdir / "results/summary.csv")) - 1}
+
+
+def overhead(run: dict) -> dict:
+    rows = list(run["rows"].values())
+    end = max(r["written"] for r in rows)
+    phase = end - run["base"]
+    own = sum(r["seconds"] for r in rows)
+    aggregate = (phase - own / CORES) / len(rows)
+    finishes = sorted([run["base"]] + [r["written"] for r in rows])
+    gaps = []
+    for r in rows:
+        began = r["written"] - r["seconds"]
+        before = [f for f in finishes if f <= began + 1e-6]
+        gaps.append(began - before[-1] if before else float("nan"))
+    return {"phase": phase, "own": own, "aggregate": aggregate, "gap_mean": statistics.fmean(gaps),
+            "gap_p90": float(np.percentile(gaps, 90)), "until_base": run["base"] - run["started"],
+            "after": run["started"] + run["wall"] - end}
+
+
+# ----------------------------------------------------------------------------- statistics
+def totals(rows: list[dict]) -> dict:
+    n = len(rows)
+    return {"labels": sum(r["labels"] for r in rows), "uniform": sum(r["uniform"] for r in rows),
+            "queried": sum(r["queried"] for r in rows), "train_s": sum(r["train_s"] for r in rows),
+            "finetunes": sum(r["finetunes"] for r in rows), "acc": sum(r["acc"] for r in rows) / n,
+            "retrains": sum(r["decision"] == "retrain" for r in rows),
+            "adopts": sum(r["decision"] == "adopt" for r in rows),
+            "from_peer": sum(r["from_peer"] for r in rows), "spared": sum(r["spared"] for r in rows),
+            "flagged": sum(r["flagged"] for r in rows), "queue_wait": sum(r["queue_wait"] for r in rows), "n": n}
+
+
+def bootstrap(runs: dict, keys: list, statistic, resamples: int = 4000, seed: int = 12345) -> tuple[float, float, float]:
+    """statistic(iso_rows, fleet_rows) on all pairs, and a 95% interval resampling (seed, edge) chains."""
+    chains = sorted({(s, e) for s, e, _ in keys})
+    by_chain = {c: [k for k in keys if (k[0], k[1]) == c] for c in chains}
+
+    def value(selected):
+        picked = [k for c in selected for k in by_chain[c]]
+        return statistic([runs["isolation"][k] for k in picked], [runs["fleet"][k] for k in picked])
+
+    point = value(chains)
+    rng = np.random.default_rng(seed)
+    draws = [value([chains[i] for i in rng.integers(0, len(chains), len(chains))]) for _ in range(resamples)]
+    low, high = np.nanpercentile(draws, [2.5, 97.5])
+    return point, float(low), float(high)
+
+
+def ratio(field):
+    return lambda iso, fleet: (sum(r[field] for r in fleet) / sum(r[field] for r in iso)) if sum(r[field] for r in iso) else float("nan")
+
+
+def mean_diff(field):
+    return lambda iso, fleet: statistics.fmean(f[field] - i[field] for i, f in zip(iso, fleet))
+
+
+# ----------------------------------------------------------------------------- report
+def fmt_ci(point, low, high, digits=3, sign=False):
+    f = f"{{:{'+' if sign else ''}.{digits}f}}"
+    return f"{f.format(point)} [{f.format(low)}, {f.format(high)}]"
+
+
+def report(results: dict, seeds: list[int], overrides: dict, load_text: str | None, elapsed: float,
+           spent: float, commit: str, reused: list[str]) -> str:
+    runs = {arm: {(s, e, r): row for s in seeds for (e, r), row in results[s][arm]["rows"].items()} for arm in ARMS}
+    keys = sorted(runs["isolation"])
+    tot = {arm: totals([runs[arm][k] for k in keys]) for arm in ARMS}
+    label_ratio = bootstrap(runs, keys, ratio("labels"))
+    train_ratio = bootstrap(runs, keys, ratio("train_s"))
+    finetune_ratio = bootstrap(runs, keys, ratio("finetunes"))
+    acc_diff = bootstrap(runs, keys, mean_diff("acc"))
+    shifted = [k for k in keys if runs["isolation"][k]["shift"] != "none"]
+    acc_diff_shifted = bootstrap(runs, shifted, mean_diff("acc"))
+    label_diff = bootstrap(runs, keys, mean_diff("labels"))
+    train_diff = bootstrap(runs, keys, mean_diff("train_s"))
+    same = sum(runs["isolation"][k]["sha"] == runs["fleet"][k]["sha"] for k in keys)
+
+    def per_seed(arm, field, digits=1):
+        return " / ".join(f"{results[s][arm][field]:.{digits}f}" for s in seeds)
+
+    lines = [
+        "# Fleet benchmark (issue 11: 8 edges x 12 rounds, isolation vs shared zoo)", "",
+        f"`python benchmarks/fleet_bench.py {' '.join(sys.argv[1:])}`".replace(" `", "`") +
+        f" on {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, commit {commit}: "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}; seeds {seeds}; the benchmark took "
+        f"{spent / 60:.1f} min ({2 * len(seeds)} snakemake runs + the load bench)"
+        + (f"; this call {elapsed / 60:.1f} min, reusing {', '.join(reused)} from an earlier call with the same `--keep`"
+           if reused else "") + ".", "",
+        "Each arm is a real `snakemake --cores 2` in a temp copy of the workflow: config/config.yaml (digits, CNN, "
+        "30 fine-tune epochs, `trainings: 1`, warm starter) with `seed` and `share_zoo` set"
+        + (f" and {', '.join(f'`{k}: {v}`' for k, v in overrides.items())} (both arms)" if overrides else "")
+        + "; config/rounds.yaml = `benchmarks/scenarios/fleet8x12.yaml`:", "",
+        "```",
+        "       r01 r02 r03 r04 r05 r06 r07 r08 r09 r10 r11 r12     R = rotate 15, T = translate (1, 1)",
+        " a-d    .   .   R   R   R   .   .   R   .   T   .   .      group A: same onset",
+        " e,f    .   .   .   T   T   T   .   .   T   .   R   .      group B: staggered onset",
+        " g,h    .   .   .   .   T   T   .   .   T   .   R   .",
+        "```", "",
+        "- **isolation**: `share_zoo: false`, each edge chooses its start among its own lineage's models only.",
+        "- **fleet**: `share_zoo: true`, the other edges' latest models (as of the previous timeline round) are "
+        "candidates too (issue 11 item 4).",
+        "- **Not built: item 5** (one retraining for a group that flags together, on pooled labels). Neither arm has "
+        "it; every edge that needs a retraining still runs its own episode. The labels/training targets below are "
+        "measured for what exists: a shared zoo.", "",
+        f"## Per arm (totals over {len(seeds)} seed(s) x 96 (edge, round) jobs)", "",
+        "| arm | snakemake wall s (per seed) | labels (uniform + queried) | fine-tunes | training s | retrains | adoptions | from_peer | "
+        "reuse_spared_training | flagged | queue wait s | mean held-out acc after | jobs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for arm in ARMS:
+        t = tot[arm]
+        lines.append(f"| {arm} | {per_seed(arm, 'wall')} | {t['labels']} ({t['uniform']} + {t['queried']}) | {t['finetunes']} | {t['train_s']:.1f} | "
+                     f"{t['retrains']} | {t['adopts']} | {t['from_peer']} | {t['spared']} | {t['flagged']} | "
+                     f"{t['queue_wait']:.1f} | {t['acc']:.4f} | {t['n']} |")
+    lines += [
+        "", "## Paired, fleet against isolation (per (seed, edge, round); 95% interval: bootstrap over (seed, edge) "
+        "chains, 4000 resamples)", "",
+        "| measure | fleet / isolation or fleet - isolation | target | verdict |", "|---|---|---|---|",
+        f"| labels, total ratio | {fmt_ci(*label_ratio)} | <= 0.50 | {'met' if label_ratio[0] <= 0.5 else '**MISSED**'} |",
+        f"| training seconds, total ratio | {fmt_ci(*train_ratio)} | <= 0.50 | "
+        f"{'met' if train_ratio[0] <= 0.5 else '**MISSED**'} |",
+        f"| fine-tunes, total ratio (load-independent) | {fmt_ci(*finetune_ratio)} | | |",
+        f"| held-out accuracy after, mean difference, all rounds | {fmt_ci(*acc_diff, digits=4, sign=True)} | >= 0 | "
+        f"{'met' if acc_diff[0] >= 0 else '**MISSED**'}{' (interval includes 0)' if acc_diff[1] <= 0 <= acc_diff[2] else ''} |",
+        f"| held-out accuracy after, mean difference, shifted rounds ({len(shifted)}) | "
+        f"{fmt_ci(*acc_diff_shifted, digits=4, sign=True)} | | |",
+        f"| labels per job, mean difference | {fmt_ci(*label_diff, digits=2, sign=True)} | | |",
+        f"| training seconds per job, mean difference | {fmt_ci(*train_diff, digits=2, sign=True)} | | |",
+        "", f"Same checkpoint in both arms: {same} of {len(keys)} jobs.", "",
+    ]
+    # per group and per timeline round
+    lines += ["## By group", "", "| group | arm | labels | fine-tunes | training s | from_peer | reuse_spared | "
+              "mean acc after | mean acc after, shifted rounds |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, members in GROUPS.items():
+        for arm in ARMS:
+            sel = [runs[arm][k] for k in keys if k[1] in members]
+            t = totals(sel)
+            sh = [r["acc"] for r in sel if r["shift"] != "none"]
+            lines.append(f"| {name} | {arm} | {t['labels']} | {t['finetunes']} | {t['train_s']:.1f} | {t['from_peer']} | "
+                         f"{t['spared']} | {t['acc']:.4f} | {statistics.fmean(sh):.4f} |")
+    timeline = sorted({k[2] for k in keys})
+    lines += ["", "## By timeline round (all edges, all seeds; isolation / fleet)", "",
+              "| round | labels | fine-tunes | decisions isolation | decisions fleet | from_peer (fleet) | "
+              "mean acc before | mean acc after |", "|---|---|---|---|---|---:|---|---|"]
+    for rid in timeline:
+        ks = [k for k in keys if k[2] == rid]
+        iso, fl = [runs["isolation"][k] for k in ks], [runs["fleet"][k] for k in ks]
+
+        def decisions(rows):
+            counts: dict[str, int] = {}
+            for r in rows:
+                counts[r["decision"]] = counts.get(r["decision"], 0) + 1
+            return ", ".join(f"{d} {c}" for d, c in sorted(counts.items()))
+
+        lines.append(
+            f"| {rid} | {sum(r['labels'] for r in iso)} / {sum(r['labels'] for r in fl)} | "
+            f"{sum(r['finetunes'] for r in iso)} / {sum(r['finetunes'] for r in fl)} | {decisions(iso)} | "
+            f"{decisions(fl)} | {sum(r['from_peer'] for r in fl)} | "
+            f"{statistics.fmean(r['acc_before'] for r in iso):.3f} / {statistics.fmean(r['acc_before'] for r in fl):.3f} | "
+            f"{statistics.fmean(r['acc'] for r in iso):.3f} / {statistics.fmean(r['acc'] for r in fl):.3f} |")
+    # overhead
+    lines += ["", "## Workflow overhead at 8 edges on 2 cores", "",
+              "Aggregate = (rounds phase - Σ job seconds / 2) / 96 jobs; rounds phase = base.json written -> last "
+              "checkpoint.json written; job seconds = checkpoint.json `seconds` (the edge's own round, queue waits "
+              "included). Dispatch gap = per job, its start of own work (checkpoint write - `seconds`) - the last "
+              "output written before it: Snakemake's scheduling, the warm starter's fork, dataset load and batch "
+              "drawing, output writing. Per timeline round = per job x 8.", "",
+              "| seed | arm | snakemake wall s | until base s | rounds phase s | Σ job seconds | after last round s | "
+              "aggregate overhead s/job | per timeline round s | dispatch gap mean s/job | p90 | jobs ok | summary rows | "
+              "data-center log errors |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    measures: dict[str, list[float]] = {"aggregate": [], "dispatch gap": []}
+    for s in seeds:
+        for arm in ARMS:
+            run = results[s][arm]
+            o = overhead(run)
+            measures["aggregate"].append(o["aggregate"])
+            measures["dispatch gap"].append(o["gap_mean"])
+            lines.append(f"| {s} | {arm} | {run['wall']:.1f} | {o['until_base']:.1f} | {o['phase']:.1f} | {o['own']:.1f} | "
+                         f"{o['after']:.1f} | {o['aggregate']:.2f} | {o['aggregate'] * 8:.2f} | {o['gap_mean']:.2f} | "
+                         f"{o['gap_p90']:.2f} | {len(run['rows'])} | {run['summary_rows']} | {run['dc_errors']} |")
+    lines += ["", "| target: workflow overhead <= 0.5 s a round (per (edge, round) job) | runs | range s | verdict |",
+              "|---|---:|---|---|"]
+    for name, values in measures.items():
+        over = sum(v > 0.5 for v in values)
+        lines.append(f"| {name} | {len(values)} | {min(values):.2f} - {max(values):.2f} | "
+                     f"{'met' if not over else f'**MISSED** in {over} of {len(values)} runs'} |")
+    lines += ["", f"Lost or mixed-up replies in the fleet runs: every run finished all {len(jobs_per_run(results))} jobs, "
+              "every metrics.json and checkpoint.json names its own round (asserted), the data center's log has no "
+              "error (a lost reply would hang or fail a job; replies carry their request's id, and the edge checks every "
+              "checkpoint it receives against its sha256).", ""]
+    lines += ["## Drift-check latency while a training runs", ""]
+    if load_text:
+        lines += ["`benchmarks/datacenter_load_bench.py --no-write`, run by this script after the fleet runs "
+                  "(machine otherwise as above; method and earlier figures: benchmarks/results/datacenter-load.md):", "",
+                  split_tables(load_text), "",
+                  "The load bench asserts that each check's reply carries the checker's own state: it completed, so "
+                  "none of its checks got a lost or mixed-up reply.", ""]
+    else:
+        lines += ["Not rerun here (`--skip-load`); see benchmarks/results/datacenter-load.md.", ""]
+    return "\n".join(lines)
+
+
+def jobs_per_run(results: dict) -> list:
+    first = next(iter(results.values()))
+    return list(next(iter(first.values()))["rows"])
+
+
+def load_bench(timeout: float) -> str:
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks/datacenter_load_bench.py"), "--no-write"],
+                         cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        return f"(the load bench failed, exit {out.returncode}: {out.stderr.strip()[-800:]})"
+    keep = [line for line in out.stdout.splitlines() if line.startswith("|")]
+    return "\n".join(keep)
+
+
+def split_tables(text: str) -> str:
+    """A blank line before each table header of the load bench's output (its rows come without them)."""
+    lines = text.splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        if i and line.startswith("| ") and i + 1 < len(lines) and lines[i + 1].startswith("|---"):
+            out.append("")
+        out.append(line)
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (default 1)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for both arms, e.g. edge.batch_size=100 (YAML value)")
+    parser.add_argument("--skip-load", action="store_true", help="do not run benchmarks/datacenter_load_bench.py")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--keep", help="keep the work directories (and each finished arm's figures, reused by a later call) under this folder")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per snakemake run")
+    args = parser.parse_args()
+    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    scenario = yaml.safe_load(SCENARIO.read_text())
+    jobs = jobs_of(scenario)
+    seeds = list(range(args.seeds))
+    t0 = time.time()
+    results: dict[int, dict] = {}
+    reused: list[str] = []
+    tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fleet-bench-"))
+    try:
+        for s in seeds:
+            results[s] = {}
+            order = list(ARMS) if s % 2 == 0 else list(reversed(ARMS))  # alternate which arm runs first
+            for arm in order:
+                workdir, saved = tmp / f"seed{s}-{arm}", tmp / f"seed{s}-{arm}.json"
+                if args.keep and saved.is_file():  # finished by an earlier call with the same --keep: collect again
+                    timing = json.loads(saved.read_text())
+                    reused.append(f"seed {s} {arm}")
+                else:
+                    make_workdir(workdir, s, ARMS[arm], overrides)
+                    print(f"seed {s} {arm}: snakemake in {workdir}", file=sys.stderr, flush=True)
+                    timing = run_arm(workdir, args.timeout)
+                    saved.write_text(json.dumps(timing))
+                results[s][arm] = {**timing, **collect(workdir, jobs)}
+                t = totals(list(results[s][arm]["rows"].values()))
+                print(f"  seed {s} {arm}: wall {timing['wall']:.1f} s, labels {t['labels']}, fine-tunes {t['finetunes']}, "
+                      f"training {t['train_s']:.1f} s, acc {t['acc']:.4f}", file=sys.stderr, flush=True)
+            results[s] = {arm: results[s][arm] for arm in ARMS}
+        load_text, load_seconds = None, 0.0
+        load_saved = tmp / "load.json"
+        if args.keep and load_saved.is_file():
+            load_text, load_seconds = json.loads(load_saved.read_text())
+            reused.append("the load bench")
+        elif not args.skip_load:
+            print("datacenter_load_bench.py --no-write", file=sys.stderr, flush=True)
+            started = time.time()
+            load_text = load_bench(args.timeout)
+            load_seconds = time.time() - started
+            load_saved.write_text(json.dumps([load_text, load_seconds]))
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    spent = sum(results[s][arm]["wall"] for s in seeds for arm in ARMS) + load_seconds
+    text = report(results, seeds, overrides, load_text, time.time() - t0, spent, commit, reused)
+    print(text)
+    if not args.no_write:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
