@@ -58,6 +58,7 @@ def prepare(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
     if adopted:
         child = Snapshot(key, round_id, "prep_retraining", start, snapshot.zoo, None, snapshot.references)
     else:
+        data = pooled_rows(center, metadata, start, round_id, data)
         episode = Episode(id=child_key, round=round_id, start=start)
         child = Snapshot(key, round_id, "prep_retraining", start, snapshot.zoo, episode, snapshot.references,
                          None, data)
@@ -69,6 +70,7 @@ def prepare(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
         "selected_round": snapshot.zoo[best].round, "selected_shift": snapshot.zoo[best].shift,
         "score": float(scores[best]), "scores": json.dumps(ranking, sort_keys=True),
         "from_peer": best >= own, "candidates": len(snapshot.zoo),
+        "pooled_labels": 0 if adopted else data.pooled,  # another edge's labels this episode trains on too
         "labels_used": int(len(y)),  # every uniform label (half train, half validate)
     })
 
@@ -91,6 +93,32 @@ def with_peer_models(center: DataCenter, snapshot: Snapshot, metadata: dict[str,
                 references[entry.sha256] = other.references[entry.sha256]
                 known.add(entry.sha256)
     return dataclasses.replace(snapshot, zoo=tuple(zoo), references=references)
+
+
+def pooled_rows(center: DataCenter, metadata: dict[str, Any], start: str, round_id: str,
+                data: EpisodeData) -> EpisodeData:
+    """Shared drift, one group training: when the chosen start is the model a peer's episode of
+    this same round trained, this episode trains on that episode's labelled rows too.
+
+    The start being chosen says the drift is alike: of every candidate, that model fits this
+    edge's own uniform labels best. The pooled rows (the peer's training rows and what it had
+    pooled itself) are not this edge's labels: never counted in its budget and never validated
+    on, and rows of this edge's random sample (its held-back labels) are left out, so
+    validation stays on rows no model was trained on.
+    """
+    for peer in str(metadata.get("peers") or "").split(","):
+        if not peer:
+            continue
+        _, other = center.parent_state({"state": peer})
+        episode, peer_data = other.episode, other.data
+        if episode is None or peer_data is None or episode.round != round_id:
+            continue
+        if not any(entry.sha256 == start and entry.episode == episode.id for entry in other.zoo):
+            continue
+        x, y, ids = peer_data.training_rows()
+        keep = ~np.isin(ids, data.post_ids)
+        return dataclasses.replace(data, pool_x=x[keep], pool_y=y[keep], pool_ids=ids[keep])
+    return data
 
 
 def uniform_rows(center: DataCenter, labelled: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -51,7 +51,8 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
     data = seen.with_labels(new_x, new_y, new_ids)
     start = center.model(episode.start)
     with center.training_queue.slot(metadata.get("edge_id")) as ticket:  # only the fine-tune holds a slot
-        model = finetune(start, data.x, data.y, center.dataset, center.splits, config.finetune,
+        train_x, train_y, _ = data.training_rows()
+        model = finetune(start, train_x, train_y, center.dataset, center.splits, config.finetune,
                          center.settings.seed, episode.id)
     _, sha = save_checkpoint(model, center.model_spec(), center.store.checkpoints)
     center._models.setdefault(sha, model)
@@ -68,7 +69,7 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
                                          center.dataset.labels[center.splits.evaluation]),
         "prequential_accuracy": prequential, "agreement_with_previous": agreement,
         "validation_accuracy": new_score[0], "validation_labels": int(len(data.val_y)), "accepted": accepted,
-        "train_labels": int(len(data.y)), "replay": int(config.finetune.replay),
+        "train_labels": int(len(data.y)), "pooled_labels": data.pooled, "replay": int(config.finetune.replay),
     }
     center.store.write_registry_entry(sha, {"parent": episode.start, "round": episode.round, "episode": episode.id,
                                           "kind": "adapted", "shift": shift, "labels_used": labels_used,

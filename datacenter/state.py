@@ -71,6 +71,10 @@ class EpisodeData:
 
     The random sample is never an active-learning candidate, so a reference window built on it
     is an unbiased sample of the new data.
+
+    `pool_*`: labelled rows another edge's episode of the same round trained on, when this
+    episode starts from the model it made (one drift, one group training: prepare.pooled_rows).
+    They train, but are not this edge's labels: not counted, never validated on.
     """
 
     post_x: np.ndarray  # (n, features) float32, the random sample
@@ -80,12 +84,27 @@ class EpisodeData:
     x: np.ndarray  # (m, features) float32, training rows (uniform, then queried)
     y: np.ndarray  # (m,) int64
     ids: np.ndarray  # (m,) int64
+    pool_x: np.ndarray | None = None  # (p, features) float32, another edge's training rows
+    pool_y: np.ndarray | None = None  # (p,) int64
+    pool_ids: np.ndarray | None = None  # (p,) int64
 
     def with_labels(self, x: np.ndarray, y: np.ndarray, ids: np.ndarray) -> "EpisodeData":
         return dataclasses.replace(self, x=np.concatenate([self.x, x]), y=np.concatenate([self.y, y]),
                                    ids=np.concatenate([self.ids, ids]))
 
+    @property
+    def pooled(self) -> int:
+        return 0 if self.pool_y is None else len(self.pool_y)
 
+    def training_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(features, labels, ids) to train on: the pooled rows first, then this episode's own."""
+        if self.pool_y is None:
+            return self.x, self.y, self.ids
+        return (np.concatenate([self.pool_x, self.x]), np.concatenate([self.pool_y, self.y]),
+                np.concatenate([self.pool_ids, self.ids]))
+
+
+_POOL_ARRAYS = ("pool_x", "pool_y", "pool_ids")  # present only when the episode pooled another edge's rows
 _EPISODE_ARRAYS = {"post_x": "post_x", "post_ids": "post_ids", "val_x": "val_x", "val_y": "val_y",
                    "x": "episode_x", "y": "episode_y", "ids": "episode_ids"}
 
@@ -120,6 +139,8 @@ class Snapshot:
             out["monitor_ref"] = self.monitor_ref
         if self.data is not None:
             out.update({name: getattr(self.data, attr) for attr, name in _EPISODE_ARRAYS.items()})
+            if self.data.pool_y is not None:
+                out.update({name: getattr(self.data, name) for name in _POOL_ARRAYS})
         return out
 
     @staticmethod
@@ -127,7 +148,8 @@ class Snapshot:
         """The flat arrays of a .npz file back into `references`, `monitor_ref` and `data`."""
         references = {name[4:]: value for name, value in arrays.items() if name.startswith("ref:")}
         names = set(_EPISODE_ARRAYS.values())
-        data = EpisodeData(**{attr: arrays[name] for attr, name in _EPISODE_ARRAYS.items()}) \
+        pool = {name: arrays[name] for name in _POOL_ARRAYS if name in arrays}
+        data = EpisodeData(**{attr: arrays[name] for attr, name in _EPISODE_ARRAYS.items()}, **pool) \
             if names <= set(arrays) else None
         return {"references": references, "monitor_ref": arrays.get("monitor_ref"), "data": data}
 

@@ -240,6 +240,7 @@ class EdgeRound:
             "selection_scores": selection_info.get("scores"), "checkpoint_sha256": sha,
             "from_peer": bool(selection_info.get("from_peer")),  # the start came from another edge's lineage
             "reuse_spared_training": bool(selection_info.get("from_peer")) and decision == Decision.ADOPT.value,
+            "pooled_labels": int(selection_info.get("pooled_labels") or 0),  # a peer's labels of this round trained on too
             "batch_size": len(self.batch.ids), "seconds": round(seconds, 3), "queue_wait": round(self.queue_wait, 3),
         }
         predictions = pd.DataFrame({

@@ -40,3 +40,30 @@ def test_a_peer_model_spares_a_retraining(trained, settings, digits, splits):
     alone = edge_round(center, chosen, digits, splits, {"id": "z02", "shift": ROT}, base, "c")
     assert alone.metrics["decision"] in ("retrain", "rolled_back") and not alone.metrics["from_peer"]
     assert alone.checkpoint["state"] != b.checkpoint["state"]
+
+
+def test_edges_hit_by_one_drift_in_one_round_train_on_pooled_labels(trained, settings, digits, splits):
+    """Issue 11 item 5: edge b, in the same round as a and with a's state as a peer, starts from the
+    model a trained (its own labels chose it) and trains on a's labelled rows too; its own budget
+    counts only its own labels, and its held-back labels stay out of the pool. In another round,
+    the same peer gives a candidate but no pool."""
+    state_dir, base = trained
+    center = DataCenter(settings, digits, splits, StateStore(state_dir))
+    a = edge_round(center, settings, digits, splits, {"id": "z05", "shift": ROT}, base, "a")
+    assert a.metrics["decision"] == "retrain" and a.metrics["pooled_labels"] == 0
+    b = edge_round(center, settings, digits, splits, {"id": "z05", "shift": ROT}, base, "b",
+                   peers=(a.checkpoint["state"],))
+    m = b.metrics
+    # the strict harm test of these settings does not adopt a's model as it is: b trains, on the pool too
+    assert m["from_peer"] and m["decision"] in ("retrain", "rolled_back") and m["pooled_labels"] > 0
+    assert m["labels_used"] <= settings.edge.label_budget + settings.datacenter.harm_check.max_labels
+    _, snapshot = DataCenter(settings, digits, splits, StateStore(state_dir)).parent_state(
+        {"state": b.checkpoint["state"]})  # a fresh process reads the pool back
+    pool = snapshot.data
+    assert pool.pooled == m["pooled_labels"] and len(pool.pool_x) == len(pool.pool_ids) == m["pooled_labels"]
+    assert not set(pool.pool_ids.tolist()) & set(pool.post_ids.tolist())  # b's held-back labels stay out
+    _, a_snapshot = center.parent_state({"state": a.checkpoint["state"]})
+    assert set(pool.pool_ids.tolist()) <= set(a_snapshot.data.ids.tolist())
+    later = edge_round(center, settings, digits, splits, {"id": "z06", "shift": ROT}, base, "c",
+                       peers=(a.checkpoint["state"],))
+    assert later.metrics["pooled_labels"] == 0  # a's episode was another round: a candidate, not a group

@@ -75,9 +75,10 @@ def test_an_invalid_fleet_is_refused_before_any_job(fresh: Workdir, scenario: di
     assert named in output, output[-2000:]
 
 
-def test_share_zoo_gives_each_round_the_other_edges_earlier_checkpoints(tmp_path) -> None:
-    """Opt-in: with `share_zoo: true` an edge's round names the other edges' latest earlier
-    checkpoints (`--peers`), so their models are candidates when it chooses a start; off, none."""
+def test_share_zoo_gives_each_round_the_other_edges_latest_checkpoints(tmp_path) -> None:
+    """Opt-in: with `share_zoo: true` an edge's round names the other edges' latest checkpoints
+    (`--peers`): of this round for the edges listed before it, of an earlier round for the
+    others, so their models are candidates when it chooses a start; off, none."""
     work = make_workdir(tmp_path / "wf")
     work.write_scenario(SMALL_FLEET)
     plain = work.run("-n", "-p", "--cores", "2").stdout
@@ -86,7 +87,11 @@ def test_share_zoo_gives_each_round_the_other_edges_earlier_checkpoints(tmp_path
     config["share_zoo"] = True
     work.write_config(config)
     shared = work.run("-n", "-p", "--cores", "2").stdout
-    second_of_b = [line for line in shared.splitlines() if "--edge-id b --round r02" in line]
-    assert second_of_b and "--peers results/edges/a/rounds/r01/checkpoint.json" in second_of_b[0]
-    first_of_a = [line for line in shared.splitlines() if "--edge-id a --round r01" in line]
-    assert first_of_a and "results/edges/b/" not in first_of_a[0]
+    def command(edge: str, round_id: str) -> str:
+        lines = [line for line in shared.splitlines() if f"--edge-id {edge} --round {round_id}" in line]
+        assert len(lines) == 1, shared[-3000:]
+        return lines[0]
+
+    assert "--peers results/edges/a/rounds/r02/checkpoint.json" in command("b", "r02")  # a is listed first
+    assert "--peers results/edges/b/rounds/r01/checkpoint.json" in command("a", "r02")  # b's earlier round only
+    assert "results/edges/b/" not in command("a", "r01") and "--peers results/edges/a/rounds/r01/" in command("b", "r01")

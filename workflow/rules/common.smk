@@ -136,18 +136,26 @@ def previous_checkpoint(wildcards):
 
 
 def peer_checkpoints(wildcards):
-    """With `share_zoo: true`, the other edges' latest checkpoints before this round: their zoo
+    """With `share_zoo: true`, the other edges' latest checkpoints up to this round: their zoo
     models are candidates when this edge chooses a start (issue 11's shared zoo).
 
+    An edge listed before this one in `edges` that takes part in this round gives its checkpoint
+    *of this round*; the others their latest earlier one. So edges hit by one drift in one round
+    train once: the first of them to meet it retrains, each later one is offered that model and
+    adopts it only if it passes its own harm test on its own labels (else it trains its own).
     Explicit inputs keep the answer deterministic, at a price: a round then waits for every
-    edge's earlier rounds, and editing one edge's round reruns the later rounds of all edges.
+    edge's earlier rounds and for the same round of the edges listed before it, so the fleet's
+    rounds run one after another, and editing one edge's round reruns the later rounds of all edges.
     """
     if not config.get("share_zoo", False):
         return []
-    earlier = set(TIMELINE[:TIMELINE.index(wildcards.round)])
+    position = TIMELINE.index(wildcards.round)
+    edges = list(FLEET)
+    me = edges.index(wildcards.edge)
     peers = []
-    for edge, rounds in FLEET.items():
-        done = [round_id for round_id in rounds if round_id in earlier]
+    for index, edge in enumerate(edges):
+        window = set(TIMELINE[:position + 1] if index < me else TIMELINE[:position])
+        done = [round_id for round_id in FLEET[edge] if round_id in window]
         if edge != wildcards.edge and done:
             peers.append(f"results/edges/{edge}/rounds/{done[-1]}/checkpoint.json")
     return peers

@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 COLUMNS = ["edge", "round", "shift", "flagged", "decision", "accuracy_before", "accuracy_after", "accuracy_after_in_sample",
-           "estimate_atc", "estimate_doc", "retrained", "labels_used", "queue_wait", "checkpoint", "sha256"]
+           "estimate_atc", "estimate_doc", "retrained", "labels_used", "pooled_labels", "from_peer", "queue_wait", "checkpoint", "sha256"]
 
 
 def _rounded(value) -> float | None:
@@ -43,6 +43,9 @@ def read_rows(edges: list[str], metrics_files: list[str], checkpoint_files: list
             "estimate_doc": _rounded(metrics.get("estimate_doc")),
             "retrained": bool(metrics["retrained"]),
             "labels_used": int(metrics["labels_used"]),
+            # a fleet sharing its zoo: another edge's labels of this round trained on too; the start came from another edge
+            "pooled_labels": int(metrics.get("pooled_labels") or 0),
+            "from_peer": bool(metrics.get("from_peer")),
             "queue_wait": _rounded(metrics.get("queue_wait")),  # seconds in the data center's training queue
             "checkpoint": checkpoint["checkpoint"],
             "sha256": checkpoint["sha256"],
