@@ -8,6 +8,7 @@ outputs on the random sample, which no query touched: an unbiased picture of the
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -51,9 +52,11 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
     data = seen.with_labels(new_x, new_y, new_ids)
     start = center.model(episode.start)
     with center.training_queue.slot(metadata.get("edge_id")) as ticket:  # only the fine-tune holds a slot
+        began = time.perf_counter()
         train_x, train_y, _ = data.training_rows()
         model = finetune(start, train_x, train_y, center.dataset, center.splits, config.finetune,
                          center.settings.seed, episode.id)
+        trained_for = time.perf_counter() - began
     _, sha = save_checkpoint(model, center.model_spec(), center.store.checkpoints)
     center._models.setdefault(sha, model)
     best = episode.best or episode.start
@@ -96,6 +99,7 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
         "converged": converged, "stalled": stalled, "accepted": accepted, "trained": sha, "decision": outcome.value,
         "validation_accuracy": new_score[0], "best_validation_accuracy": max(new_score, best_score)[0],
         "queue_wait": ticket.wait,  # seconds this request waited for a training slot (other edges' fine-tunes)
+        "training_seconds": round(trained_for, 3),  # the fine-tune itself, in its slot (timing, not a result)
     })
 
 

@@ -80,6 +80,7 @@ class EdgeRound:
         self.uniform_labels = 0  # how many of random_rows (in order) are labelled
         self.queried_rows = np.zeros(0, dtype=np.int64)
         self.queue_wait = 0.0  # seconds the data center's training queue held this round's retrainings
+        self.training_seconds = 0.0  # seconds the data center fine-tuned for this round
 
     def frame(self, rows: np.ndarray, labelled: int | bool) -> pd.DataFrame:
         """A sample frame of `rows`; the first `labelled` rows (all if True) carry their label."""
@@ -184,6 +185,7 @@ class EdgeRound:
             reply = await self.ask(Message.RETRAIN, self.frame(rows, True), None)
             more = reply.flag
             self.queue_wait += float(reply.info.get("queue_wait") or 0.0)
+            self.training_seconds += float(reply.info.get("training_seconds") or 0.0)
             self.queried_rows = np.concatenate([self.queried_rows, rows])
             self.keep(reply, Message.RETRAIN)
             model, path, sha = self.load(reply.sha256)
@@ -242,6 +244,7 @@ class EdgeRound:
             "reuse_spared_training": bool(selection_info.get("from_peer")) and decision == Decision.ADOPT.value,
             "pooled_labels": int(selection_info.get("pooled_labels") or 0),  # a peer's labels of this round trained on too
             "batch_size": len(self.batch.ids), "seconds": round(seconds, 3), "queue_wait": round(self.queue_wait, 3),
+            "training_seconds": round(self.training_seconds, 3),
         }
         predictions = pd.DataFrame({
             "id": self.batch.ids, "label": pd.array(self.batch.labels, dtype="Int64"),
