@@ -4,9 +4,13 @@ Prints a Markdown table and writes it to benchmarks/results/fleet.md. Measured i
 on this machine, for each seed, two arms on the same scenario and seed:
 
 - isolation: `share_zoo: false`, each edge alone with its own lineage (the baseline);
-- fleet: `share_zoo: true`, another edge's adapted models are candidates when an edge
-  chooses a start (issue 11 item 4). Item 5 (one retraining for a group on pooled labels)
-  is not built: no arm has it.
+- fleet: `share_zoo: true`, issue 11 items 4 and 5. Item 4, a shared zoo: another edge's
+  adapted models are candidates when an edge chooses a start; an edge's round names as peers
+  the same round's checkpoints of the edges listed before it in `edges` and the latest earlier
+  checkpoints of the others, so the fleet's (edge, round) jobs run one after another. Item 5,
+  one drift, one group training: when an edge's own labels choose as its start the model a
+  peer's episode of the same round trained, its episode trains on that episode's labelled rows
+  too (`pooled_labels`, not counted in `labels_used`).
 
 Each arm is a real `snakemake --cores 2` in a temp copy of the workflow (Snakefile, workflow/,
 config/, as tests/workflow/snakemake_workdir.py's make_workdir does), with the default
@@ -15,28 +19,37 @@ and benchmarks/scenarios/fleet8x12.yaml as config/rounds.yaml.
 
 Per arm, from results/edges/<edge>/rounds/<round>/metrics.json and logs/edges/<edge>/rounds/<round>.log:
 
-- labels = Σ `labels_used` (uniform + queried);
+- labels = Σ `labels_used` (uniform + queried; this edge's own labels, pooled rows excluded);
+- pooled = Σ `pooled_labels` (a peer episode's rows an episode also trained on) and the
+  number of rounds with `pooled_labels` > 0;
 - fine-tunes = Σ `iterations` (one data-center fine-tune each); retrains = rounds with
   decision `retrain`; adoptions = decision `adopt`; `from_peer`, `reuse_spared_training` counts;
-- training seconds = per round with an episode, the edge log's time from "start from" (the
-  start chosen) to the last "retraining N" reply, minus `queue_wait` (the seconds the data
-  center's training queue held the requests): the fine-tunes plus their validation and
-  transfer, without waiting for other edges' fine-tunes;
+  episodes = rounds with at least one fine-tune;
+- training seconds = Σ metrics.json `training_seconds`: the data center's fine-tune seconds
+  for the round, summed over its retraining requests, timed inside the training slot (queue
+  wait, validation and transfer excluded). Used for the ratio and the target. Cross-check,
+  reported beside it: the edge log's time from "start from" (the start chosen) to the last
+  "retraining N" reply, minus `queue_wait` (the fine-tunes plus validation and transfer; the
+  figure the previous version of this script used, before metrics.json had `training_seconds`);
 - accuracy = `accuracy_after`, held-out rows with the round's shift.
 
 Paired per (seed, edge, round): fleet - isolation; 95% intervals by a cluster bootstrap that
 resamples (seed, edge) chains (rounds of one edge are chained, not independent).
 
 Workflow overhead (8 edges, 2 cores), per (edge, round) job, two ways:
-- aggregate: (rounds phase wall - Σ job seconds / 2) / jobs, rounds phase = from base.json's
+- aggregate: (rounds phase wall - Σ job seconds / k) / jobs, rounds phase = from base.json's
   write to the last checkpoint.json write, job seconds = `seconds` in checkpoint.json (the
-  edge's own round: handshake to reply, queue waits included);
+  edge's own round: handshake to reply, queue waits included), k = the most jobs whose own
+  seconds overlapped, at most 2 cores (1 for the fleet arm, whose jobs form one chain);
 - dispatch gap: per job, (its checkpoint write - its `seconds`) - the last output written
   before that (any job's checkpoint or base.json): Snakemake noticing, scheduling, the warm
   starter's fork, loading the dataset, drawing the batch, writing outputs.
 
 Drift-check latency while training runs: benchmarks/datacenter_load_bench.py measures it;
 this script runs it (`--no-write`) after the fleet runs and quotes its table.
+
+The result ends with the previous run's figures (item 4 only, commit 7afb944), quoted from
+the fleet.md that run wrote (PREVIOUS below), for comparison.
 
     python benchmarks/fleet_bench.py                 # 1 seed, both arms, then the load bench
     python benchmarks/fleet_bench.py --seeds 2 --skip-load
@@ -69,6 +82,34 @@ CORES = 2
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) edge INFO round \S+: (start from|retraining \d+ with)")
 GROUPS = {"A (a-d: rotate, same round)": "abcd", "B (e-h: translate, staggered)": "efgh"}
 
+# The previous run, quoted for comparison (benchmarks/results/fleet.md as committed in b1aefa0: runs on
+# 7afb944/b375c74, which differ only in localrules; item 4 only; training seconds from edge logs).
+PREVIOUS = """## Previous run: item 4 only (commit 7afb944, quoted)
+
+From benchmarks/results/fleet.md as committed in b1aefa0 (runs started on 7afb944; its header names b375c74,
+the HEAD of its last collecting call, which only adds localrules). The fleet arm then had the shared zoo only
+(peers = the other edges' checkpoints of *earlier* rounds only, so a round's 8 jobs could run 2 at a time)
+and no pooling; training seconds were taken from edge-log timestamps (start chosen -> last retraining reply, minus queue
+wait), not from metrics.json. 3 seeds, the same scenario and config.
+
+| arm | snakemake wall s (per seed) | labels (uniform + queried) | fine-tunes | training s (logs) | retrains | adoptions | from_peer | reuse_spared_training | queue wait s | mean held-out acc after |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+| isolation | 248.7 / 178.8 / 189.2 | 4575 (2115 + 2460) | 246 | 547.5 | 72 | 4 | 0 | 0 | 261.7 | 0.9100 |
+| fleet (item 4) | 157.0 / 139.6 / 135.2 | 4545 (3045 + 1500) | 150 | 281.2 | 37 | 30 | 34 | 12 | 101.1 | 0.9273 |
+
+| target | measured then | verdict then |
+|---|---|---|
+| labels <= 50% of isolation | 0.993 [0.896, 1.109] | **MISSED** |
+| training seconds <= 50% of isolation | 0.514 [0.416, 0.630] (log-derived) | **MISSED** |
+| fine-tunes ratio (no target) | 0.610 [0.512, 0.718] | |
+| held-out accuracy equal or better | +0.0173 [+0.0083, +0.0271] | met |
+| workflow overhead <= 0.5 s a round | aggregate 0.32 - 0.46 s (divided by 2 cores) / dispatch gap 0.48 - 0.62 s | met / **MISSED** in 5 of 6 runs |
+| drift check p99 <= 100 ms while training | 161.2 ms (4 training edges) | **MISSED** |
+| 0 lost replies | all 6 runs complete, clean data-center logs | met |
+
+Same checkpoint in both arms then: 68 of 288 jobs.
+"""
+
 
 # ----------------------------------------------------------------------------- runs
 def make_workdir(target: Path, seed: int, share: bool, overrides: dict) -> Path:
@@ -100,8 +141,8 @@ def stamp(text: str) -> float:
     return dt.datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f").timestamp()  # local time, as the file mtimes
 
 
-def training_seconds(log_file: Path, queue_wait: float) -> float:
-    """The edge log's time from the chosen start to the last retraining reply, minus the queue wait."""
+def log_training_seconds(log_file: Path, queue_wait: float) -> float:
+    """Cross-check only: the edge log's time from the chosen start to the last retraining reply, minus the queue wait."""
     times = [stamp(m.group(1)) for m in map(LOG_TIME.match, log_file.read_text().splitlines()) if m]
     return max(0.0, times[-1] - times[0] - queue_wait) if len(times) >= 2 else 0.0
 
@@ -124,12 +165,14 @@ def collect(workdir: Path, jobs: list[tuple[str, str]]) -> dict:
         metrics = json.loads((folder / "metrics.json").read_text())
         record = json.loads((folder / "checkpoint.json").read_text())
         assert metrics["round"] == round_id and record["round"] == round_id, (edge, round_id)
-        train = training_seconds(workdir / f"logs/edges/{edge}/rounds/{round_id}.log", float(metrics["queue_wait"]))
+        log_train = log_training_seconds(workdir / f"logs/edges/{edge}/rounds/{round_id}.log", float(metrics["queue_wait"]))
         rows[(edge, round_id)] = {
             "labels": int(metrics["labels_used"]), "uniform": int(metrics["labels_uniform"]),
             "queried": int(metrics["labels_queried"]), "acc_before": float(metrics["accuracy_before"]),
             "acc": float(metrics["accuracy_after"]), "decision": metrics["decision"],
-            "finetunes": int(metrics["iterations"]), "train_s": train if metrics["iterations"] else 0.0,
+            "finetunes": int(metrics["iterations"]), "train_s": float(metrics["training_seconds"]),
+            "train_s_log": log_train if metrics["iterations"] else 0.0,
+            "pooled": int(metrics.get("pooled_labels") or 0),
             "queue_wait": float(metrics["queue_wait"]), "from_peer": bool(metrics["from_peer"]),
             "spared": bool(metrics["reuse_spared_training"]), "flagged": bool(metrics["flagged"]),
             "shift": metrics["shift"], "seconds": float(record["seconds"]),
@@ -148,14 +191,19 @@ def overhead(run: dict) -> dict:
     end = max(r["written"] for r in rows)
     phase = end - run["base"]
     own = sum(r["seconds"] for r in rows)
-    aggregate = (phase - own / CORES) / len(rows)
+    spans = sorted((r["written"] - r["seconds"], r["written"]) for r in rows)
+    overlap = 1
+    for i, (begin, end_i) in enumerate(spans):  # the most jobs whose own seconds overlap at one instant
+        overlap = max(overlap, 1 + sum(1 for b, e in spans[:i] if e > begin + 1e-3))
+    parallel = min(CORES, overlap)
+    aggregate = (phase - own / parallel) / len(rows)
     finishes = sorted([run["base"]] + [r["written"] for r in rows])
     gaps = []
     for r in rows:
         began = r["written"] - r["seconds"]
         before = [f for f in finishes if f <= began + 1e-6]
         gaps.append(began - before[-1] if before else float("nan"))
-    return {"phase": phase, "own": own, "aggregate": aggregate, "gap_mean": statistics.fmean(gaps),
+    return {"phase": phase, "own": own, "parallel": parallel, "aggregate": aggregate, "gap_mean": statistics.fmean(gaps),
             "gap_p90": float(np.percentile(gaps, 90)), "until_base": run["base"] - run["started"],
             "after": run["started"] + run["wall"] - end}
 
@@ -165,6 +213,9 @@ def totals(rows: list[dict]) -> dict:
     n = len(rows)
     return {"labels": sum(r["labels"] for r in rows), "uniform": sum(r["uniform"] for r in rows),
             "queried": sum(r["queried"] for r in rows), "train_s": sum(r["train_s"] for r in rows),
+            "train_s_log": sum(r["train_s_log"] for r in rows),
+            "pooled": sum(r["pooled"] for r in rows), "pooled_rounds": sum(r["pooled"] > 0 for r in rows),
+            "episodes": sum(r["finetunes"] > 0 for r in rows),
             "finetunes": sum(r["finetunes"] for r in rows), "acc": sum(r["acc"] for r in rows) / n,
             "retrains": sum(r["decision"] == "retrain" for r in rows),
             "adopts": sum(r["decision"] == "adopt" for r in rows),
@@ -209,6 +260,7 @@ def report(results: dict, seeds: list[int], overrides: dict, load_text: str | No
     tot = {arm: totals([runs[arm][k] for k in keys]) for arm in ARMS}
     label_ratio = bootstrap(runs, keys, ratio("labels"))
     train_ratio = bootstrap(runs, keys, ratio("train_s"))
+    train_log_ratio = bootstrap(runs, keys, ratio("train_s_log"))
     finetune_ratio = bootstrap(runs, keys, ratio("finetunes"))
     acc_diff = bootstrap(runs, keys, mean_diff("acc"))
     shifted = [k for k in keys if runs["isolation"][k]["shift"] != "none"]
@@ -216,12 +268,21 @@ def report(results: dict, seeds: list[int], overrides: dict, load_text: str | No
     label_diff = bootstrap(runs, keys, mean_diff("labels"))
     train_diff = bootstrap(runs, keys, mean_diff("train_s"))
     same = sum(runs["isolation"][k]["sha"] == runs["fleet"][k]["sha"] for k in keys)
+    overheads = {(s, arm): overhead(results[s][arm]) for s in seeds for arm in ARMS}
+    measures = {"aggregate": [o["aggregate"] for o in overheads.values()],
+                "dispatch gap": [o["gap_mean"] for o in overheads.values()]}
+    expected = len(jobs_per_run(results))
+    clean = [(s, arm) for s in seeds for arm in ARMS
+             if len(results[s][arm]["rows"]) == expected and results[s][arm]["summary_rows"] == expected
+             and results[s][arm]["dc_errors"] == 0]
+    lost_ok = len(clean) == len(seeds) * len(ARMS)
+    p99 = re.search(r"\| drift check p99 <= (\d+) ms while a training runs \| ([\d.]+) ms \|", load_text or "")
 
     def per_seed(arm, field, digits=1):
         return " / ".join(f"{results[s][arm][field]:.{digits}f}" for s in seeds)
 
     lines = [
-        "# Fleet benchmark (issue 11: 8 edges x 12 rounds, isolation vs shared zoo)", "",
+        "# Fleet benchmark (issue 11: 8 edges x 12 rounds, isolation vs shared zoo + group training)", "",
         f"`python benchmarks/fleet_bench.py {' '.join(sys.argv[1:])}`".replace(" `", "`") +
         f" on {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, commit {commit}: "
         f"{os.cpu_count()} cores, Python {platform.python_version()}; seeds {seeds}; the benchmark took "
@@ -239,28 +300,52 @@ def report(results: dict, seeds: list[int], overrides: dict, load_text: str | No
         " g,h    .   .   .   .   T   T   .   .   T   .   R   .",
         "```", "",
         "- **isolation**: `share_zoo: false`, each edge chooses its start among its own lineage's models only.",
-        "- **fleet**: `share_zoo: true`, the other edges' latest models (as of the previous timeline round) are "
-        "candidates too (issue 11 item 4).",
-        "- **Not built: item 5** (one retraining for a group that flags together, on pooled labels). Neither arm has "
-        "it; every edge that needs a retraining still runs its own episode. The labels/training targets below are "
-        "measured for what exists: a shared zoo.", "",
+        "- **fleet**: `share_zoo: true`, issue 11 items 4 and 5. Item 4: the other edges' models are candidates "
+        "too; an edge's round names the same round's checkpoints of the edges listed before it in `edges` and the "
+        "latest earlier ones of the others, so the fleet's 96 jobs run one after another. Item 5: when an edge's own "
+        "labels choose as its start the model a peer's episode of the same round trained, its episode also trains on "
+        "that episode's labelled rows (`pooled_labels`; not counted in `labels_used`, never validated on).",
+        "- **training seconds** = Σ metrics.json `training_seconds` (the data center's fine-tune seconds in the "
+        "training slot, summed over a round's retrainings; no queue wait, validation or transfer); used for the "
+        "ratio and the target. `log s` = the previous script's figure, from edge-log timestamps (start chosen -> "
+        "last retraining reply, minus queue wait), kept as a cross-check.", "",
         f"## Per arm (totals over {len(seeds)} seed(s) x 96 (edge, round) jobs)", "",
-        "| arm | snakemake wall s (per seed) | labels (uniform + queried) | fine-tunes | training s | retrains | adoptions | from_peer | "
+        "| arm | snakemake wall s (per seed) | labels (uniform + queried) | pooled labels (rounds that pooled) | "
+        "fine-tunes | episodes | training s | log s (cross-check) | retrains | adoptions | from_peer | "
         "reuse_spared_training | flagged | queue wait s | mean held-out acc after | jobs |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for arm in ARMS:
         t = tot[arm]
-        lines.append(f"| {arm} | {per_seed(arm, 'wall')} | {t['labels']} ({t['uniform']} + {t['queried']}) | {t['finetunes']} | {t['train_s']:.1f} | "
-                     f"{t['retrains']} | {t['adopts']} | {t['from_peer']} | {t['spared']} | {t['flagged']} | "
-                     f"{t['queue_wait']:.1f} | {t['acc']:.4f} | {t['n']} |")
+        lines.append(f"| {arm} | {per_seed(arm, 'wall')} | {t['labels']} ({t['uniform']} + {t['queried']}) | "
+                     f"{t['pooled']} ({t['pooled_rounds']}) | {t['finetunes']} | {t['episodes']} | {t['train_s']:.1f} | "
+                     f"{t['train_s_log']:.1f} | {t['retrains']} | {t['adopts']} | {t['from_peer']} | {t['spared']} | "
+                     f"{t['flagged']} | {t['queue_wait']:.1f} | {t['acc']:.4f} | {t['n']} |")
+    overhead_worst = {name: max(values) for name, values in measures.items()}
     lines += [
+        "", "## Targets (issue 11), plainly", "",
+        "| target | measured | verdict |", "|---|---|---|",
+        f"| labels <= 50% of isolation | {label_ratio[0]:.1%} [{label_ratio[1]:.1%}, {label_ratio[2]:.1%}] | "
+        f"{'met' if label_ratio[0] <= 0.5 else '**MISSED**'} |",
+        f"| training seconds <= 50% of isolation | {train_ratio[0]:.1%} [{train_ratio[1]:.1%}, {train_ratio[2]:.1%}] | "
+        f"{'met' if train_ratio[0] <= 0.5 else '**MISSED**'} |",
+        f"| held-out accuracy equal or better | {acc_diff[0]:+.4f} [{acc_diff[1]:+.4f}, {acc_diff[2]:+.4f}] | "
+        f"{'met' if acc_diff[0] >= 0 else '**MISSED**'}{' (interval includes 0)' if acc_diff[1] <= 0 <= acc_diff[2] else ''} |",
+        f"| workflow overhead <= 0.5 s a round (per job; aggregate / dispatch gap, worst run) | "
+        f"{overhead_worst['aggregate']:.2f} s / {overhead_worst['dispatch gap']:.2f} s | "
+        + " / ".join("met" if v <= 0.5 else "**MISSED**" for v in overhead_worst.values()) + " |",
+        "| drift check p99 <= 100 ms while training (load bench, worst load) | "
+        + (f"{float(p99.group(2)):.1f} ms | {'met' if float(p99.group(2)) <= float(p99.group(1)) else '**MISSED**'} |"
+           if p99 else "not measured | - |"),
+        f"| 0 lost or mixed-up replies | {len(clean)} of {len(seeds) * len(ARMS)} runs complete and clean"
+        f"{'; load bench completed' if p99 else ''} | {'met' if lost_ok and p99 else ('met (fleet runs)' if lost_ok else '**MISSED**')} |",
         "", "## Paired, fleet against isolation (per (seed, edge, round); 95% interval: bootstrap over (seed, edge) "
         "chains, 4000 resamples)", "",
         "| measure | fleet / isolation or fleet - isolation | target | verdict |", "|---|---|---|---|",
         f"| labels, total ratio | {fmt_ci(*label_ratio)} | <= 0.50 | {'met' if label_ratio[0] <= 0.5 else '**MISSED**'} |",
-        f"| training seconds, total ratio | {fmt_ci(*train_ratio)} | <= 0.50 | "
+        f"| training seconds (metrics.json `training_seconds`), total ratio | {fmt_ci(*train_ratio)} | <= 0.50 | "
         f"{'met' if train_ratio[0] <= 0.5 else '**MISSED**'} |",
+        f"| training seconds from edge logs (cross-check), total ratio | {fmt_ci(*train_log_ratio)} | | |",
         f"| fine-tunes, total ratio (load-independent) | {fmt_ci(*finetune_ratio)} | | |",
         f"| held-out accuracy after, mean difference, all rounds | {fmt_ci(*acc_diff, digits=4, sign=True)} | >= 0 | "
         f"{'met' if acc_diff[0] >= 0 else '**MISSED**'}{' (interval includes 0)' if acc_diff[1] <= 0 <= acc_diff[2] else ''} |",
@@ -271,19 +356,22 @@ def report(results: dict, seeds: list[int], overrides: dict, load_text: str | No
         "", f"Same checkpoint in both arms: {same} of {len(keys)} jobs.", "",
     ]
     # per group and per timeline round
-    lines += ["## By group", "", "| group | arm | labels | fine-tunes | training s | from_peer | reuse_spared | "
-              "mean acc after | mean acc after, shifted rounds |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["## By group", "", "| group | arm | labels | pooled labels (rounds) | fine-tunes | episodes | training s | "
+              "from_peer | reuse_spared | mean acc after | mean acc after, shifted rounds |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, members in GROUPS.items():
         for arm in ARMS:
             sel = [runs[arm][k] for k in keys if k[1] in members]
             t = totals(sel)
             sh = [r["acc"] for r in sel if r["shift"] != "none"]
-            lines.append(f"| {name} | {arm} | {t['labels']} | {t['finetunes']} | {t['train_s']:.1f} | {t['from_peer']} | "
+            lines.append(f"| {name} | {arm} | {t['labels']} | {t['pooled']} ({t['pooled_rounds']}) | {t['finetunes']} | "
+                         f"{t['episodes']} | {t['train_s']:.1f} | {t['from_peer']} | "
                          f"{t['spared']} | {t['acc']:.4f} | {statistics.fmean(sh):.4f} |")
     timeline = sorted({k[2] for k in keys})
     lines += ["", "## By timeline round (all edges, all seeds; isolation / fleet)", "",
-              "| round | labels | fine-tunes | decisions isolation | decisions fleet | from_peer (fleet) | "
-              "mean acc before | mean acc after |", "|---|---|---|---|---|---:|---|---|"]
+              "| round | labels | fine-tunes | episodes | training s | decisions isolation | decisions fleet | "
+              "from_peer (fleet) | pooled labels (rounds), fleet | mean acc before | mean acc after |",
+              "|---|---|---|---|---|---|---|---:|---:|---|---|"]
     for rid in timeline:
         ks = [k for k in keys if k[2] == rid]
         iso, fl = [runs["isolation"][k] for k in ks], [runs["fleet"][k] for k in ks]
@@ -296,30 +384,31 @@ def report(results: dict, seeds: list[int], overrides: dict, load_text: str | No
 
         lines.append(
             f"| {rid} | {sum(r['labels'] for r in iso)} / {sum(r['labels'] for r in fl)} | "
-            f"{sum(r['finetunes'] for r in iso)} / {sum(r['finetunes'] for r in fl)} | {decisions(iso)} | "
+            f"{sum(r['finetunes'] for r in iso)} / {sum(r['finetunes'] for r in fl)} | "
+            f"{sum(r['finetunes'] > 0 for r in iso)} / {sum(r['finetunes'] > 0 for r in fl)} | "
+            f"{sum(r['train_s'] for r in iso):.1f} / {sum(r['train_s'] for r in fl):.1f} | {decisions(iso)} | "
             f"{decisions(fl)} | {sum(r['from_peer'] for r in fl)} | "
+            f"{sum(r['pooled'] for r in fl)} ({sum(r['pooled'] > 0 for r in fl)}) | "
             f"{statistics.fmean(r['acc_before'] for r in iso):.3f} / {statistics.fmean(r['acc_before'] for r in fl):.3f} | "
             f"{statistics.fmean(r['acc'] for r in iso):.3f} / {statistics.fmean(r['acc'] for r in fl):.3f} |")
     # overhead
     lines += ["", "## Workflow overhead at 8 edges on 2 cores", "",
-              "Aggregate = (rounds phase - Σ job seconds / 2) / 96 jobs; rounds phase = base.json written -> last "
+              "Aggregate = (rounds phase - Σ job seconds / k) / 96 jobs; rounds phase = base.json written -> last "
               "checkpoint.json written; job seconds = checkpoint.json `seconds` (the edge's own round, queue waits "
-              "included). Dispatch gap = per job, its start of own work (checkpoint write - `seconds`) - the last "
+              "included); k = the most jobs whose own seconds overlapped, at most 2 (the fleet arm's jobs form one "
+              "chain, so k = 1 there; the previous version divided by 2 always). Dispatch gap = per job, its start of own work (checkpoint write - `seconds`) - the last "
               "output written before it: Snakemake's scheduling, the warm starter's fork, dataset load and batch "
               "drawing, output writing. Per timeline round = per job x 8.", "",
-              "| seed | arm | snakemake wall s | until base s | rounds phase s | Σ job seconds | after last round s | "
+              "| seed | arm | snakemake wall s | until base s | rounds phase s | Σ job seconds | after last round s | k | "
               "aggregate overhead s/job | per timeline round s | dispatch gap mean s/job | p90 | jobs ok | summary rows | "
               "data-center log errors |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    measures: dict[str, list[float]] = {"aggregate": [], "dispatch gap": []}
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in seeds:
         for arm in ARMS:
             run = results[s][arm]
-            o = overhead(run)
-            measures["aggregate"].append(o["aggregate"])
-            measures["dispatch gap"].append(o["gap_mean"])
+            o = overheads[(s, arm)]
             lines.append(f"| {s} | {arm} | {run['wall']:.1f} | {o['until_base']:.1f} | {o['phase']:.1f} | {o['own']:.1f} | "
-                         f"{o['after']:.1f} | {o['aggregate']:.2f} | {o['aggregate'] * 8:.2f} | {o['gap_mean']:.2f} | "
+                         f"{o['after']:.1f} | {o['parallel']} | {o['aggregate']:.2f} | {o['aggregate'] * 8:.2f} | {o['gap_mean']:.2f} | "
                          f"{o['gap_p90']:.2f} | {len(run['rows'])} | {run['summary_rows']} | {run['dc_errors']} |")
     lines += ["", "| target: workflow overhead <= 0.5 s a round (per (edge, round) job) | runs | range s | verdict |",
               "|---|---:|---|---|"]
@@ -327,9 +416,12 @@ def report(results: dict, seeds: list[int], overrides: dict, load_text: str | No
         over = sum(v > 0.5 for v in values)
         lines.append(f"| {name} | {len(values)} | {min(values):.2f} - {max(values):.2f} | "
                      f"{'met' if not over else f'**MISSED** in {over} of {len(values)} runs'} |")
-    lines += ["", f"Lost or mixed-up replies in the fleet runs: every run finished all {len(jobs_per_run(results))} jobs, "
-              "every metrics.json and checkpoint.json names its own round (asserted), the data center's log has no "
-              "error (a lost reply would hang or fail a job; replies carry their request's id, and the edge checks every "
+    lines += ["", (f"Lost or mixed-up replies: every run finished all {expected} jobs with {expected} summary rows, "
+                   "every metrics.json and checkpoint.json names its own round (asserted), the data center's log has no "
+                   "error" if lost_ok else
+                   f"Lost or mixed-up replies: only {len(clean)} of {len(seeds) * len(ARMS)} runs finished all {expected} "
+                   "jobs with a clean data-center log (see the table)")
+              + " (a lost reply would hang or fail a job; replies carry their request's id, and the edge checks every "
               "checkpoint it receives against its sha256).", ""]
     lines += ["## Drift-check latency while a training runs", ""]
     if load_text:
@@ -340,6 +432,7 @@ def report(results: dict, seeds: list[int], overrides: dict, load_text: str | No
                   "none of its checks got a lost or mixed-up reply.", ""]
     else:
         lines += ["Not rerun here (`--skip-load`); see benchmarks/results/datacenter-load.md.", ""]
+    lines += [PREVIOUS]
     return "\n".join(lines)
 
 
