@@ -46,43 +46,46 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
                      max_iterations=edge.max_iterations):
         raise RequestError(f"these {len(new)} labels are past the episode's budget (max_iterations="
                            f"{edge.max_iterations}, label_budget={edge.label_budget}, used {episode.labels_used})")
-    previous = center.model(snapshot.current)
-    new_x, new_y = frame_features(new), frame_labels(new)
-    prequential = accuracy_of(predict_proba(previous, center.as_images(new_x)), new_y)
-    data = seen.with_labels(new_x, new_y, new_ids)
-    start = center.model(episode.start)
-    with center.training_queue.slot(metadata.get("edge_id")) as ticket:  # only the fine-tune holds a slot
+    # Every model computation of an iteration holds the slot, not only the fine-tune: at most
+    # `datacenter.trainings` of them compete with drift checks for the CPU and the GIL, however
+    # many edges retrain at once (benchmarks/results/fleet.md: check p99 with 4 retraining edges).
+    with center.training_queue.slot(metadata.get("edge_id")) as ticket:
+        previous = center.model(snapshot.current)
+        new_x, new_y = frame_features(new), frame_labels(new)
+        prequential = accuracy_of(predict_proba(previous, center.as_images(new_x)), new_y)
+        data = seen.with_labels(new_x, new_y, new_ids)
+        start = center.model(episode.start)
         began = time.perf_counter()
         train_x, train_y, _ = data.training_rows()
         model = finetune(start, train_x, train_y, center.dataset, center.splits, config.finetune,
                          center.settings.seed, episode.id)
         trained_for = time.perf_counter() - began
-    _, sha = save_checkpoint(model, center.model_spec(), center.store.checkpoints)
-    center._models.setdefault(sha, model)
-    best = episode.best or episode.start
-    new_score, best_score = validation_score(center, sha, data), validation_score(center, best, data)
-    accepted = new_score > best_score or not len(data.val_y)  # no held-back labels: nothing to judge by
-    current = sha if accepted else best
-    post_x = center.as_images(data.post_x)
-    agreement = float(np.mean(predict_proba(model, post_x).argmax(1) == predict_proba(previous, post_x).argmax(1)))
-    iterations, labels_used = episode.iterations + 1, episode.labels_used + len(new)
-    shift = str(new["shift"].iloc[0])
-    metrics = {
-        "source_eval_accuracy": accuracy(model, center.dataset.images[center.splits.evaluation],
-                                         center.dataset.labels[center.splits.evaluation]),
-        "prequential_accuracy": prequential, "agreement_with_previous": agreement,
-        "validation_accuracy": new_score[0], "validation_labels": int(len(data.val_y)), "accepted": accepted,
-        "train_labels": int(len(data.y)), "pooled_labels": data.pooled, "replay": int(config.finetune.replay),
-    }
-    center.store.write_registry_entry(sha, {"parent": episode.start, "round": episode.round, "episode": episode.id,
-                                          "kind": "adapted", "shift": shift, "labels_used": labels_used,
-                                          "metrics": metrics})
-    zoo, references = snapshot.zoo, snapshot.references
-    if accepted:
-        zoo = tuple(e for e in zoo if e.episode != episode.id) + (
-            ZooEntry(sha, episode.round, episode.start, episode.id, shift, labels_used),)
-        kept = {e.sha256 for e in zoo}
-        references = {z: w for z, w in references.items() if z in kept} | {sha: predict_proba(model, post_x)}
+        _, sha = save_checkpoint(model, center.model_spec(), center.store.checkpoints)
+        center._models.setdefault(sha, model)
+        best = episode.best or episode.start
+        new_score, best_score = validation_score(center, sha, data), validation_score(center, best, data)
+        accepted = new_score > best_score or not len(data.val_y)  # no held-back labels: nothing to judge by
+        current = sha if accepted else best
+        post_x = center.as_images(data.post_x)
+        agreement = float(np.mean(predict_proba(model, post_x).argmax(1) == predict_proba(previous, post_x).argmax(1)))
+        iterations, labels_used = episode.iterations + 1, episode.labels_used + len(new)
+        shift = str(new["shift"].iloc[0])
+        metrics = {
+            "source_eval_accuracy": accuracy(model, center.dataset.images[center.splits.evaluation],
+                                             center.dataset.labels[center.splits.evaluation]),
+            "prequential_accuracy": prequential, "agreement_with_previous": agreement,
+            "validation_accuracy": new_score[0], "validation_labels": int(len(data.val_y)), "accepted": accepted,
+            "train_labels": int(len(data.y)), "pooled_labels": data.pooled, "replay": int(config.finetune.replay),
+        }
+        center.store.write_registry_entry(sha, {"parent": episode.start, "round": episode.round, "episode": episode.id,
+                                              "kind": "adapted", "shift": shift, "labels_used": labels_used,
+                                              "metrics": metrics})
+        zoo, references = snapshot.zoo, snapshot.references
+        if accepted:
+            zoo = tuple(e for e in zoo if e.episode != episode.id) + (
+                ZooEntry(sha, episode.round, episode.start, episode.id, shift, labels_used),)
+            kept = {e.sha256 for e in zoo}
+            references = {z: w for z, w in references.items() if z in kept} | {sha: predict_proba(model, post_x)}
     converged = iterations >= 2 and agreement >= config.stop_agreement
     stalled = iterations >= 2 and not accepted  # more labels no longer beat the best on held-back labels
     more = may_query(edge.label_budget - labels_used, iterations, query_size=edge.query_size,
