@@ -78,8 +78,9 @@ def prepare(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
 def with_peer_models(center: DataCenter, snapshot: Snapshot, metadata: dict[str, Any]) -> Snapshot:
     """The snapshot with the zoo models of the peer states the edge named added (a fleet's shared zoo).
 
-    Which peers count is the edge's (the workflow's) explicit choice — the other edges' states
-    after the previous round — so the candidates, and the answer, do not depend on timing.
+    Which peers count is the edge's (the workflow's) explicit choice — the other edges' latest
+    states (workflow/rules/common.smk `peer_checkpoints`) — so the candidates, and the answer, do
+    not depend on timing.
     """
     raw = metadata.get("peers")
     if not raw:
