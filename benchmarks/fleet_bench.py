@@ -73,6 +73,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from workflow_copy import copy_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "fleet.md"
@@ -113,20 +114,7 @@ Same checkpoint in both arms then: 68 of 288 jobs.
 
 # ----------------------------------------------------------------------------- runs
 def make_workdir(target: Path, seed: int, share: bool, overrides: dict) -> Path:
-    target.mkdir(parents=True)
-    shutil.copy2(REPO / "Snakefile", target / "Snakefile")
-    shutil.copytree(REPO / "workflow", target / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "config", target / "config")
-    config_file = target / "config/config.yaml"
-    config = yaml.safe_load(config_file.read_text())
-    config["seed"], config["share_zoo"] = seed, share
-    for dotted, value in overrides.items():
-        node = config
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    copy_workflow(target, {"seed": seed, "share_zoo": share, **overrides})
     shutil.copy2(SCENARIO, target / "config/rounds.yaml")
     return target
 

@@ -25,7 +25,6 @@ import asyncio
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -36,24 +35,13 @@ from pathlib import Path
 import yaml
 
 from mlcore.rounds import RoundSpec, load_fleet
+from workflow_copy import copy_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "pipeline.md"
 
 
 # ----------------------------------------------------------------------------- pipeline
-def copy_workflow(target: Path, warm: bool) -> Path:
-    target.mkdir(parents=True)
-    shutil.copy2(REPO / "Snakefile", target / "Snakefile")
-    shutil.copytree(REPO / "workflow", target / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "config", target / "config")
-    config_file = target / "config/config.yaml"
-    config = yaml.safe_load(config_file.read_text())
-    config["warm_start"] = warm
-    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-    return target
-
-
 def fleet_jobs(workdir: Path) -> list[tuple[str, RoundSpec]]:
     """Every (edge, round) of the scenario, edge by edge in file order, offsets assigned."""
     config = yaml.safe_load((workdir / "config/config.yaml").read_text())
@@ -175,9 +163,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pipeline-bench-") as tmp:
         tmp_path = Path(tmp)
         baseline = measure_in_process(tmp_path / "inproc")
-        runs = {"snakemake, warm starter (default)": measure_pipeline(copy_workflow(tmp_path / "warm", True))}
+        runs = {"snakemake, warm starter (default)": measure_pipeline(copy_workflow(tmp_path / "warm", {"warm_start": True}))}
         if not args.no_cold:
-            runs["snakemake, cold process a job"] = measure_pipeline(copy_workflow(tmp_path / "cold", False))
+            runs["snakemake, cold process a job"] = measure_pipeline(copy_workflow(tmp_path / "cold", {"warm_start": False}))
     n_rounds = len(baseline["compute"])
     report = "\n".join([
         "# Pipeline benchmark",
