@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -105,3 +106,17 @@ def make_workdir(path: Path) -> Workdir:
     return work
 
 
+def server_pid(work: Workdir, timeout: float = 60) -> int:
+    """The pid of the data center a run in `work` started, once it has published its port."""
+    pid_file = work.path / "results/server/pid"
+    port_file = work.path / "results/server/port"
+    deadline = time.monotonic() + timeout
+    while not (pid_file.exists() and port_file.exists()):
+        assert time.monotonic() < deadline, "the server never started"
+        time.sleep(0.05)
+    return int(pid_file.read_text())
+
+
+def hashes(work: Workdir) -> dict[tuple[str, str], str]:
+    """Every (edge, round)'s checkpoint sha256, from the summary."""
+    return {(r["edge"], r["round"]): r["sha256"] for r in work.summary()}

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 
 import pandas as pd
 import pytest
 
 from mlcore.rounds import parse_fleet
-from snakemake_workdir import SMALL_FLEET, Workdir, make_workdir, planned
+from snakemake_workdir import SMALL_FLEET, Workdir, hashes, make_workdir, planned, server_pid
 
 
 def test_each_edge_runs_its_rounds_and_the_summary_names_it(fleet_run: Workdir) -> None:
@@ -95,3 +98,42 @@ def test_share_zoo_gives_each_round_the_other_edges_latest_checkpoints(tmp_path)
     assert "--peers results/edges/a/rounds/r02/checkpoint.json" in command("b", "r02")  # a is listed first
     assert "--peers results/edges/b/rounds/r01/checkpoint.json" in command("a", "r02")  # b's earlier round only
     assert "results/edges/b/" not in command("a", "r01") and "--peers results/edges/a/rounds/r01/" in command("b", "r01")
+
+
+#: Three edges, two rounds; r02 hurts a and c (they retrain) and leaves b clean.
+KILL_FLEET = {
+    "edges": ["a", "b", "c"],
+    "rounds": [
+        {"id": "r01", "shift": []},
+        {"id": "r02", "shift": [{"name": "rotate", "degrees": 30}], "per_edge": {"b": {"shift": []}}},
+    ],
+}
+
+
+def test_a_killed_data_center_fails_the_run_and_the_rerun_matches_an_uninterrupted_one(tmp_path) -> None:
+    """Issue 11: 3 edges, the data center SIGKILLed mid-run (once some round is done), rerun:
+    finished rounds are kept, and every edge's checkpoints equal an uninterrupted run's."""
+    uninterrupted = make_workdir(tmp_path / "whole")
+    uninterrupted.write_scenario(KILL_FLEET)
+    uninterrupted.run("--cores", "2")
+    work = make_workdir(tmp_path / "killed")
+    work.write_scenario(KILL_FLEET)
+    process = work.popen("--cores", "2")
+    try:
+        pid = server_pid(work)
+        deadline = time.monotonic() + 120
+        while not list(work.path.glob("results/edges/*/rounds/*/checkpoint.json")):
+            assert time.monotonic() < deadline and process.poll() is None, "no round ever finished"
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+        process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+    assert process.returncode != 0
+    kept = work.mtimes()
+    assert kept and len(kept) < 6, "the kill came too late to interrupt anything"
+    work.run("--cores", "2")
+    assert {k: v for k, v in work.mtimes().items() if k in kept} == kept, "finished rounds were redone"
+    assert hashes(work) == hashes(uninterrupted) and len(hashes(work)) == 6

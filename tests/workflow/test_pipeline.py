@@ -12,17 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from snakemake_workdir import SMALL_ROUNDS, Workdir, planned
-
-
-def server_pid(work: Workdir, timeout: float = 60) -> int:
-    pid_file = work.path / "results/server/pid"
-    port_file = work.path / "results/server/port"
-    deadline = time.monotonic() + timeout
-    while not (pid_file.exists() and port_file.exists()):
-        assert time.monotonic() < deadline, "the server never started"
-        time.sleep(0.05)
-    return int(pid_file.read_text())
+from snakemake_workdir import SMALL_ROUNDS, Workdir, hashes, planned, server_pid
 
 
 def alive(pid: int) -> bool:
@@ -43,10 +33,6 @@ def wait_gone(pid: int, timeout: float = 15) -> bool:
             return False
         time.sleep(0.1)
     return True
-
-
-def hashes(work: Workdir) -> dict[tuple[str, str], str]:
-    return {(r["edge"], r["round"]): r["sha256"] for r in work.summary()}
 
 
 def test_default_scenario_runs_and_summarizes(finished_run: Workdir) -> None:
