@@ -43,7 +43,6 @@ def prepare(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
     x, y, ids = uniform_rows(center, labelled)  # in the edge's labelling order
     images = center.as_images(x)
     data = episode_data(post, x, y, ids)
-    own = len(snapshot.zoo)
     snapshot = with_peer_models(center, snapshot, metadata)
     scores = [transferability(center, entry.sha256, snapshot, data.post_x, images, y) for entry in snapshot.zoo]
     best = int(np.argmax(scores))  # ties: the earliest entry (the base model first, own models before peers')
@@ -69,7 +68,8 @@ def prepare(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
         "state": child_key, "sha256": start, "selection": method, "selected_index": best,
         "selected_round": snapshot.zoo[best].round, "selected_shift": snapshot.zoo[best].shift,
         "score": float(scores[best]), "scores": json.dumps(ranking, sort_keys=True),
-        "from_peer": best >= own, "candidates": len(snapshot.zoo),
+        # trained on another edge's labels: reuse, whether it came in as a peer now or was adopted before
+        "from_peer": snapshot.zoo[best].edge not in (None, metadata.get("edge_id")), "candidates": len(snapshot.zoo),
         "pooled_labels": 0 if adopted else data.pooled,  # another edge's labels this episode trains on too
         "labels_used": int(len(y)),  # every uniform label (half train, half validate)
     })

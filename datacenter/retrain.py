@@ -83,7 +83,8 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
         zoo, references = snapshot.zoo, snapshot.references
         if accepted:
             zoo = tuple(e for e in zoo if e.episode != episode.id) + (
-                ZooEntry(sha, episode.round, episode.start, episode.id, shift, labels_used),)
+                ZooEntry(sha, episode.round, episode.start, episode.id, shift, labels_used,
+                         metadata.get("edge_id")),)
             kept = {e.sha256 for e in zoo}
             references = {z: w for z, w in references.items() if z in kept} | {sha: predict_proba(model, post_x)}
     converged = iterations >= 2 and agreement >= config.stop_agreement

@@ -43,6 +43,7 @@ class ZooEntry:
     episode: str | None  # the episode that produced it (None for base and seed models)
     shift: str
     labels_used: int
+    edge: str | None = None  # the edge whose labels trained it (None: base, seeds, a re-weighting)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -29,6 +29,8 @@ def test_a_peer_model_spares_a_retraining(trained, settings, digits, splits):
     center = DataCenter(chosen, digits, splits, StateStore(state_dir))
     a = edge_round(center, chosen, digits, splits, {"id": "z01", "shift": ROT}, base, "a")
     assert a.metrics["decision"] == "retrain"
+    _, after_a = center.parent_state({"state": a.checkpoint["state"]})
+    assert after_a.entry(a.checkpoint["sha256"]).edge == "a"  # whose labels trained it: from_peer for the others
     # edge b meets the same shift later, with a's state as a peer: a's model fits, nothing is trained
     b = edge_round(center, chosen, digits, splits, {"id": "z02", "shift": ROT}, base, "b",
                    peers=(a.checkpoint["state"],))
