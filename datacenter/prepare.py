@@ -82,18 +82,23 @@ def with_peer_models(center: DataCenter, snapshot: Snapshot, metadata: dict[str,
     states (workflow/rules/common.smk `peer_checkpoints`) — so the candidates, and the answer, do
     not depend on timing.
     """
-    raw = metadata.get("peers")
-    if not raw:
+    peers = peer_snapshots(center, metadata)
+    if not peers:
         return snapshot
     zoo, references, known = list(snapshot.zoo), dict(snapshot.references), {e.sha256 for e in snapshot.zoo}
-    for peer in str(raw).split(","):
-        _, other = center.parent_state({"state": peer})
+    for other in peers:
         for entry in other.zoo:
             if entry.sha256 not in known and entry.sha256 in other.references:
                 zoo.append(entry)
                 references[entry.sha256] = other.references[entry.sha256]
                 known.add(entry.sha256)
     return dataclasses.replace(snapshot, zoo=tuple(zoo), references=references)
+
+
+def peer_snapshots(center: DataCenter, metadata: dict[str, Any]) -> list[Snapshot]:
+    """The states the request names as peers (`extra.peers`, comma-separated keys), in order."""
+    raw = str(metadata.get("peers") or "")
+    return [center.parent_state({"state": key})[1] for key in raw.split(",") if key]
 
 
 def pooled_rows(center: DataCenter, metadata: dict[str, Any], start: str, round_id: str,
@@ -107,10 +112,7 @@ def pooled_rows(center: DataCenter, metadata: dict[str, Any], start: str, round_
     on, and rows of this edge's random sample (its held-back labels) are left out, so
     validation stays on rows no model was trained on.
     """
-    for peer in str(metadata.get("peers") or "").split(","):
-        if not peer:
-            continue
-        _, other = center.parent_state({"state": peer})
+    for other in peer_snapshots(center, metadata):
         episode, peer_data = other.episode, other.data
         if episode is None or peer_data is None or episode.round != round_id:
             continue

@@ -5,26 +5,19 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 
 import pytest
+from serving import make_tls_contexts
 from snakemake_workdir import Workdir, planned
-
-
-def self_signed(folder) -> tuple[str, str]:
-    folder.mkdir()
-    key, cert = folder / "dc-key.pem", folder / "dc.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True, timeout=60)
-    return "certs/dc.pem", "certs/dc-key.pem"
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
 def test_server_settings_rerun_nothing_and_a_round_over_tls_matches(run_copy: Workdir) -> None:
     round_file = "results/edges/edge/rounds/r04/checkpoint.json"
     before = json.loads((run_copy.path / round_file).read_text())
-    cert, key = self_signed(run_copy.path / "certs")
+    (run_copy.path / "certs").mkdir()
+    make_tls_contexts(run_copy.path / "certs")  # a self-signed certificate for 127.0.0.1: its own CA
+    cert, key = "certs/cert.pem", "certs/key.pem"
     config = run_copy.config()
     config["server"].update(advertise="127.0.0.1", tls={"cert": cert, "key": key, "ca": cert})
     config["warm_start"] = False
