@@ -89,13 +89,13 @@ def start(python: str, settings_json: str, server: dict, *, warm: bool, owner: i
     ENDPOINT_FILE.unlink(missing_ok=True)  # edges wait for this run's, never an old one
     create_token_file(TOKEN_FILE)
     write_atomic(SETTINGS_FILE, settings_json)
-    if not warm:
-        WARM_SOCKET.unlink(missing_ok=True)  # jobs find no warm starter and start cold (common.smk `launch`)
     if warm:
         modules = [arg for module in WARM_MODULES for arg in ("--module", module)]
         _services.start("warm-starter", [python, "-m", "runtime.warm", "serve", "--socket", str(WARM_SOCKET), *modules,
                                          "--exit-with-pid", str(owner)], WARM_SOCKET)
         _services.wait_ready("warm-starter", deadline)
+    else:
+        WARM_SOCKET.unlink(missing_ok=True)  # jobs find no warm starter and start cold (common.smk `launch`)
     _services.start("datacenter", warm_command(python, "datacenter", [
         "serve", "--config", str(SETTINGS_FILE), "--state-dir", STATE_DIR,
         "--host", str(server.get("host", "127.0.0.1")), "--port", str(server.get("port", 0)),
