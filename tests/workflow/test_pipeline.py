@@ -196,3 +196,24 @@ def test_settings_python_accepts_are_accepted_by_the_workflow(fresh: Workdir) ->
     fresh.write_config(config)
     result = fresh.run("-n", "--cores", "2", check=False)
     assert result.returncode != 0 and "path" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("section, changes, message", [
+    ("dataset", {"source_fraction": 0.6, "stream_fraction": 0.4}, "evaluation split"),
+    ("edge", {"random_sample": 150, "batch_size": 100}, "must not exceed edge.batch_size"),
+    ("datacenter", {"selection_labels": 120}, "neither may exceed edge.random_sample"),
+])
+def test_rules_the_schema_cannot_state_fail_at_parse_as_in_python(fresh: Workdir, section: str, changes: dict,
+                                                                    message: str) -> None:
+    """The workflow refuses what mlcore.settings refuses, before any job (or the data center) starts."""
+    from mlcore.settings import SettingsError, settings_from_dict
+
+    config = fresh.config()
+    config[section].update(changes)
+    with pytest.raises(SettingsError):
+        settings_from_dict(config)
+    fresh.write_config(config)
+    result = fresh.run("-n", "--cores", "2", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and message in output, output[-2000:]
+    assert not (fresh.path / "results/server").exists(), "nothing may start for a config that cannot run"

@@ -47,13 +47,36 @@ def launch(module):
 RUNTIME_KEYS = ("server", "warm_start")
 
 
-def load_config(config):
-    """Validate config.yaml against its schema; return the settings (without RUNTIME_KEYS) as JSON text.
+def check_settings(config):
+    """The rules of config.yaml its schema cannot state (as mlcore.settings.settings_from_dict, which
+    the command lines run on their own): checked at parse, so a bad config fails before any job runs.
+    Absent keys take the code's defaults (the schema fills none in)."""
 
-    Two rules the schema cannot state (source + stream fractions < 1, random_sample <=
-    batch_size) are checked by mlcore.settings when the data center starts, in onstart.
-    """
+    def refuse(where, message):
+        raise WorkflowError(f"invalid config: {where}: {message}")
+
+    def get(section, key, default):
+        return (config.get(section) or {}).get(key, default)
+
+    source, stream = get("dataset", "source_fraction", 0.5), get("dataset", "stream_fraction", 0.3)
+    if source + stream >= 1:
+        refuse("dataset.source_fraction + dataset.stream_fraction",
+               f"{source} + {stream} must leave room for the evaluation split (< 1)")
+    sample, batch = get("edge", "random_sample", 100), get("edge", "batch_size", 200)
+    if sample > batch:
+        refuse("edge.random_sample", f"{sample} must not exceed edge.batch_size ({batch})")
+    harm = (get("datacenter", "harm_check", None) or {}).get("max_labels", 40)
+    selection = get("datacenter", "selection_labels", 10)
+    if max(harm, selection) > sample:
+        refuse("datacenter.harm_check.max_labels / datacenter.selection_labels",
+               f"{harm} / {selection}: both are drawn from the random sample, so neither may exceed edge.random_sample ({sample})")
+
+
+def load_config(config):
+    """Validate config.yaml against its schema and check_settings; return the settings (without
+    RUNTIME_KEYS) as JSON text."""
     validate(config, "../schemas/config.schema.yaml")
+    check_settings(config)
     return json.dumps({key: value for key, value in config.items() if key not in RUNTIME_KEYS}, sort_keys=True)
 
 
