@@ -2,7 +2,8 @@
 
 `start` creates the token file, writes the settings the data center reads, starts the
 warm starter (when asked) and the data center (forked from it, or a cold process), and
-returns once the data center has published its port. `stop` ends them, last started
+returns once the data center has published its port and `endpoint.json` (the address,
+port and TLS CA the edges read) is written. `stop` ends them, last started
 first. Both are called from the Snakefile's hooks; nothing here imports torch or another
 package of this project. Paths are relative to the working directory (the workflow's).
 """
