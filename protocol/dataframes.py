@@ -34,6 +34,7 @@ import re
 import struct
 import sys
 from array import array as _Int64Array
+from itertools import repeat as _repeat
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,13 @@ try:  # pandas >= 3: build the frame from ready-made blocks (no consolidation pa
     from pandas.api.internals import create_dataframe_from_blocks as _from_blocks
 except ImportError:  # pragma: no cover - older pandas
     _from_blocks = None
+try:  # and, cheaper still (~15 us a frame), numpy blocks and the manager built directly
+    from pandas._libs.internals import BlockPlacement as _Placement
+    from pandas.core.internals.api import _make_block
+    from pandas.core.internals.blocks import NumpyBlock as _NumpyBlock
+    from pandas.core.internals.managers import BlockManager as _BlockManager
+except ImportError:  # pragma: no cover - another pandas
+    _NumpyBlock = None
 
 DTYPE_KEY = b"driftloop.dtype"
 ROWS_KEY = b"driftloop.rows"
@@ -554,11 +562,17 @@ class _Flatbuffer:
 
 
 class _Message:
-    __slots__ = ("kind", "start", "end", "body_start", "body_len", "rows", "nodes", "buffers", "dictionary_id")
+    """One encapsulated message; a record batch's nodes and buffers also as flat lists of
+    Python ints (`node_list`: length, null count, ...; `buffer_list`: offset, length, ...)."""
+
+    __slots__ = ("kind", "start", "end", "body_start", "body_len", "rows", "nodes", "buffers", "dictionary_id",
+                 "node_list", "buffer_list")
 
     def __init__(self, kind: int, start: int, end: int, body_start: int, body_len: int) -> None:
         self.kind, self.start, self.end, self.body_start, self.body_len = kind, start, end, body_start, body_len
         self.rows, self.nodes, self.buffers, self.dictionary_id = 0, None, None, None
+        self.node_list: list[int] = []
+        self.buffer_list: list[int] = []
 
 
 _SMALL_HEADER = 64
@@ -575,16 +589,11 @@ def _record_batch_header(fb: _Flatbuffer, position: int | None, message: _Messag
     message.rows = fb.scalar(table, 0, "<q")
     message.nodes = fb.structs(table, 1)
     message.buffers = fb.structs(table, 2)
+    message.node_list = message.nodes.ravel().tolist()
+    message.buffer_list = message.buffers.ravel().tolist()
     nodes, buffers, body_len = message.nodes, message.buffers, message.body_len
     if len(nodes) + len(buffers) <= _SMALL_HEADER:  # the same checks on Python ints (numpy costs ~1 us a call)
-        if message.rows < 0 or any(nulls < 0 or nulls > length for length, nulls in nodes.tolist()):
-            raise PeerError("negative or inconsistent Arrow lengths")
-        pairs = buffers.tolist()
-        if any(offset < 0 or length < 0 or offset > body_len or length > body_len or offset & 7
-               for offset, length in pairs):
-            raise PeerError("Arrow buffers must start at 8-byte aligned offsets inside the body")
-        if any(offset + length > body_len for offset, length in pairs) or sum(n for _, n in pairs) > body_len:
-            raise PeerError("Arrow buffers do not fit in the bytes received")
+        _check_batch_values(message.rows, message.node_list, message.buffer_list, body_len)
         return
     if message.rows < 0 or (len(nodes) and ((nodes[:, 1] < 0) | (nodes[:, 1] > nodes[:, 0])).any()):
         raise PeerError("negative or inconsistent Arrow lengths")
@@ -594,6 +603,86 @@ def _record_batch_header(fb: _Flatbuffer, position: int | None, message: _Messag
             raise PeerError("Arrow buffers must start at 8-byte aligned offsets inside the body")
         if (buffers[:, 0] + buffers[:, 1] > body_len).any() or int(buffers[:, 1].sum()) > body_len:
             raise PeerError("Arrow buffers do not fit in the bytes received")
+
+
+def _check_batch_values(rows: int, node_list: list[int], buffer_list: list[int], body_len: int) -> None:
+    """A record batch's lengths and buffer descriptors, checked on Python ints (flat lists)."""
+    lengths, nulls = node_list[0::2], node_list[1::2]
+    if rows < 0 or any(map(operator.lt, nulls, _ZEROS)) or any(map(operator.gt, nulls, lengths)):
+        raise PeerError("negative or inconsistent Arrow lengths")
+    offsets, sizes = buffer_list[0::2], buffer_list[1::2]
+    if (any(map(operator.lt, buffer_list, _ZEROS)) or (buffer_list and max(buffer_list) > body_len)
+            or any(map(operator.and_, offsets, _SEVENS))):
+        raise PeerError("Arrow buffers must start at 8-byte aligned offsets inside the body")
+    if any(map(operator.gt, map(operator.add, offsets, sizes), _repeat(body_len))) or sum(sizes) > body_len:
+        raise PeerError("Arrow buffers do not fit in the bytes received")
+
+
+_ZEROS, _SEVENS = _repeat(0), _repeat(7)
+_PREFIX = struct.Struct("<Ii")
+_INT64 = struct.Struct("<q")
+
+
+class _BatchTemplate:
+    """The record batch header this encoder writes for a given count of nodes and buffers,
+    with its value fields (body length, rows, nodes, buffers) zeroed: a header that equals
+    it outside those fields is read with a few slices instead of a flatbuffer walk. Both
+    readings give the same values (a test checks it), and anything else takes the walk."""
+
+    __slots__ = ("size", "nodes", "buffers", "fixed", "nodes_struct", "buffers_struct")
+
+    def __init__(self, node_count: int, buffer_count: int) -> None:
+        template = _record_batch_message(0, [0] * (2 * node_count), [0] * (2 * buffer_count), 0)
+        self.size = len(template)
+        self.nodes = 88  # prefix (8) + the nodes vector's data in the flatbuffer (80)
+        self.buffers = self.nodes + 16 * node_count + 8
+        end = self.buffers + 16 * buffer_count
+        # (start, end, expected bytes) of every region outside the value fields
+        regions = [(0, 32), (40, 64), (72, self.nodes), (self.nodes + 16 * node_count, self.buffers), (end, self.size)]
+        self.fixed = [(a, b, template[a:b]) for a, b in regions]
+        self.nodes_struct = struct.Struct(f"<{2 * node_count}q")
+        self.buffers_struct = struct.Struct(f"<{2 * buffer_count}q")
+
+    def read(self, view: memoryview, pos: int) -> tuple[int, int, list[int], list[int]] | None:
+        """(body length, rows, nodes, buffers) of the header at `pos`, None if it is not ours."""
+        if len(view) - pos < self.size:
+            return None
+        header = bytes(view[pos : pos + self.size])
+        for a, b, expected in self.fixed:
+            if header[a:b] != expected:
+                return None
+        return (_INT64.unpack_from(header, 32)[0], _INT64.unpack_from(header, 64)[0],
+                list(self.nodes_struct.unpack_from(header, self.nodes)),
+                list(self.buffers_struct.unpack_from(header, self.buffers)))
+
+
+def _split_fast(view: memoryview) -> tuple["_Plan", _Message] | None:
+    """A schema seen (and checked) before, one record batch in this encoder's own layout and
+    the end-of-stream marker: the common case, read without walking the flatbuffers. The
+    same checks as `_split_messages` apply; None means: take the general path."""
+    total = len(view)
+    if total < 16:
+        return None
+    marker, length = _PREFIX.unpack_from(view, 0)
+    if marker != _CONTINUATION or length <= 0 or 8 + length > total:
+        return None
+    plan = _PLANS.get(bytes(view[: 8 + length]))
+    if plan is None or plan.template is None:
+        return None
+    pos = 8 + length
+    read = plan.template.read(view, pos)
+    if read is None:
+        return None
+    body_len, rows, node_list, buffer_list = read
+    body_start = pos + plan.template.size
+    if body_len < 0 or body_len % 8 or body_start + body_len + 8 != total:
+        return None
+    if bytes(view[total - 8 :]) != _EOS:
+        return None
+    _check_batch_values(rows, node_list, buffer_list, body_len)
+    batch = _Message(_RECORD_BATCH, pos, body_start + body_len, body_start, body_len)
+    batch.rows, batch.node_list, batch.buffer_list = rows, node_list, buffer_list
+    return plan, batch
 
 
 def _split_messages(view: memoryview) -> list[_Message]:
@@ -798,26 +887,32 @@ class _Plan:
         layouts = [_layout(t) for t in self.types]
         self.node_count = sum(len(lay) for lay in layouts)
         self.buffer_count = sum(sum(lay) for lay in layouts)
-        # Null-free fixed-width columns, read with a few numpy operations for all of them:
-        # for each numpy dtype, the positions and the indices of node/validity/value buffer.
-        self.fixed: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
-        self.others: list[tuple[int, int, int]] = []  # (position, first node, first buffer)
+        # Null-free fixed-width columns, read together: for each numpy dtype, the positions
+        # and the indices of node and first (validity) buffer of its columns.
+        self.fixed: dict[str, tuple[np.dtype, list[int], list[int], list[int], np.ndarray]] = {}
+        # The others, one at a time: (position, first node, first buffer, how to read it).
+        self.others: list[tuple[int, int, int, str]] = []
         groups: dict[str, list[tuple[int, int, int]]] = {}
         node = buf = 0
-        for pos, (tag, layout) in enumerate(zip(self.tags, layouts)):
+        for pos, (tag, layout, arrow_type) in enumerate(zip(self.tags, layouts, self.types)):
             if tag in _FIXED_TAGS:
                 groups.setdefault(tag, []).append((pos, node, buf))
             else:
-                self.others.append((pos, node, buf))
+                if _ARRAY_TAG.match(tag):
+                    kind = "array"
+                elif tag in _MASKED_INTEGERS:
+                    kind = "masked"
+                elif tag == "object:str" and pa.types.is_large_string(arrow_type):
+                    kind = "object:str"
+                else:
+                    kind = "arrow"
+                self.others.append((pos, node, buf, kind))
             node, buf = node + len(layout), buf + sum(layout)
         for tag, members in groups.items():
-            positions, nodes, bufs = (np.array(m, dtype=np.intp) for m in zip(*members))
-            self.fixed[tag] = (positions, nodes, bufs, bufs + 1)
-        members = [m for tag in self.fixed for m in groups[tag]]
-        self.fixed_nodes = np.array([node for _, node, _ in members], dtype=np.intp)
-        self.fixed_values = np.array([buf + 1 for _, _, buf in members], dtype=np.intp)
-        self.fixed_validity = self.fixed_values - 1
-        self.fixed_itemsize = np.array([np.dtype(self.tags[pos]).itemsize for pos, _, _ in members], dtype=np.int64)
+            positions, nodes, bufs = (list(m) for m in zip(*members))
+            self.fixed[tag] = (np.dtype(tag), positions, nodes, bufs, np.array(positions, dtype=np.intp))
+        self.template = (_BatchTemplate(self.node_count, self.buffer_count)
+                         if self.names and not self.dictionary else None)
 
 
 _PLANS: dict[bytes, _Plan] = {}
@@ -837,52 +932,46 @@ def _plan(buffer: pa.Buffer, message: _Message) -> _Plan:
 
 
 class _Decoder:
-    """Columns of one record batch, read straight from the checked buffer descriptors."""
+    """Columns of one record batch, read straight from the checked buffer descriptors
+    (`batch.node_list` / `batch.buffer_list`: flat lists of Python ints)."""
 
-    def __init__(self, buffer: pa.Buffer, raw: np.ndarray, batch: _Message) -> None:
-        self.buffer, self.raw, self.batch = buffer, raw, batch
+    def __init__(self, buffer: pa.Buffer, raw: np.ndarray, view: memoryview, batch: _Message) -> None:
+        self.buffer, self.raw, self.view, self.batch = buffer, raw, view, batch
+        self.start = batch.body_start
+        self.nodes, self.buffers = batch.node_list, batch.buffer_list
         self.node, self.buf = 0, 0
 
-    def _take(self, count: int) -> tuple[np.ndarray, np.ndarray]:
-        nodes, buffers = self.batch.nodes, self.batch.buffers
-        if self.node >= len(nodes) or self.buf + count > len(buffers):
+    def _take(self, count: int) -> tuple[list[int], list[int]]:
+        """The next node (length, null count) and its `count` buffers (offset, length, ...)."""
+        nodes, buffers = self.nodes, self.buffers
+        if 2 * self.node >= len(nodes) or 2 * (self.buf + count) > len(buffers):
             raise PeerError("Arrow record batch has fewer nodes or buffers than its schema")
-        node, bufs = nodes[self.node], buffers[self.buf : self.buf + count]
+        node, bufs = nodes[2 * self.node : 2 * self.node + 2], buffers[2 * self.buf : 2 * (self.buf + count)]
         self.node, self.buf = self.node + 1, self.buf + count
         return node, bufs
 
-    def _pa_buffer(self, desc: np.ndarray, validity: bool) -> pa.Buffer | None:
-        offset, length = int(desc[0]), int(desc[1])
-        if validity and not length:
-            return None
-        return self.buffer.slice(self.batch.body_start + offset, length)
-
     def _array(self, arrow_type: pa.DataType) -> pa.Array:
         counts = _layout(arrow_type)
-        node, bufs = self._take(counts[0])
+        (length, nulls), bufs = self._take(counts[0])
         children = [self._array(arrow_type.value_type)] if pa.types.is_fixed_size_list(arrow_type) else None
-        return pa.Array.from_buffers(arrow_type, int(node[0]), [self._pa_buffer(b, i == 0) for i, b in enumerate(bufs)],
-                                     null_count=int(node[1]), children=children)
+        slices = [None if i == 0 and not bufs[1] else self.buffer.slice(self.start + bufs[2 * i], bufs[2 * i + 1])
+                  for i in range(counts[0])]
+        return pa.Array.from_buffers(arrow_type, length, slices, null_count=nulls, children=children)
 
-    def column(self, name: str, tag: str, arrow_type: pa.DataType, rows: int, node: int, buf: int) -> Any:
+    def column(self, name: str, tag: str, arrow_type: pa.DataType, rows: int, node: int, buf: int, kind: str) -> Any:
         """A column that is not a plain fixed-width one (or one with a validity bitmap)."""
         self.node, self.buf = node, buf
-        if _ARRAY_TAG.match(tag):
-            (length, nulls), bufs = self._take(1)
-            (child_length, child_nulls), child = self._take(2)
-            if nulls or bufs[0][1] or child_nulls:
-                raise PeerError(f"column {name!r}: array column holds nulls")
-            dtype, width = np.dtype(tag[6:-1]), arrow_type.list_size
-            if length != rows or child_length != rows * width or child[1][1] < rows * width * dtype.itemsize:
-                raise PeerError(f"column {name!r}: array column has the wrong length")
-            if not child[0][1]:
-                offset = self.batch.body_start + int(child[1][0])
-                matrix = np.frombuffer(self.raw, dtype, count=rows * width, offset=offset).reshape(rows, width)
-                return _array_cells(matrix.copy())
-            self.node, self.buf = node, buf
-        masked = _MASKED_INTEGERS.get(tag)
-        if masked is not None:  # Int64 & co: values and validity bitmap read with numpy, checked here
-            return self._masked_integers(name, tag, masked, rows)
+        if kind == "array":
+            values = self._array_column(name, tag, arrow_type, rows)
+            if values is not None:
+                return values
+        elif kind == "masked":  # Int64 & co: values and validity bitmap read with numpy, checked here
+            return self._masked_integers(name, tag, _MASKED_INTEGERS[tag], rows)
+        elif kind == "object:str" and rows:
+            values = self._object_strings(rows)
+            if values is not None:
+                return values
+        self.node, self.buf = node, buf
         array = self._array(arrow_type)
         if len(array) != rows:
             raise PeerError(f"column {name!r}: {len(array)} rows where {rows} were expected")
@@ -892,20 +981,70 @@ class _Decoder:
             raise PeerError(f"column {name!r}: invalid Arrow data: {exc}") from None
         return _decode_array(name, tag, array)
 
+    def _array_column(self, name: str, tag: str, arrow_type: pa.DataType, rows: int) -> np.ndarray | None:
+        """A fixed_size_list column as one fresh (rows, width) matrix whose rows are the cells;
+        None when the values carry a validity bitmap (then pyarrow reads and checks it)."""
+        (length, nulls), (_, validity_length) = self._take(1)
+        (child_length, child_nulls), (_, child_validity, offset, nbytes) = self._take(2)
+        if nulls or validity_length or child_nulls:
+            raise PeerError(f"column {name!r}: array column holds nulls")
+        dtype, width = _ARRAY_DTYPES[tag], arrow_type.list_size
+        if length != rows or child_length != rows * width or nbytes < rows * width * dtype.itemsize:
+            raise PeerError(f"column {name!r}: array column has the wrong length")
+        if child_validity:
+            return None
+        matrix = np.frombuffer(self.raw, dtype, count=rows * width, offset=self.start + offset)
+        return _array_cells(matrix.reshape(rows, width).copy())
+
+    def _object_strings(self, rows: int) -> np.ndarray | None:
+        """An object column of str without nulls, read without pyarrow when every row holds
+        the same value (a round id, a shift tag) or the text is ASCII and short; None for
+        anything else, which pyarrow then reads and validates in full."""
+        (length, nulls), (_, validity, offsets_at, offsets_len, data_at, data_len) = self._take(3)
+        if nulls or validity or length != rows or offsets_len < 8 * (rows + 1):
+            return None
+        offsets = np.frombuffer(self.raw, np.int64, count=rows + 1, offset=self.start + offsets_at)
+        first, step, last = int(offsets[0]), int(offsets[1]), int(offsets[rows])
+        if first != 0 or not 0 <= last <= data_len:
+            return None
+        data_at += self.start
+        if last == rows * step and step >= 0 and (offsets == _steps(rows, step)).all():
+            value = bytes(self.view[data_at : data_at + step])
+            if bytes(self.view[data_at : data_at + last]) != value * rows:  # (memoryviews compare slowly)
+                return None
+            try:
+                text = value.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+            out = np.empty(rows, dtype=object)
+            out.fill(text)
+            return out
+        if rows > _MAX_ASCII_ROWS:
+            return None
+        bounds = offsets.tolist()
+        if any(map(operator.gt, bounds, bounds[1:])):
+            return None
+        data = bytes(self.view[data_at : data_at + last])
+        if not data.isascii():
+            return None
+        text = data.decode("ascii")
+        out = np.empty(rows, dtype=object)
+        out[:] = list(map(text.__getitem__, map(slice, bounds, bounds[1:])))
+        return out
+
     def _masked_integers(self, name: str, tag: str, dtype: np.dtype, rows: int) -> Any:
         """A nullable integer column: a fresh copy of its values and a mask from its
         validity bitmap, whose count of zero bits must equal the declared null count."""
-        (length, nulls), (validity, values) = self._take(2)
-        length, nulls = int(length), int(nulls)
-        if length != rows or int(values[1]) < rows * dtype.itemsize:
+        (length, nulls), (validity_at, validity_len, values_at, values_len) = self._take(2)
+        if length != rows or values_len < rows * dtype.itemsize:
             raise PeerError(f"column {name!r}: {length} rows or a value buffer that does not match {rows} rows")
-        start = self.batch.body_start
-        data = np.frombuffer(self.raw, dtype, count=rows, offset=start + int(values[0])).copy()
-        if int(validity[1]):
+        start = self.start
+        data = np.frombuffer(self.raw, dtype, count=rows, offset=start + values_at).copy()
+        if validity_len:
             nbytes = (rows + 7) // 8
-            if int(validity[1]) < nbytes:
+            if validity_len < nbytes:
                 raise PeerError(f"column {name!r}: validity bitmap shorter than its rows")
-            bits = np.frombuffer(self.raw, np.uint8, count=nbytes, offset=start + int(validity[0]))
+            bits = np.frombuffer(self.raw, np.uint8, count=nbytes, offset=start + validity_at)
             mask = np.unpackbits(bits, count=rows, bitorder="little") == 0
             if int(np.count_nonzero(mask)) != nulls:
                 raise PeerError(f"column {name!r}: null count does not match the validity bitmap")
@@ -913,40 +1052,89 @@ class _Decoder:
             raise PeerError(f"column {name!r}: nulls without a validity bitmap")
         else:
             mask = np.zeros(rows, dtype=bool)
-        return _pandas_dtype(tag).construct_array_type()(data, mask, copy=False)
+        return _masked_array(tag, data, mask)
 
-    def fixed_block(self, plan: _Plan, tag: str, rows: int, bitmaps: bool) -> list[tuple[Any, np.ndarray]]:
+    def fixed_block(self, plan: _Plan, tag: str, rows: int) -> list[tuple[Any, np.ndarray]]:
         """All null-free columns of one numpy dtype as one fresh (columns, rows) block, with
         a single strided copy when they sit at a constant stride in the body (as this
         encoder writes them). Columns with a validity bitmap go the slow, checked way."""
-        positions, node_index, validity_index, value_index = plan.fixed[tag]
-        buffers, dtype = self.batch.buffers, np.dtype(tag)
+        dtype, positions, node_index, buffer_index, position_array = plan.fixed[tag]
+        nodes, buffers, start = self.nodes, self.buffers, self.start
+        itemsize = dtype.itemsize
+        need = rows * itemsize
         out: list[tuple[Any, np.ndarray]] = []
-        slow = buffers[validity_index, 1] != 0 if bitmaps else None
-        if bitmaps and slow.any():
-            for j in np.flatnonzero(slow).tolist():
-                pos = int(positions[j])
-                values = self.column(plan.names[pos], tag, plan.types[pos], rows, int(node_index[j]), int(validity_index[j]))
-                out.append((values, positions[j : j + 1]))
-            keep = ~slow
-            positions, value_index = positions[keep], value_index[keep]
-            if not len(positions):
-                return out
-        offsets = (buffers[value_index, 0] + self.batch.body_start).tolist()
+        offsets: list[int] = []
+        kept: list[int] = []
+        for j, (pos, node, buf) in enumerate(zip(positions, node_index, buffer_index)):
+            if nodes[2 * node] != rows or nodes[2 * node + 1] or buffers[2 * buf + 3] < need:
+                raise PeerError(f"column {plan.names[pos]!r}: nulls in a numpy column, or a length or buffer "
+                                "size that does not match")
+            if buffers[2 * buf + 1]:  # a validity bitmap (without nulls): the checked way
+                values = self.column(plan.names[pos], tag, plan.types[pos], rows, node, buf, "arrow")
+                out.append((values, position_array[j : j + 1]))
+                continue
+            offsets.append(start + buffers[2 * buf + 2])
+            kept.append(j)
+        if not offsets:
+            return out
+        if len(kept) != len(positions):
+            position_array = position_array[kept]
         count, first = len(offsets), offsets[0]
-        step = offsets[1] - first if count > 1 else rows * dtype.itemsize
+        step = offsets[1] - first if count > 1 else need
         if rows and step > 0 and offsets == list(range(first, first + count * step, step)):
-            if step == rows * dtype.itemsize:  # one contiguous region
+            if step == need:  # one contiguous region
                 block = np.frombuffer(self.raw, dtype, count=count * rows, offset=first).reshape(count, rows).copy()
             else:
                 block = np.ndarray((count, rows), dtype, buffer=self.raw, offset=first,
-                                   strides=(step, dtype.itemsize)).copy()
+                                   strides=(step, itemsize)).copy()
         else:
             block = np.empty((count, rows), dtype)
             for j, offset in enumerate(offsets):
                 block[j] = np.frombuffer(self.raw, dtype, count=rows, offset=offset)
-        out.append((block, positions))
+        out.append((block, position_array))
         return out
+
+
+_MAX_ASCII_ROWS = 4096  # above this, pyarrow's C++ string conversion wins over slicing in Python
+_ARRAY_DTYPES = {f"array[{name}]": np.dtype(name) for name in _LIST_VALUE_TYPES}
+_STEPS: dict[tuple[int, int], np.ndarray] = {}
+
+
+def _steps(rows: int, step: int) -> np.ndarray:
+    """0, step, 2 step, ..., rows step (int64), cached for the last few shapes."""
+    key = (rows, step)
+    steps = _STEPS.get(key)
+    if steps is None:
+        if len(_STEPS) >= 64:
+            _STEPS.clear()
+        steps = _STEPS[key] = np.arange(rows + 1, dtype=np.int64) * step
+        steps.flags.writeable = False
+    return steps
+
+
+_MASKED_CLASSES: dict[str, Any] = {}
+
+
+def _masked_array(tag: str, data: np.ndarray, mask: np.ndarray) -> Any:
+    """A pandas masked array from checked, fresh values and mask (same length, bool mask)."""
+    cls = _MASKED_CLASSES.get(tag)
+    if cls is None:
+        cls = _MASKED_CLASSES[tag] = _pandas_dtype(tag).construct_array_type()
+    simple_new = getattr(cls, "_simple_new", None)
+    if simple_new is not None and data.dtype == _pandas_dtype(tag).numpy_dtype:
+        return simple_new(data, mask)  # the constructor's checks are the ones made above
+    return cls(data, mask, copy=False)  # pragma: no cover - another pandas
+
+
+_RANGE_INDEX: list[Any] = [None]
+
+
+def _range_index(rows: int) -> pd.RangeIndex:
+    """RangeIndex(rows): immutable, so frames of the same length share one."""
+    index = _RANGE_INDEX[0]
+    if index is None or len(index) != rows:
+        index = _RANGE_INDEX[0] = pd.RangeIndex(rows)
+    return index
 
 
 def _assemble(columns: pd.Index, rows: int, blocks: list[tuple[Any, np.ndarray]]) -> pd.DataFrame:
@@ -966,8 +1154,16 @@ def _assemble(columns: pd.Index, rows: int, blocks: list[tuple[Any, np.ndarray]]
         for j, (values, _) in enumerate(objects):
             block[j] = values
         pieces.append((block, np.concatenate([positions for _, positions in objects])))
-    if _from_blocks is not None:
-        return _from_blocks(pieces, index=pd.RangeIndex(rows), columns=columns)
+    index = _range_index(rows)
+    if _NumpyBlock is not None:
+        # Every piece has `rows` values and the positions cover each column once (the
+        # plan's layout), which is what BlockManager's integrity check would verify.
+        blocks = [_NumpyBlock(values, ndim=2, placement=_Placement(positions))
+                  if type(values) is np.ndarray else _make_block(values, positions) for values, positions in pieces]
+        manager = _BlockManager(blocks, [columns, index], verify_integrity=False)
+        return pd.DataFrame._from_mgr(manager, manager.axes)
+    if _from_blocks is not None:  # pragma: no cover - another pandas
+        return _from_blocks(pieces, index=index, columns=columns)
     names, out = columns.tolist(), {}  # pragma: no cover - older pandas
     for values, positions in pieces:
         for j, pos in enumerate(positions.tolist()):
@@ -988,45 +1184,51 @@ def decode_dataframe(data: Any) -> pd.DataFrame:
 
 def _decode(data: Any) -> pd.DataFrame:
     view = memoryview(data)
-    if view.ndim != 1 or view.itemsize != 1:
+    if view.format != "B" or view.ndim != 1:  # bytes compare as bytes only in format "B"
         view = view.cast("B")
     raw = np.frombuffer(view, np.uint8)
-    if raw.ctypes.data % 8:  # pyarrow wants aligned buffers: realign (one copy)
+    buffer = pa.py_buffer(raw)
+    if buffer.address % 8:  # pyarrow wants aligned buffers: realign (one copy)
         raw = raw.copy()
         view = memoryview(raw)
-    messages = _split_messages(view)
-    schema_message, dictionaries, batch = _check_sequence(messages)
-    buffer = pa.py_buffer(raw)
-    plan = _plan(buffer, schema_message)
-    rows = plan.rows
-    if not plan.names:
-        if batch is not None and (len(batch.nodes) or batch.rows):
-            raise PeerError("a frame without columns holds a record batch with data")
-        return pd.DataFrame(index=pd.RangeIndex(rows))
-    if batch is None:
-        raise PeerError("Arrow stream with columns but no record batch")
-    if batch.rows != rows:
-        raise PeerError(f"Arrow stream declares {rows} rows but holds {batch.rows}")
-    if dictionaries or plan.dictionary:
-        return _decode_with_pyarrow(buffer, plan)
-    if len(batch.nodes) != plan.node_count or len(batch.buffers) != plan.buffer_count:
+        buffer = pa.py_buffer(raw)
+    fast = _split_fast(view)
+    if fast is not None:
+        plan, batch = fast
+        rows = plan.rows
+        if batch.rows != rows:
+            raise PeerError(f"Arrow stream declares {rows} rows but holds {batch.rows}")
+    else:
+        messages = _split_messages(view)
+        schema_message, dictionaries, batch = _check_sequence(messages)
+        plan = _plan(buffer, schema_message)
+        rows = plan.rows
+        if not plan.names:
+            if batch is not None and (len(batch.nodes) or batch.rows):
+                raise PeerError("a frame without columns holds a record batch with data")
+            return pd.DataFrame(index=pd.RangeIndex(rows))
+        if batch is None:
+            raise PeerError("Arrow stream with columns but no record batch")
+        if batch.rows != rows:
+            raise PeerError(f"Arrow stream declares {rows} rows but holds {batch.rows}")
+        if dictionaries or plan.dictionary:
+            return _decode_with_pyarrow(buffer, plan)
+    if len(batch.node_list) != 2 * plan.node_count or len(batch.buffer_list) != 2 * plan.buffer_count:
         raise PeerError("Arrow record batch has the wrong number of nodes or buffers for its schema")
-    decoder = _Decoder(buffer, raw, batch)
+    decoder = _Decoder(buffer, raw, view, batch)
     pieces: list[tuple[Any, np.ndarray]] = []
-    for pos, node, buf in plan.others:
-        values = decoder.column(plan.names[pos], plan.tags[pos], plan.types[pos], rows, node, buf)
-        pieces.append((values, np.array([pos], dtype=np.intp)))
-    if plan.fixed:
-        nodes = batch.nodes[plan.fixed_nodes]
-        values = batch.buffers[plan.fixed_values]
-        bad = (nodes[:, 0] != rows) | (nodes[:, 1] != 0) | (values[:, 1] < rows * plan.fixed_itemsize)
-        if bad.any():
-            name = plan.names[[pos for tag in plan.fixed for pos in plan.fixed[tag][0].tolist()][int(bad.argmax())]]
-            raise PeerError(f"column {name!r}: nulls in a numpy column, or a length or buffer size that does not match")
-        bitmaps = bool(batch.buffers[plan.fixed_validity, 1].any())
-        for tag in plan.fixed:
-            pieces.extend(decoder.fixed_block(plan, tag, rows, bitmaps))
+    names, tags, types = plan.names, plan.tags, plan.types
+    for pos, node, buf, kind in plan.others:
+        values = decoder.column(names[pos], tags[pos], types[pos], rows, node, buf, kind)
+        pieces.append((values, _POSITIONS[pos] if pos < len(_POSITIONS) else np.array([pos], dtype=np.intp)))
+    for tag in plan.fixed:
+        pieces.extend(decoder.fixed_block(plan, tag, rows))
     return _assemble(plan.columns, rows, pieces)
+
+
+_POSITIONS = [np.array([pos], dtype=np.intp) for pos in range(256)]
+for _position in _POSITIONS:
+    _position.flags.writeable = False
 
 
 def _decode_with_pyarrow(buffer: pa.Buffer, plan: _Plan) -> pd.DataFrame:
