@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import selectors
 import signal
@@ -274,5 +275,23 @@ def main(argv: list[str] | None = None) -> int:
     return run(args.socket, args.module, rest, args.pid_file)
 
 
+def exit_now(code: int | None) -> None:
+    """Flush and leave without the interpreter's teardown.
+
+    Tearing down an interpreter that imported torch and torch._dynamo takes 1.2-2.4 s (module
+    and object finalisation, measured on 2 cores); the warm server pays it when it stops, at the
+    end of every run, and a cold job after its work is done. Nothing here needs it: outputs are
+    written atomically and closed, the Unix socket is unlinked, and no atexit hook is ours
+    (this module's processes never start a `runtime.services.Services`).
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(int(code or 0))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
