@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     one.add_argument("--edge-id", default="edge",
                      help="this edge's id: its rounds in a fleet, its stream order, its store (default edge)")
     one.add_argument("--outdir", required=True)
-    one.add_argument("--store", help="the edge's own checkpoint store (default results/edge/<edge-id>/models)")
+    one.add_argument("--store", help="the edge's own checkpoint store (default results/edges/<edge-id>/models, as the workflow)")
     one.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the port or endpoint file (default 120)")
     one.add_argument("--peers", nargs="*", default=[],
                      help="other edges' checkpoint.json: their zoo models are candidates when choosing a start")
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         token = read_token_file(args.token_file) if args.token_file else None
         tls = client_context(ca) if ca else None
         client = AsyncClient(port, host=host, token=token, edge_id=args.edge_id, ssl=tls, server_hostname=server_name)
-        store = args.store or str(Path("results") / "edge" / args.edge_id / "models")
+        store = args.store or str(Path("results") / "edges" / args.edge_id / "models")
         peers = tuple(read_previous(path, "--peers")["state"] for path in args.peers)
         round_ = EdgeRound(settings, dataset, splits, spec, previous, protocol_exchange(client), store,
                            edge_id=args.edge_id, peers=peers)

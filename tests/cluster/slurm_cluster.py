@@ -1,4 +1,4 @@
-"""A real single-node SLURM cluster of our own for a test or a benchmark (../shared/notes/slurm.md's recipe).
+"""A real single-node SLURM cluster of our own for a test or a benchmark (the recipe in docs/cluster.md).
 
 `SlurmCluster(root).start()` runs munged, slurmctld and slurmd directly (no systemd), every
 file of theirs under `root`: the munge key, socket, pid, log and seed files; slurm.conf; the
@@ -57,7 +57,7 @@ def ensure_installed(timeout: float = 300) -> None:
     if not shutil.which("apt-get"):
         raise ClusterUnavailable("slurm-wlm/munge are not installed and there is no apt-get")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", *PACKAGES]  # as measured in ../shared/notes/slurm.md
+    install = ["apt-get", "install", "-y", *PACKAGES]  # the packages docs/cluster.md names
     output = ""
     for commands in ([install], [["apt-get", "update"], install]):  # the package lists may be stale or absent
         for command in commands:
@@ -181,7 +181,7 @@ class SlurmCluster:
             (self.root / folder).mkdir(parents=True, exist_ok=True)
         cpus = os.cpu_count() or 1
         self.conf.write_text(f"""\
-{MARKER}; ../shared/notes/slurm.md).
+{MARKER}).
 ClusterName=driftloop
 SlurmctldHost={self.node}
 SlurmctldPort={free_port()}

@@ -56,8 +56,8 @@ BROKEN = {
     "lose-bytes-keep-open": (Faults(skip=("up", 600, 200)), (RemoteError,), "timeout"),
     # one byte of the request body flipped: the MAC refuses it (without a token TCP's checksum is all there is)
     "flip-request-byte": (Faults(flip=("up", 1200)), (RemoteError,), "auth_failed"),
-    # one byte of the reply flipped: the client refuses it (its metadata is parsed before the MAC is checked,
-    # so a flip inside the JSON is bad_metadata, elsewhere auth_failed: a PeerError either way)
+    # one byte of the reply flipped: the client refuses it (the head MAC is checked before the metadata is
+    # parsed, the body MAC before the body is decoded: a PeerError either way)
     "flip-reply-byte": (Faults(flip=("down", 40)), (PeerError,), None),
 }
 
