@@ -64,6 +64,7 @@ _NUMPY_TAGS = frozenset(
 #: numpy dtypes whose columns are copied block-wise, without pyarrow, both ways
 _FIXED_TAGS = _NUMPY_TAGS - {"bool"}
 _FIXED_BY_DTYPE = {np.dtype(name): name for name in _FIXED_TAGS}  # native byte order only
+_NUMPY_BY_DTYPE = {np.dtype(name): name for name in _NUMPY_TAGS}  # native byte order only
 _MASKED_TAGS = frozenset(
     ["Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64", "Float32", "Float64", "boolean"]
 )
@@ -110,6 +111,9 @@ def _encode_object_column(name: str, values: np.ndarray) -> tuple[pa.Array, str]
     if isinstance(first, np.ndarray):
         return _encode_array_column(name, values)
     if first is None or isinstance(first, str):
+        repeated = _repeated_string(values, first)
+        if repeated is not None:
+            return repeated, "object:str"
         try:  # from_pandas: None, NaN and pd.NA become nulls, in C (no per-row Python)
             return _string_array(values, from_pandas=True), "object:str"
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -123,6 +127,22 @@ def _encode_object_column(name: str, values: np.ndarray) -> tuple[pa.Array, str]
         f"column {name!r}: object values of type {type(first).__name__} cannot be sent "
         "(supported: str, bytes, equal-length 1-D numpy arrays)"
     )
+
+
+def _repeated_string(values: np.ndarray, first: Any) -> "_RawColumn | None":
+    """One str object in every row (a round id, a shift tag: `[tag] * n`): its UTF-8 bytes
+    repeated, offsets in steps, no pyarrow. None for anything else (equal but distinct
+    objects included), which the general path encodes."""
+    rows = len(values)
+    if type(first) is not str or not rows or not all(map(operator.is_, values.tolist(), _repeat(first))):
+        return None
+    try:
+        data = first.encode("utf-8")
+    except UnicodeEncodeError:
+        return None  # the general path says why
+    offsets = _steps(rows, len(data))
+    return _RawColumn(_LARGE_STRING, "object:str", rows, 0, [(None, 0), (offsets, offsets.nbytes),
+                                                            (data * rows, len(data) * rows)])
 
 
 def _lossless(source: np.dtype, target: np.dtype) -> bool:
@@ -166,43 +186,90 @@ def _encode_array_column(name: str, values: np.ndarray) -> tuple[pa.Array, str]:
     (width,) = widths
     if not 0 < width <= MAX_LIST_SIZE:
         raise UsageError(f"column {name!r}: array rows must hold 1 to {MAX_LIST_SIZE} values, not {width}")
-    # one C loop over the rows (np.stack would make a view of every row first)
-    matrix = np.concatenate(rows if len(dtypes) == 1 else [v.astype(dtype) for v in rows])
-    return _FixedList(matrix, width), tag
+    return _FixedList(rows, dtype, width), tag
 
 
 _LIST_TYPES: dict[tuple[np.dtype, int], pa.DataType] = {}
 
 
 class _FixedList:
-    """A fixed_size_list column without nulls, kept as its flat numpy values: the encoder
-    lays it into the body itself (two nodes, three empty-or-value buffers)."""
+    """A fixed_size_list column without nulls, kept as its rows (1-D arrays of one length):
+    the encoder concatenates them into the body in one C loop when it lays the body out
+    (two nodes, three empty-or-value buffers), without stacking them anywhere first."""
 
-    __slots__ = ("flat", "width", "type")
+    __slots__ = ("rows", "dtype", "width", "type", "key")
 
-    def __init__(self, flat: np.ndarray, width: int) -> None:
-        self.flat, self.width = flat, width
-        key = (flat.dtype, width)
+    def __init__(self, rows: list[np.ndarray], dtype: np.dtype, width: int) -> None:
+        self.rows, self.dtype, self.width = rows, dtype, width
+        key = (dtype, width)
         arrow_type = _LIST_TYPES.get(key)
         if arrow_type is None:
             if len(_LIST_TYPES) >= _CACHE_SIZE:
                 _LIST_TYPES.clear()
-            arrow_type = _LIST_TYPES[key] = pa.list_(pa.from_numpy_dtype(flat.dtype), width)
+            arrow_type = _LIST_TYPES[key] = pa.list_(pa.from_numpy_dtype(dtype), width)
         self.type = arrow_type
+        self.key = key
 
     def __len__(self) -> int:
-        return len(self.flat) // self.width
+        return len(self.rows)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.rows) * self.width * self.dtype.itemsize
+
+    def flat(self) -> np.ndarray:
+        """The rows as one flat array of the column's dtype (one C loop, casts included)."""
+        if self.rows and self.rows[0].dtype == self.dtype and set(map(_DTYPE, self.rows)) == {self.dtype}:
+            return np.concatenate(self.rows)
+        return np.concatenate(self.rows, dtype=self.dtype, casting="safe")
 
     def to_arrow(self) -> pa.Array:
-        return pa.FixedSizeListArray.from_arrays(pa.array(self.flat), self.width)
+        return pa.FixedSizeListArray.from_arrays(pa.array(self.flat()), self.width)
+
+
+_LARGE_STRING = pa.large_string()
+
+
+class _RawColumn:
+    """A column already in Arrow's layout, as numpy arrays or bytes: one node (rows, null
+    count) and its buffers as (source or None, byte length), laid into the body as they are."""
+
+    __slots__ = ("type", "key", "rows", "nulls", "buffers")
+
+    def __init__(self, arrow_type: pa.DataType, key: Any, rows: int, nulls: int, buffers: list[tuple[Any, int]]) -> None:
+        self.type, self.key, self.rows, self.nulls, self.buffers = arrow_type, key, rows, nulls, buffers
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def to_arrow(self) -> pa.Array:
+        return pa.Array.from_buffers(self.type, self.rows, [None if source is None else pa.py_buffer(source)
+                                                            for source, _ in self.buffers], null_count=self.nulls)
+
+
+def _masked_integers(values: Any, tag: str) -> _RawColumn | None:
+    """Int64 & co from their values and mask: the values as they are, a validity bitmap
+    packed from the mask when there are nulls."""
+    data, mask = getattr(values, "_data", None), getattr(values, "_mask", None)
+    if not isinstance(data, np.ndarray) or not isinstance(mask, np.ndarray) or data.dtype != _MASKED_INTEGERS[tag]:
+        return None  # pragma: no cover - another pandas
+    rows = len(data)
+    data = np.ascontiguousarray(data)
+    nulls = int(np.count_nonzero(mask))
+    validity = (None, 0)
+    if nulls:
+        bits = np.packbits(~mask, bitorder="little")
+        validity = (bits, len(bits))
+    return _RawColumn(_FIXED_ARROW_TYPES[tag.lower()], tag, rows, nulls, [validity, (data, data.nbytes)])
 
 
 def _encode_values(name: str, values: Any) -> tuple[pa.Array, str]:
     """One column's values (1-D numpy array or pandas ExtensionArray) -> (Arrow array, tag)."""
     if isinstance(values, np.ndarray):
         dtype = values.dtype
-        if dtype.name in _NUMPY_TAGS:
-            return pa.array(values, from_pandas=False), dtype.name
+        tag = _NUMPY_BY_DTYPE.get(dtype) or (dtype.name if dtype.kind in "biuf" and dtype.name in _NUMPY_TAGS else None)
+        if tag is not None:  # (numpy's dtype.name is a slow Python property: looked up only off the native types)
+            return pa.array(values, from_pandas=False), tag
         if dtype == object:
             return _encode_object_column(name, values)
         if dtype.kind == "M":
@@ -231,6 +298,10 @@ def _encode_values(name: str, values: Any) -> tuple[pa.Array, str]:
         arr = pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0), cats, ordered=bool(dtype.ordered))
         return arr, "category"
     if str(dtype) in _MASKED_TAGS:
+        if str(dtype) in _MASKED_INTEGERS:
+            column = _masked_integers(values, str(dtype))
+            if column is not None:
+                return column, str(dtype)
         data, mask = getattr(values, "_data", None), getattr(values, "_mask", None)
         if isinstance(data, np.ndarray) and isinstance(mask, np.ndarray):  # what __arrow_array__ does, minus its overhead
             return pa.array(data, mask=mask if mask.any() else None), str(dtype)
@@ -273,7 +344,7 @@ class _Body:
 
     def __init__(self) -> None:
         self.size = 0
-        self.fills: list[tuple[int, Any]] = []  # (body offset, numpy array or pa.Buffer)
+        self.fills: list[tuple[int, Any, int]] = []  # (body offset, bytes-like or _FixedList, byte length)
 
     def reserve(self, nbytes: int) -> int:
         offset = self.size
@@ -281,11 +352,18 @@ class _Body:
         return offset
 
     def add(self, source: Any, nbytes: int) -> tuple[int, int]:
+        """`nbytes` bytes of `source` (bytes-like, or a _FixedList) at the end of the body."""
         if nbytes == 0 or source is None:
             return (0, 0)
         offset = self.reserve(nbytes)
-        self.fills.append((offset, np.frombuffer(source, np.uint8, count=nbytes)))
+        self.fills.append((offset, source, nbytes))
         return (offset, nbytes)
+
+    def add_buffer(self, source: pa.Buffer | None, nbytes: int) -> tuple[int, int]:
+        """The first `nbytes` bytes of a pyarrow buffer (which may be longer)."""
+        if source is not None and source.size != nbytes:
+            source = source.slice(0, nbytes)
+        return self.add(source, nbytes)
 
     # nodes and buffers are flat lists of int64: length, null count / offset, length
 
@@ -295,7 +373,7 @@ class _Body:
             array = pa.concat_arrays([array])  # a sliced array: start its buffers at 0
         n, nulls, t, bufs = len(array), array.null_count, array.type, array.buffers()
         nodes += (n, nulls)
-        buffers += self.add(bufs[0], (n + 7) // 8) if nulls else (0, 0)
+        buffers += self.add_buffer(bufs[0], (n + 7) // 8) if nulls else (0, 0)
         if pa.types.is_fixed_size_list(t):
             child = array.values
             if len(child) != n * t.list_size:
@@ -310,9 +388,9 @@ class _Body:
             data = bufs[2].slice(start, end - start) if bufs[2] is not None else None
             buffers += self.add(data, end - start)
         elif pa.types.is_boolean(t):
-            buffers += self.add(bufs[1], (n + 7) // 8)
+            buffers += self.add_buffer(bufs[1], (n + 7) // 8)
         else:  # fixed width: integers, floats, timestamps
-            buffers += self.add(bufs[1], n * (t.bit_width // 8))
+            buffers += self.add_buffer(bufs[1], n * (t.bit_width // 8))
 
 
 def _int64_bytes(values: list[int]) -> bytes:
@@ -322,7 +400,29 @@ def _int64_bytes(values: list[int]) -> bytes:
     return packed.tobytes()
 
 
+_BATCH_HEADERS: dict[tuple[int, int], tuple[bytes, struct.Struct, struct.Struct]] = {}
+
+
 def _record_batch_message(rows: int, nodes: list[int], buffers: list[int], body_len: int) -> bytes:
+    """`_record_batch_layout`'s bytes, from a cached template of the same node and buffer
+    counts with the value fields packed in (a test checks both agree)."""
+    counts = (len(nodes) // 2, len(buffers) // 2)
+    cached = _BATCH_HEADERS.get(counts)
+    if cached is None:
+        if len(_BATCH_HEADERS) >= _CACHE_SIZE:
+            _BATCH_HEADERS.clear()
+        template = _record_batch_layout(0, [0] * len(nodes), [0] * len(buffers), 0)
+        cached = _BATCH_HEADERS[counts] = (template, struct.Struct(f"<{len(nodes)}q"), struct.Struct(f"<{len(buffers)}q"))
+    template, nodes_struct, buffers_struct = cached
+    out = bytearray(template)
+    _INT64.pack_into(out, 32, body_len)
+    _INT64.pack_into(out, 64, rows)
+    nodes_struct.pack_into(out, 88, *nodes)
+    buffers_struct.pack_into(out, 96 + 8 * len(nodes), *buffers)
+    return bytes(out)
+
+
+def _record_batch_layout(rows: int, nodes: list[int], buffers: list[int], body_len: int) -> bytes:
     """An encapsulated IPC message (continuation, length, flatbuffer) of a RecordBatch header.
 
     Hand-written flatbuffer, fixed layout: root offset, Message vtable + table (version,
@@ -425,10 +525,11 @@ def _encode(frame: pd.DataFrame, names: list[str]) -> pa.Buffer:
     rows, ncols = frame.shape
     tags: list[Any] = [None] * ncols
     types: list[Any] = [None] * ncols
-    columns: list[Any] = [None] * ncols  # ("fixed", body offset, nbytes) or a pa.Array
+    columns: list[Any] = [None] * ncols  # (body offset, nbytes) of a fixed-width column, or the column
     blocks = []  # (body offset, slot bytes, 2-D values)
     body = _Body()
-    generic = []
+    generic = []  # (position, what fixes its Arrow type beyond the tag)
+    dictionary = False
     for positions, values in _column_values(frame):
         if isinstance(values, np.ndarray) and values.ndim == 2:
             tag = _FIXED_BY_DTYPE[values.dtype]
@@ -446,52 +547,70 @@ def _encode(frame: pd.DataFrame, names: list[str]) -> pa.Buffer:
             if len(array) != rows:
                 raise UsageError(f"column {names[pos]!r}: {len(array)} values for {rows} rows")
             tags[pos], types[pos], columns[pos] = tag, array.type, array
-            generic.append((pos, array.type))
-    if any(pa.types.is_dictionary(t) for _, t in generic):
+            kind = type(array)
+            generic.append((pos, array.key if kind is _FixedList or kind is _RawColumn else array.type))
+            dictionary = dictionary or tag == "category"
+    if dictionary:
         return _encode_with_pyarrow(frame, names, tags, types, columns, blocks)
 
     nodes: list[int] = []
     buffers: list[int] = []
     for column in columns:
-        if type(column) is tuple:
+        kind = type(column)
+        if kind is tuple:
             nodes += (rows, 0)
             buffers += (0, 0, *column)
-        elif type(column) is _FixedList:
-            nodes += (rows, 0, len(column.flat), 0)
-            buffers += (0, 0, 0, 0, *body.add(column.flat, column.flat.nbytes))
+        elif kind is _RawColumn:
+            nodes += (column.rows, column.nulls)
+            for source, nbytes in column.buffers:
+                buffers += body.add(source, nbytes)
+        elif kind is _FixedList:
+            nodes += (rows, 0, rows * column.width, 0)
+            buffers += (0, 0, 0, 0, *body.add(column, column.nbytes))
         else:
             body.add_array(column, nodes, buffers)
-    generic.sort(key=lambda item: item[0])
     _, schema_bytes = _schema_message(names, tags, types, rows, tuple(generic))
     batch_bytes = _record_batch_message(rows, nodes, buffers, body.size) if ncols else b""
-    start = len(schema_bytes) + len(batch_bytes)
-    # Not zeroed as a whole (np.zeros of a large frame costs as much as copying it): every
-    # byte below is written, the padding after each buffer explicitly.
-    out = np.empty(start + (body.size if ncols else 0) + len(_EOS), dtype=np.uint8)
-    out[: len(schema_bytes)] = np.frombuffer(schema_bytes, np.uint8)
-    out[len(schema_bytes) : start] = np.frombuffer(batch_bytes, np.uint8)
+    if not ncols:
+        return pa.py_buffer(schema_bytes + _EOS)
+    # The body in order: fixed-width blocks first (reserved first), then the other buffers.
+    # Every padding byte is written explicitly (zeros); nothing is left uninitialised.
+    pieces: list[Any] = [schema_bytes, batch_bytes]
     written = 0
     for offset, slot, values in blocks:
+        if offset != written:  # pragma: no cover - a layout bug would send the wrong bytes
+            raise AssertionError(f"record batch body out of order at {offset}")
         count, itemsize = values.shape[0], values.dtype.itemsize
-        region = out[start + offset : start + offset + slot * count].view(values.dtype).reshape(count, slot // itemsize)
-        region[:, :rows] = values
-        region[:, rows:] = 0
+        if slot == rows * itemsize and values.flags.c_contiguous:
+            pieces.append(values)  # the block is the body's bytes already
+        else:
+            region = np.empty((count, slot // itemsize), values.dtype)
+            region[:, :rows] = values
+            region[:, rows:] = 0
+            pieces.append(region)
         written += slot * count
-    for offset, source in body.fills:
-        end = start + offset + len(source)
-        out[start + offset : end] = source
-        out[end : start + offset + _pad(len(source))] = 0
-        written += _pad(len(source))
-    if ncols and written != body.size:  # pragma: no cover - a layout bug would send stale memory
+    for offset, source, nbytes in body.fills:
+        if offset != written:  # pragma: no cover
+            raise AssertionError(f"record batch body out of order at {offset}")
+        if type(source) is _FixedList:
+            source = source.flat()
+        pieces.append(source)
+        if nbytes % 8:
+            pieces.append(_ZERO_PAD[8 - nbytes % 8])
+        written += _pad(nbytes)
+    if written != body.size:  # pragma: no cover - a layout bug would send the wrong bytes
         raise AssertionError(f"record batch body laid out {written} of {body.size} bytes")
-    out[len(out) - len(_EOS) :] = np.frombuffer(_EOS, np.uint8)
-    return pa.py_buffer(out)
+    pieces.append(_EOS)
+    return pa.py_buffer(b"".join(pieces))
+
+
+_ZERO_PAD = [bytes(n) for n in range(8)]
 
 
 def _encode_with_pyarrow(frame: pd.DataFrame, names: list, tags: list, types: list, columns: list, blocks: list) -> pa.Buffer:
     """Frames with a dictionary (categorical) column: pyarrow's own IPC writer."""
     rows = len(frame)
-    arrays = [column.to_arrow() if type(column) is _FixedList else column for column in columns]
+    arrays = [column.to_arrow() if type(column) in (_FixedList, _RawColumn) else column for column in columns]
     for positions, values in _column_values(frame):
         if isinstance(values, np.ndarray) and values.ndim == 2:
             for j, pos in enumerate(positions.tolist()):
@@ -632,7 +751,7 @@ class _BatchTemplate:
     __slots__ = ("size", "nodes", "buffers", "fixed", "nodes_struct", "buffers_struct")
 
     def __init__(self, node_count: int, buffer_count: int) -> None:
-        template = _record_batch_message(0, [0] * (2 * node_count), [0] * (2 * buffer_count), 0)
+        template = _record_batch_layout(0, [0] * (2 * node_count), [0] * (2 * buffer_count), 0)
         self.size = len(template)
         self.nodes = 88  # prefix (8) + the nodes vector's data in the flatbuffer (80)
         self.buffers = self.nodes + 16 * node_count + 8
