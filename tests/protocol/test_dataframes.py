@@ -348,3 +348,175 @@ def test_encoded_padding_is_zero():
         body = data[batch.body_start : batch.body_start + batch.body_len]
         assert not body[~covered].any()
         assert D.decode_dataframe(data).equals(D.decode_dataframe(data.copy()))
+
+
+# ------------------------------------------------------------------ small-frame fast paths (issue 8 §3)
+def split_both_ways(stream: bytes):
+    """(fast reading, general reading) of a stream whose schema the decoder has seen."""
+    from protocol import dataframes as D
+
+    decode_dataframe(stream)  # caches the schema's plan
+    view = memoryview(bytes(stream))
+    fast = D._split_fast(view)
+    schema, _, batch = D._check_sequence(D._split_messages(view))
+    return fast, batch
+
+
+@pytest.mark.parametrize("frame", [
+    build_sample_frame(np.arange(7), np.ones((7, 2, 3)), np.array([1, -1, 2, 3, -1, 0, 9]), "r1", "none"),
+    benchmark_frame(13),
+    pd.DataFrame({"a": np.arange(3), "s": ["x", None, "zz"], "m": pd.array([1, None, 3], dtype="Int64")}),
+])
+def test_fast_header_reading_equals_the_flatbuffer_walk(frame):
+    fast, batch = split_both_ways(bytes(encode_dataframe(frame)))
+    assert fast is not None
+    plan, fast_batch = fast
+    assert (fast_batch.rows, fast_batch.body_start, fast_batch.body_len) == (batch.rows, batch.body_start, batch.body_len)
+    assert fast_batch.node_list == batch.nodes.ravel().tolist()
+    assert fast_batch.buffer_list == batch.buffers.ravel().tolist()
+
+
+def test_record_batch_header_template_equals_the_hand_written_layout():
+    from protocol import dataframes as D
+
+    rng = np.random.default_rng(1)
+    for nn, nb in [(0, 0), (1, 2), (4, 9), (70, 140)]:
+        nodes, buffers = rng.integers(0, 1 << 40, 2 * nn).tolist(), rng.integers(0, 1 << 40, 2 * nb).tolist()
+        rows, body = int(rng.integers(0, 1 << 40)), int(rng.integers(0, 1 << 40))
+        assert D._record_batch_message(rows, nodes, buffers, body) == D._record_batch_layout(rows, nodes, buffers, body)
+
+
+def test_a_header_that_differs_from_the_template_takes_the_checked_walk():
+    from protocol import dataframes as D
+
+    frame = pd.DataFrame({"a": np.arange(4, dtype=np.float64), "b": np.arange(4, dtype=np.float64)})
+    stream = bytearray(encode_dataframe(frame))
+    decode_dataframe(bytes(stream))
+    schema_len = 8 + struct.unpack_from("<i", stream, 4)[0]
+    stream[schema_len + 8 + 36] ^= 1  # the MetadataVersion field of the batch header: no longer ours
+    assert D._split_fast(memoryview(bytes(stream))) is None
+    pd.testing.assert_frame_equal(decode_dataframe(bytes(stream)), frame)  # read by the walk (which ignores it)
+    stream[schema_len + 8 + 24 : schema_len + 8 + 32] = struct.pack("<q", 1 << 30)  # and a body length past the end
+    with pytest.raises(PeerError, match="body"):
+        decode_dataframe(bytes(stream))
+
+
+def test_fast_reading_still_refuses_buffers_outside_the_body():
+    frame = pd.DataFrame({"a": np.arange(4, dtype=np.float64), "b": np.arange(4, dtype=np.float64)})
+    stream = bytearray(encode_dataframe(frame))
+    decode_dataframe(bytes(stream))
+    schema_len = 8 + struct.unpack_from("<i", stream, 4)[0]
+    nodes_at = schema_len + 88
+    buffers_at = nodes_at + 16 * 2 + 8
+    struct.pack_into("<q", stream, buffers_at + 16 * 3, 1 << 20)  # b's values at 1 MiB into a 64-byte body
+    with pytest.raises(PeerError, match="inside the body|fit"):
+        decode_dataframe(bytes(stream))
+    stream2 = bytearray(encode_dataframe(frame))
+    struct.pack_into("<q", stream2, nodes_at + 8, 5)  # a null count above the length
+    with pytest.raises(PeerError, match="inconsistent"):
+        decode_dataframe(bytes(stream2))
+
+
+def str_column_stream(offsets: list[int], data: bytes, rows: int) -> bytes:
+    """A large_string column `s` tagged object:str with the given offsets and data buffers."""
+    schema = tagged_schema({"s": (pa.large_string(), "object:str")}, rows)
+    array = pa.Array.from_buffers(pa.large_string(), rows, [None, pa.py_buffer(np.array(offsets, np.int64).tobytes()),
+                                                            pa.py_buffer(data)])
+    return pyarrow_stream(schema, [pa.record_batch([array], schema=schema)])
+
+
+def test_repeated_string_offsets_with_different_data_decode_as_sent():
+    got = decode_dataframe(str_column_stream([0, 2, 4, 6], b"abcdef", 3))
+    assert got["s"].tolist() == ["ab", "cd", "ef"] and got["s"].dtype == object
+
+
+def test_repeated_invalid_utf8_is_refused():
+    with pytest.raises(PeerError):
+        decode_dataframe(str_column_stream([0, 2, 4], b"\xff\xfe\xff\xfe", 2))
+
+
+def test_decreasing_string_offsets_are_refused():
+    with pytest.raises(PeerError):
+        decode_dataframe(str_column_stream([0, 3, 1, 4], b"abcd", 3))
+
+
+@pytest.mark.parametrize("values", [["a", "bb", "", "ccc"], ["é", "é", "é"], ["x", "x", "y"], [""] * 5, ["ü", "a"]])
+def test_object_str_columns_round_trip(values):
+    frame = pd.DataFrame({"s": pd.Series(values, dtype=object)})
+    got = roundtrip(frame)
+    assert got["s"].dtype == object and got["s"].tolist() == values
+
+
+def test_one_repeated_str_object_and_equal_copies_encode_alike():
+    tag = "round-" + "7"
+    same = pd.DataFrame({"s": pd.Series([tag] * 4, dtype=object)})
+    copies = pd.DataFrame({"s": pd.Series([str(tag + " ")[:-1] for _ in range(4)], dtype=object)})
+    assert copies["s"].iloc[0] is not copies["s"].iloc[1]
+    assert bytes(encode_dataframe(same)) == bytes(encode_dataframe(copies))
+
+
+def test_repeated_lone_surrogate_is_a_usage_error():
+    with pytest.raises(UsageError):
+        encode_dataframe(pd.DataFrame({"s": pd.Series(["\ud800"] * 3, dtype=object)}))
+
+
+@pytest.mark.parametrize("mask", [[False] * 9, [True] * 9, [True, False, False, True, False, False, False, False, True]])
+def test_masked_integers_round_trip(mask):
+    frame = pd.DataFrame({t: pd.arrays.IntegerArray(np.arange(9).astype(t.lower()), np.array(mask))
+                          for t in ["Int8", "Int64", "UInt32"]})
+    pd.testing.assert_frame_equal(roundtrip(frame), frame)
+
+
+def views_of_one_matrix(n: int = 6, width: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    matrix = np.arange(n * width, dtype=np.float32).reshape(n, width)
+    cells = np.empty(n, dtype=object)
+    cells[:] = list(matrix)
+    return matrix, cells
+
+
+@pytest.mark.parametrize("change", ["foreign", "strided", "reordered", "float64", "slice_of_a_longer_matrix"])
+def test_array_cells_that_are_almost_rows_of_one_matrix_encode_their_own_values(change):
+    matrix, cells = views_of_one_matrix()
+    if change == "foreign":
+        cells[2] = np.full(4, -1.0, np.float32)
+    elif change == "strided":
+        cells[3] = np.arange(8, dtype=np.float32)[::2]
+    elif change == "reordered":
+        cells[1], cells[4] = cells[4], cells[1]
+    elif change == "float64":
+        cells[0] = matrix[0].astype(np.float64)
+    else:
+        longer = np.arange(40, dtype=np.float32).reshape(10, 4)
+        cells[:] = list(longer[3:9])
+    expected = [np.array(c, np.float64 if change == "float64" else np.float32) for c in cells]
+    got = roundtrip(pd.DataFrame({"x": pd.Series(cells, dtype=object)}))
+    assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(got["x"], expected))
+
+
+def test_decoded_array_cells_are_writable_rows_that_do_not_overlap():
+    _, cells = views_of_one_matrix()
+    received = bytearray(bytes(encode_dataframe(pd.DataFrame({"x": pd.Series(cells, dtype=object)}))))
+    got = decode_dataframe(received)["x"].tolist()
+    raw = np.frombuffer(received, np.uint8)
+    assert all(c.ndim == 1 and len(c) == 4 and c.flags.writeable and not np.shares_memory(c, raw) for c in got)
+    assert not any(np.shares_memory(a, b) for i, a in enumerate(got) for b in got[i + 1 :])
+    got[2][:] = 99.0  # a cell written in place leaves its neighbours as they were
+    assert got[1].tolist() == [4, 5, 6, 7] and got[3].tolist() == [12, 13, 14, 15]
+
+
+def test_sample_frame_cells_are_rows_of_one_fresh_block():
+    from mlcore.frames import frame_features
+
+    images = np.arange(5 * 4, dtype=np.float32).reshape(5, 2, 2)
+    frame = build_sample_frame(np.arange(5), images, None, "r1", "none")
+    cells = frame["x"].tolist()
+    block = cells[0].base
+    assert block.shape == (5, 4) and block.flags.c_contiguous and not np.shares_memory(block, images)
+    assert all(c.base is block and c.flags.writeable for c in cells)
+    images[:] = -1  # the frame copied the images
+    assert np.array_equal(frame_features(frame), np.arange(20, dtype=np.float32).reshape(5, 4))
+    features = frame_features(frame)
+    features[:] = 0  # a fresh array: the frame is untouched
+    assert cells[4].tolist() == [16, 17, 18, 19]
+    frame.at[1, "x"] = np.full(4, 7, np.float64)  # one foreign cell: still the cells' values, in float32
+    assert frame_features(frame)[1].tolist() == [7] * 4 and frame_features(frame).dtype == np.float32
