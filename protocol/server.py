@@ -365,6 +365,8 @@ class _ServerProtocol(ConversationProtocol):
                 conv.send_response(response, self.loop.time())
             if server._stop.is_set():
                 conv.close()
-            self.drive()
         finally:
             server._request_finished()
+        # After the count: drive() may serve the next pipelined request at once (eagerly),
+        # which would otherwise be counted while this finished one still was.
+        self.drive()
