@@ -575,25 +575,17 @@ def _encode(frame: pd.DataFrame, names: list[str]) -> pa.Buffer:
         return pa.py_buffer(schema_bytes + _EOS)
     # The body in order: fixed-width blocks first (reserved first), then the other buffers.
     # Every padding byte is written explicitly (zeros); nothing is left uninitialised.
-    pieces: list[Any] = [schema_bytes, batch_bytes]
+    pieces: list[Any] = [schema_bytes, batch_bytes]  # bytes-like, (2-D block, slot bytes) or _FixedList
     written = 0
     for offset, slot, values in blocks:
         if offset != written:  # pragma: no cover - a layout bug would send the wrong bytes
             raise AssertionError(f"record batch body out of order at {offset}")
-        count, itemsize = values.shape[0], values.dtype.itemsize
-        if slot == rows * itemsize and values.flags.c_contiguous:
-            pieces.append(values)  # the block is the body's bytes already
-        else:
-            region = np.empty((count, slot // itemsize), values.dtype)
-            region[:, :rows] = values
-            region[:, rows:] = 0
-            pieces.append(region)
-        written += slot * count
+        contiguous = slot == rows * values.dtype.itemsize and values.flags.c_contiguous
+        pieces.append(values if contiguous else (values, slot))  # contiguous: the block is the body's bytes
+        written += slot * values.shape[0]
     for offset, source, nbytes in body.fills:
         if offset != written:  # pragma: no cover
             raise AssertionError(f"record batch body out of order at {offset}")
-        if type(source) is _FixedList:
-            source = source.flat()
         pieces.append(source)
         if nbytes % 8:
             pieces.append(_ZERO_PAD[8 - nbytes % 8])
@@ -601,7 +593,49 @@ def _encode(frame: pd.DataFrame, names: list[str]) -> pa.Buffer:
     if written != body.size:  # pragma: no cover - a layout bug would send the wrong bytes
         raise AssertionError(f"record batch body laid out {written} of {body.size} bytes")
     pieces.append(_EOS)
-    return pa.py_buffer(b"".join(pieces))
+    total = len(schema_bytes) + len(batch_bytes) + body.size + len(_EOS)
+    if total <= _JOIN_BELOW:
+        return pa.py_buffer(b"".join([_padded_block(*p) if type(p) is tuple else p.flat() if type(p) is _FixedList
+                                      else p for p in pieces]))
+    # Large: one numpy allocation (numpy asks for huge pages, bytes.join's malloc does not:
+    # on a VM its 4 KiB page faults cost several times the copy) written piece by piece.
+    out = np.empty(total, dtype=np.uint8)
+    at = 0
+    for piece in pieces:
+        kind = type(piece)
+        if kind is tuple:
+            values, slot = piece
+            count, itemsize = values.shape[0], values.dtype.itemsize
+            region = out[at : at + slot * count].view(values.dtype).reshape(count, slot // itemsize)
+            region[:, :rows] = values
+            region[:, rows:] = 0
+            at += slot * count
+        elif kind is _FixedList:
+            nbytes = piece.nbytes
+            flat = out[at : at + nbytes].view(piece.dtype)
+            np.concatenate(piece.rows, out=flat, casting="safe")
+            at += nbytes
+        else:
+            chunk = np.frombuffer(piece, np.uint8)
+            out[at : at + len(chunk)] = chunk
+            at += len(chunk)
+    if at != total:  # pragma: no cover
+        raise AssertionError(f"frame laid out {at} of {total} bytes")
+    return pa.py_buffer(out)
+
+
+#: Frames up to this size are joined from their pieces (cheapest for small ones).
+_JOIN_BELOW = 1 << 20
+
+
+def _padded_block(values: np.ndarray, slot: int) -> np.ndarray:
+    """A 2-D block laid out as the body wants it: each column padded with zeros to `slot` bytes."""
+    count, itemsize = values.shape[0], values.dtype.itemsize
+    region = np.empty((count, slot // itemsize), values.dtype)
+    rows = values.shape[1]
+    region[:, :rows] = values
+    region[:, rows:] = 0
+    return region
 
 
 _ZERO_PAD = [bytes(n) for n in range(8)]
