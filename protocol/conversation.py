@@ -119,6 +119,7 @@ class _Conversation:
     def connection_lost(self) -> None:
         """The transport is gone: nothing more will be sent or received."""
         self.closed = True
+        self.decoder.release()
 
     # -- output
     def data_to_send(self) -> list[Any]:

@@ -428,3 +428,17 @@ def test_fuzz_mutated_valid_frame(mutations):
         pass
     except ProtocolError as exc:  # pragma: no cover - shown on failure
         pytest.fail(f"non-peer ProtocolError {exc!r}")
+
+
+def test_a_released_scratch_buffer_serves_the_next_decoder_without_stale_bytes():
+    """Decoders of closed connections hand their scratch buffer to new ones (zeroing 64 KiB
+    a connection was measurable): what a new decoder parses is only what it was fed."""
+    first, second = sample_request(), RequestBlock("normal")
+    data = b"".join(bytes(p) for p in encode_request(first))
+    old = FrameDecoder()
+    old.feed(data + data[:200])  # a whole frame and the start of another, left behind
+    old.release()
+    assert old.next_frame() is None and not old.in_frame  # nothing is read from it afterwards
+    new = FrameDecoder()
+    frames = new.feed(b"".join(bytes(p) for p in encode_request(second)))
+    assert [decode_request(f).request_id for f in frames] == [second.request_id] and not new.in_frame
