@@ -190,7 +190,8 @@ class FrameDecoder:
         """The connection is gone: hand the scratch buffer to the next decoder. Nothing is
         read from it afterwards (only bytes written by a later connection ever are)."""
         scratch, self._scratch = self._scratch, bytearray()
-        self._start = self._end = 0
+        self._start = self._end = self._filled = 0
+        self._state, self._target, self._header, self._head = _HEADER, None, None, None
         if len(scratch) == SCRATCH_SIZE and len(_SCRATCH_POOL) < MAX_POOLED_SCRATCH:
             _SCRATCH_POOL.append(scratch)
 
