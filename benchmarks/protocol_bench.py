@@ -949,10 +949,11 @@ def bounds_text(results: Results, sizes: dict[str, int], rates: dict[str, Rate],
                 f"figure is about the sum. In process, the conversation spends {b.client_us:,.0f} µs on the client "
                 f"(encode {b.steps_us[0]:,.0f}) and {b.server_us:,.0f} µs on the server (decode_request "
                 f"{b.steps_us[2]:,.0f}); a pickle round trip of the same request costs "
-                f"{b.pickle_us[0] + b.pickle_us[1]:,.0f} µs. Bound: the DataFrame codec's fixed cost per frame and "
-                f"per column (Arrow message headers read and checked in Python, one pyarrow array built and validated "
-                f"per str column, pandas block assembly) — the per-row work (object column of arrays, str columns, "
-                f"nullable ints) is vectorised — plus the event loop on each side."
+                f"{b.pickle_us[0] + b.pickle_us[1]:,.0f} µs. Bound: CPU on each side, serial — the codec's fixed "
+                f"cost per frame and per column in Python (about half of the in-process figure; no pyarrow left on "
+                f"the path of this frame's columns), the conversation and event loop, the send of the frame (on "
+                f"loopback it runs the receiver's TCP processing) and two process wake-ups a request, each of which "
+                f"waits for a core when the machine is shared."
             )
     first, last = frame_names[0], frame_names[-1]
     b1k = prof.breakdowns[-1]
@@ -969,10 +970,11 @@ def bounds_text(results: Results, sizes: dict[str, int], rates: dict[str, Rate],
         if cand.startswith("protocol") and "asyncio" in cand:
             lines.append(
                 f"- **Bulk 1M rows, {cand}**: {sizes[last] / s.median / 1e9:.2f} GB/s against the loopback ceiling's "
-                f"{sizes[last] / raw / 1e9:.2f} GB/s (raw sockets, same bytes, no copies). Bound: memcpy and the "
-                "kernel's loopback copy; what is above the ceiling is the encoder's copies into the body, the "
-                "receive buffer and DataFrame building on the server, and asyncio's transport buffering (1 MiB slices "
-                "with drain)."
+                f"{sizes[last] / raw / 1e9:.2f} GB/s (raw sockets, same bytes, no copies). Bound: fresh memory — "
+                "every 300 MB buffer (the encoded frame, the receive buffer, the decoded blocks) is new and its pages "
+                "fault in as they are first written (on this VM that costs more than the copy itself, and varies "
+                "run to run with how many huge pages the kernel can hand out); then the copies themselves and "
+                "asyncio's transport buffering (1 MiB slices with drain)."
             )
     lines.append(
         "- **vs Arrow Flight**: Flight's per-request cost is gRPC + from_pandas/to_pandas (~ms at 1k rows); at 1M rows "

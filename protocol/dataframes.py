@@ -107,7 +107,9 @@ def _is_missing(value: Any) -> bool:
 
 def _encode_object_column(name: str, values: np.ndarray) -> tuple[pa.Array, str]:
     """Object columns hold str, bytes or equal-length 1-D numpy arrays (features)."""
-    first = next((v for v in values if not _is_missing(v)), None)
+    first = values[0] if len(values) else None
+    if type(first) is not str and type(first) is not np.ndarray:  # (the common cases, without a scan)
+        first = next((v for v in values if not _is_missing(v)), None)
     if isinstance(first, np.ndarray):
         return _encode_array_column(name, values)
     if first is None or isinstance(first, str):
@@ -177,7 +179,7 @@ def _encode_array_column(name: str, values: np.ndarray) -> tuple[pa.Array, str]:
     tag = _LIST_VALUE_DTYPES.get(dtype)
     if tag is None:
         raise UsageError(f"column {name!r}: array element type {dtype} is not supported")
-    lossy = sorted(str(d) for d in dtypes if not _lossless(d, dtype))
+    lossy = sorted(str(d) for d in dtypes if not _lossless(d, dtype)) if len(dtypes) > 1 else None
     if lossy:
         raise UsageError(f"column {name!r}: array rows of {lossy} cannot be widened to {dtype} without loss")
     widths = set(map(len, rows))
@@ -309,6 +311,11 @@ def _encode_values(name: str, values: Any) -> tuple[pa.Array, str]:
     raise UsageError(f"column {name!r}: dtype {dtype} cannot be sent")
 
 
+def _position(pos: int) -> np.ndarray:
+    """np.array([pos]) (read-only, shared for the first 256 positions)."""
+    return _POSITIONS[pos] if pos < len(_POSITIONS) else np.array([pos], dtype=np.intp)
+
+
 def _column_values(frame: pd.DataFrame) -> list[tuple[np.ndarray, Any]]:
     """The frame's data as (positions, values) groups: a 2-D (columns, rows) numpy block
     per fixed-width dtype block, one 1-D array a column otherwise.
@@ -316,17 +323,19 @@ def _column_values(frame: pd.DataFrame) -> list[tuple[np.ndarray, Any]]:
     Reads the BlockManager (`frame._mgr.blocks`, stable from pandas 1 to 3) to save the
     per-column Series (~25 us each); falls back to public per-column access."""
     try:
-        blocks = frame._mgr.blocks
+        manager = frame._mgr
         groups = []
-        for block in blocks:
+        count = 0
+        for block in manager.blocks:
             values, positions = block.values, block.mgr_locs.as_array
+            count += len(positions)
             if isinstance(values, np.ndarray) and values.ndim == 2 and values.dtype in _FIXED_BY_DTYPE:
                 groups.append((positions, values))
             elif getattr(values, "ndim", 1) == 2:
-                groups.extend((positions[j : j + 1], values[j]) for j in range(len(positions)))
+                groups.extend(zip(map(_position, positions.tolist()), values))  # one row of the block a column
             else:
                 groups.append((positions, values))
-        if sum(len(p) for p, _ in groups) != frame.shape[1]:
+        if count != len(manager.items):
             raise AttributeError("unexpected block layout")
         return groups
     except AttributeError:  # pragma: no cover - another pandas
@@ -1156,12 +1165,14 @@ class _Decoder:
         (length, nulls), (_, validity, offsets_at, offsets_len, data_at, data_len) = self._take(3)
         if nulls or validity or length != rows or offsets_len < 8 * (rows + 1):
             return None
-        offsets = np.frombuffer(self.raw, np.int64, count=rows + 1, offset=self.start + offsets_at)
-        first, step, last = int(offsets[0]), int(offsets[1]), int(offsets[rows])
+        offsets_at += self.start
+        raw_offsets = bytes(self.view[offsets_at : offsets_at + 8 * (rows + 1)])
+        first, step = _TWO_INT64.unpack_from(raw_offsets, 0)
+        last = _INT64.unpack_from(raw_offsets, 8 * rows)[0]
         if first != 0 or not 0 <= last <= data_len:
             return None
         data_at += self.start
-        if last == rows * step and step >= 0 and (offsets == _steps(rows, step)).all():
+        if last == rows * step and step >= 0 and raw_offsets == _step_bytes(rows, step):
             value = bytes(self.view[data_at : data_at + step])
             if bytes(self.view[data_at : data_at + last]) != value * rows:  # (memoryviews compare slowly)
                 return None
@@ -1174,7 +1185,7 @@ class _Decoder:
             return out
         if rows > _MAX_ASCII_ROWS:
             return None
-        bounds = offsets.tolist()
+        bounds = list(struct.unpack(f"<{rows + 1}q", raw_offsets))
         if any(map(operator.gt, bounds, bounds[1:])):
             return None
         data = bytes(self.view[data_at : data_at + last])
@@ -1263,6 +1274,21 @@ def _steps(rows: int, step: int) -> np.ndarray:
         steps = _STEPS[key] = np.arange(rows + 1, dtype=np.int64) * step
         steps.flags.writeable = False
     return steps
+
+
+_TWO_INT64 = struct.Struct("<qq")
+_STEP_BYTES: dict[tuple[int, int], bytes] = {}
+
+
+def _step_bytes(rows: int, step: int) -> bytes:
+    """`_steps(rows, step)` as little-endian bytes, cached for the last few shapes."""
+    key = (rows, step)
+    data = _STEP_BYTES.get(key)
+    if data is None:
+        if len(_STEP_BYTES) >= 64:
+            _STEP_BYTES.clear()
+        data = _STEP_BYTES[key] = _steps(rows, step).astype("<i8").tobytes()
+    return data
 
 
 _MASKED_CLASSES: dict[str, Any] = {}
@@ -1373,15 +1399,16 @@ def _decode(data: Any) -> pd.DataFrame:
     names, tags, types = plan.names, plan.tags, plan.types
     for pos, node, buf, kind in plan.others:
         values = decoder.column(names[pos], tags[pos], types[pos], rows, node, buf, kind)
-        pieces.append((values, _POSITIONS[pos] if pos < len(_POSITIONS) else np.array([pos], dtype=np.intp)))
+        pieces.append((values, _position(pos)))
     for tag in plan.fixed:
         pieces.extend(decoder.fixed_block(plan, tag, rows))
     return _assemble(plan.columns, rows, pieces)
 
 
 _POSITIONS = [np.array([pos], dtype=np.intp) for pos in range(256)]
-for _position in _POSITIONS:
-    _position.flags.writeable = False
+for _array in _POSITIONS:
+    _array.flags.writeable = False
+del _array
 
 
 def _decode_with_pyarrow(buffer: pa.Buffer, plan: _Plan) -> pd.DataFrame:
