@@ -307,7 +307,7 @@ class FrameDecoder:
         if not tail_len:
             return RawFrame(head_, _EMPTY, None, checked)
         target = receive_buffer(tail_len)
-        target[:] = self._scratch[body_start : body_start + tail_len]
+        target[:] = memoryview(self._scratch)[body_start : body_start + tail_len]  # (a bytearray slice copies twice)
         body_len = header.body_len
         return RawFrame(head_, target[:body_len], bytes(target[body_len:]) if has_mac else None, checked)
 
@@ -331,7 +331,7 @@ class FrameDecoder:
         assert target is not None
         take = min(len(target) - self._filled, self._end - self._start)
         if take:
-            target[self._filled : self._filled + take] = self._scratch[self._start : self._start + take]
+            target[self._filled : self._filled + take] = memoryview(self._scratch)[self._start : self._start + take]
             self._filled += take
             self._start += take
         if self._start == self._end:
