@@ -159,13 +159,34 @@ class ConversationProtocol(asyncio.BufferedProtocol):
             self.write(parts)
             return
         self.bytes_sent += size
+        # Slices of SLICE_BYTES across part boundaries: the header, metadata and MAC go out
+        # with the start of the body (one send each was a TCP segment, and a wake-up of the
+        # peer for 32 bytes); a slice inside one large part is written without a copy.
+        pending: list[memoryview] = []
+        pending_bytes = 0
         for part in parts:
             view = memoryview(part).cast("B")
-            for start in range(0, view.nbytes, SLICE_BYTES):
-                if self.transport.is_closing():
-                    return
-                self.transport.write(view[start : start + SLICE_BYTES])
-                await self._can_write.wait()
+            start = 0
+            while start < view.nbytes:
+                take = min(SLICE_BYTES - pending_bytes, view.nbytes - start)
+                pending.append(view[start : start + take])
+                pending_bytes += take
+                start += take
+                if pending_bytes == SLICE_BYTES:
+                    if not await self._write_slice(pending):
+                        return
+                    pending, pending_bytes = [], 0
+        if pending:
+            await self._write_slice(pending)
+
+    async def _write_slice(self, pieces: list[memoryview]) -> bool:
+        """Write one slice and wait for the transport to drain; False once it is closing."""
+        assert self.transport is not None
+        if self.transport.is_closing():
+            return False
+        self.transport.write(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        await self._can_write.wait()
+        return True
 
     # -- for subclasses
     def handle_event(self, event: Event) -> None:  # pragma: no cover - abstract
