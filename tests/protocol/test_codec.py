@@ -442,3 +442,31 @@ def test_a_released_scratch_buffer_serves_the_next_decoder_without_stale_bytes()
     new = FrameDecoder()
     frames = new.feed(b"".join(bytes(p) for p in encode_request(second)))
     assert [decode_request(f).request_id for f in frames] == [second.request_id] and not new.in_frame
+
+
+def test_large_frames_are_written_in_slices_that_carry_the_head_with_the_body():
+    import asyncio
+
+    from protocol.connection import SLICE_BYTES, ConversationProtocol
+
+    class Transport:
+        def __init__(self):
+            self.writes = []
+
+        def write(self, data):
+            self.writes.append(bytes(data))
+
+        def is_closing(self):
+            return False
+
+    parts = [b"h" * 32, b"m" * 16, memoryview(bytes(range(256)) * (SLICE_BYTES // 256 + 1)), b"\0" * 4]
+
+    async def main():
+        protocol = ConversationProtocol()
+        protocol.transport = Transport()
+        await protocol.write_sliced(parts)
+        return protocol.transport.writes
+
+    writes = asyncio.run(main())
+    assert [len(w) for w in writes] == [SLICE_BYTES, sum(len(p) for p in parts) - SLICE_BYTES]
+    assert b"".join(writes) == b"".join(bytes(p) for p in parts)
