@@ -3,10 +3,13 @@
 Encoding. Going through `pa.Table.from_pandas` costs ~80 us a column, so the frame is read
 block by block: every numpy int/float block of the frame (all its float32 columns, say)
 is copied into the record batch body with one numpy copy, and the record batch's
-flatbuffer header is written here (`_record_batch_message`). Other columns (bool,
-strings, bytes, nullable, datetime, feature arrays) become pyarrow arrays whose buffers
-are laid into the same body. The schema message comes from pyarrow (`Schema.serialize`)
-and is cached. Frames with a categorical column are written by pyarrow's own IPC writer
+flatbuffer header is written here (`_record_batch_message`, from a cached template).
+Feature arrays (object columns of 1-D arrays) are concatenated into the body in one C
+loop; Int64 & co go as their values and a bitmap packed from their mask; an object str
+column holding one str object in every row (a round id, a tag) goes as that string's
+bytes repeated. Other columns (bool, strings, bytes, nullable floats, datetime) become
+pyarrow arrays whose buffers are laid into the same body. The schema message comes from
+pyarrow (`Schema.serialize`) and is cached. Frames with a categorical column are written by pyarrow's own IPC writer
 (they need a dictionary batch). Each column's pandas dtype travels as a tag in the Arrow
 field metadata (`driftloop.dtype`).
 
@@ -18,7 +21,13 @@ bounded by the bytes received (no column can be larger than the body it came in;
 only Python-object amplification is one object a row for object/array columns). Every
 column's Arrow type must match an allow-listed tag; extension types are refused, however
 deeply nested. Every non-fixed-width column is rebuilt as a pyarrow array and validated in
-full (offsets, UTF-8, dictionary indices); fixed-width columns are bounds-checked.
+full (offsets, UTF-8, dictionary indices), except three kinds checked here in full instead:
+feature arrays and nullable integers (lengths, null counts against the bitmap), and object
+str columns whose offsets step evenly over one repeated value or whose text is ASCII
+(offsets monotonic and inside the data, the value decoded as strict UTF-8). A stream from
+a schema seen before whose record batch header has exactly this encoder's layout is read
+with a few slices instead of a flatbuffer walk, then checked the same way; fixed-width
+columns are bounds-checked.
 
 Copies, not views: every decoded column is a fresh, writable copy that shares no memory
 with the received bytes or with any other column, so the receive buffer is never pinned
