@@ -409,14 +409,22 @@ def bench_active(world: World, strategies: tuple[str, ...]) -> dict:
 def bench_selection(world: World, methods: tuple[str, ...]) -> dict:
     """Regret at each switch back: best zoo model's held-out accuracy minus the chosen model's."""
     out = {}
-    for method in methods:
-        records = world.loop(f"sel-{method}", {"datacenter": {"selection": method}}).run(SWITCH_BACK)
+    shipped = world.settings.datacenter
+    # each criterion on its own (recognise_zoo off: every switch back goes through selection), then
+    # the shipped settings, where the check may adopt a recognised zoo model before any selection
+    runs = {method: {"datacenter": {"selection": method, "recognise_zoo": False}} for method in methods}
+    if shipped.recognise_zoo:
+        runs[f"{shipped.selection} + recognise_zoo (shipped)"] = {}
+    for method, overrides in runs.items():
+        records = world.loop(f"sel-{len(out)}", overrides).run(SWITCH_BACK)
         cases = {}
         for case, record in (("rot30-back", records[3]), ("invert-back", records[4])):
-            chosen = record["selected"] or record["entering"]
+            # the selected start; a model the check adopted as its own data again (recognise_zoo); else the kept one
+            chosen = record["selected"] or (record["leaving"] if record["decision"] == "adopt" else record["entering"])
             scores = {sha: world.held_out(world.model(sha), record["shift"]) for sha in record["zoo"]}
             cases[case] = {"regret": max(scores.values()) - scores.get(chosen, world.held_out(world.model(chosen), record["shift"])),
-                           "by": "selection" if record["selected"] else "kept (no selection ran)",
+                           "by": "selection" if record["selected"] else
+                           "recognised" if record["decision"] == "adopt" else "kept (no selection ran)",
                            "decision": record["decision"], "zoo": len(scores)}
         out[method] = {"cases": cases, "records": records}
     return out
@@ -641,7 +649,7 @@ def report(results: list[dict], fa_results: list[dict], args, notes: list[str], 
         lines += ["## D. Selection regret at a switch back", "",
                   "Rounds: clean, rotate 30°, invert, rotate 30° again, invert again, chained, shipped settings with the "
                   "selection criterion changed. Regret = held-out accuracy of the best model in the zoo at that round "
-                  "minus that of the model chosen (the selected start; the kept model if no selection ran), in points.", "",
+                  "minus that of the model chosen (the selected start; the model the check adopted when it recognised the data as a zoo model's own (`recognise_zoo`); else the kept model), in points.", "",
                   "| criterion | rot30-back | invert-back | mean | how chosen (rot30 / invert, per seed) |", "|---|---|---|---|---|"]
         for method in selection[0]:
             rot = [s[method]["cases"]["rot30-back"]["regret"] for s in selection]
@@ -649,14 +657,16 @@ def report(results: list[dict], fa_results: list[dict], args, notes: list[str], 
             both = [(x + y) / 2 for x, y in zip(rot, inv)]
             how = "; ".join(f"{s[method]['cases']['rot30-back']['decision']} / {s[method]['cases']['invert-back']['decision']}" for s in selection)
             lines.append(f"| {method} | {show(rot, '{:.1f}', 100)} | {show(inv, '{:.1f}', 100)} | {show(both, '{:.1f}', 100)} | {how} |")
-            if method == settings_from_dict(results[0]["raw"]).datacenter.selection:
+            shipped = settings_from_dict(results[0]["raw"]).datacenter
+            if method == (f"{shipped.selection} + recognise_zoo (shipped)" if shipped.recognise_zoo else shipped.selection):
                 mean = mean_or_none(both)
-                targets.append((f"selection regret ≤ 2 points on average ({method}, shipped)", f"{100 * mean:.1f}",
+                targets.append((f"selection regret ≤ 2 points on average ({method.replace(' (shipped)', '')}, shipped)", f"{100 * mean:.1f}",
                                 verdict(mean <= 0.02)))
         lines.append("")
 
     # E --------------------------------------------------------------------------------------
-    shipped_selection = settings_from_dict(results[0]["raw"]).datacenter.selection
+    shipped = settings_from_dict(results[0]["raw"]).datacenter
+    shipped_selection = f"{shipped.selection} + recognise_zoo (shipped)" if shipped.recognise_zoo else shipped.selection
     rows = [rec for r in results for scenario in r.get("policies", {}).values() for rec in scenario["default"]["records"]]
     rows += [rec for r in results for rec in r.get("selection", {}).get(shipped_selection, {"records": []})["records"]]
     lines += ["## E. Label-free accuracy estimates vs the truth (the model entering each round)", "",

@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 
 #: Class weights this close to 1 everywhere are no label shift (the flag has another cause).
 MIN_PRIOR_CHANGE = 0.2
+#: A zoo model's own data again needs more than "not flagged" (p >= alpha): adopting it costs no
+#: label and no test, so a sample only somewhat like its window must not pass.
+MIN_HOME_P = 0.1
 
 
 def check(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any]) -> Reply:
@@ -69,11 +72,20 @@ def check(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any])
     info["source_like"] = source_like
     if source_like:  # back on the source, where this model's accuracy is known from labelled held-out rows
         fit = accuracy_of(source_probabilities, source_labels) >= info["reference_accuracy"] - config.harm_check.tolerance
-        if not fit:
-            return Reply(True, None, {**info, "decision": Decision.HARMFUL.value, "labels_wanted": 0})
-        child_key, child = adopt(center, key, snapshot, current, probabilities, verdict.statistic, frame, metadata)
-        center.store.save(child_key, child)
-        return Reply(False, None, {**info, "state": child_key, "decision": Decision.BENIGN.value, "labels_wanted": 0})
+        if fit:
+            child_key, child = adopt(center, key, snapshot, current, probabilities, verdict.statistic, frame, metadata)
+            center.store.save(child_key, child)
+            return Reply(False, None, {**info, "state": child_key, "decision": Decision.BENIGN.value, "labels_wanted": 0})
+    home = recognised(center, snapshot, images) if config.recognise_zoo else None
+    if home is not None:  # another zoo model's own data again (a switch back): it is adopted, no label spent
+        sha, p_value = home
+        child_key = state_key(key, str(metadata.get("round")), "normal", frame_digest(frame))
+        center.store.save(child_key, Snapshot(key, str(metadata.get("round")), "normal", sha, snapshot.zoo, None,
+                                              snapshot.references))
+        return center.checkpoint_reply(False, sha, {**info, "state": child_key, "decision": Decision.ADOPT.value,
+                                                    "labels_wanted": 0, "sha256": sha, "p_value_home": p_value})
+    if source_like:
+        return Reply(True, None, {**info, "decision": Decision.HARMFUL.value, "labels_wanted": 0})
     candidate, weights = current, label_shift_weights(center, current, probabilities) if config.label_shift else None
     if weights is not None:
         candidate = center.reweighted(current, weights)
@@ -119,6 +131,27 @@ def monitor(center: DataCenter, snapshot: Snapshot, probabilities: np.ndarray, l
     if further and not adopted.drift:
         return original, original.p_value
     return adopted, original.p_value
+
+
+def recognised(center: DataCenter, snapshot: Snapshot, images: np.ndarray) -> tuple[str, float] | None:
+    """(sha256, p-value) of the zoo model, other than the current one, to whose own window the
+    sample looks most alike, if the gate's p-value against that window is at least MIN_HOME_P.
+
+    A model's own window is its outputs on the data it was fit to (the base: the held-out source
+    split; an adapted model: the random sample of its episode, which no query touched), so a
+    sample it does not tell apart from that window is its own data again: the model is as good
+    here as it was there. A switch back then costs no label, instead of a harm test the new
+    model would fail against the base model's clean accuracy and an episode that starts from it.
+    """
+    config, best = center.settings.datacenter, None
+    for entry in snapshot.zoo:
+        if entry.sha256 == snapshot.current or entry.sha256 not in snapshot.references:
+            continue
+        window = snapshot.references[entry.sha256]
+        verdict = detectors.ks_softmax_test(window, predict_proba(center.model(entry.sha256), images), config.alpha)
+        if verdict.p_value >= max(MIN_HOME_P, config.alpha) and (best is None or verdict.p_value > best[1]):
+            best = (entry.sha256, float(verdict.p_value))
+    return best
 
 
 def critical_distance(n: int, m: int, alpha: float) -> float:

@@ -59,9 +59,10 @@ class EdgeSettings:
 @dataclass(frozen=True)
 class FinetuneSettings:
     epochs: int = 30  # as config/config.yaml
-    lr: float = 0.002
+    lr: float = 0.005
     replay: int = 200
     batch_size: int = 32
+    pseudo_confidence: float = 0.95  # 0: off; else also train on confident predictions for the unlabelled random sample
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ class DatacenterSettings:
     label_shift: bool = True  # on a flag, test whether a label-prior shift explains it (BBSE) and re-weight
     leep_prior: float = 0.0  # pseudo-samples per class mapped to itself in LEEP (0 = the paper's LEEP)
     stop_agreement: float = 0.98  # stop an episode when two successive models agree this much
+    recognise_zoo: bool = True  # on a flag, adopt a zoo model whose own window the sample matches (no labels)
+    stop_on_stall: bool = True  # stop an episode when a model of its 2nd iteration or later still does not beat its start
     mmd_permutations: int = 200
     entropy_threshold: float = 0.5
     ece_threshold: float = 0.15

@@ -108,7 +108,10 @@ def test_bad_requests_get_clear_errors(trained, settings, digits, splits):
 def test_switch_back_selects_the_model_adapted_earlier(trained, settings, digits, splits, method):
     import dataclasses
     state_dir, base = trained
-    chosen = dataclasses.replace(settings, datacenter=dataclasses.replace(settings.datacenter, selection=method))
+    # recognise_zoo off: the switch back goes through selection (with it on the check adopts the
+    # model label-free: test_a_switch_back_is_recognised_and_costs_no_label)
+    chosen = dataclasses.replace(settings, datacenter=dataclasses.replace(settings.datacenter, selection=method,
+                                                                          recognise_zoo=False))
     center = center_over(state_dir, chosen, digits, splits)
     rot = [{"name": "rotate", "degrees": 30}]
     a = run_round(center, chosen, digits, splits, {"id": f"{method}-a", "shift": rot}, base)
@@ -117,6 +120,27 @@ def test_switch_back_selects_the_model_adapted_earlier(trained, settings, digits
     assert a.metrics["retrained"] and b.metrics["retrained"] and back.metrics["flagged"]
     assert back.metrics["selected_checkpoint"] == a.checkpoint["sha256"]
     assert back.metrics["selection"] == method
+
+
+def test_a_switch_back_is_recognised_and_costs_no_label(trained, settings, digits, splits):
+    """rotate 30, invert, rotate 30 again: the third sample matches the rotate-30 model's own window,
+    so the check adopts that model as it is, with no label and no episode; with recognise_zoo off the
+    same round pays for a harm test and a selection."""
+    import dataclasses
+    state_dir, base = trained
+    center = center_over(state_dir, settings, digits, splits)
+    rot = [{"name": "rotate", "degrees": 30}]
+    a = run_round(center, settings, digits, splits, {"id": "rz-a", "shift": rot}, base)
+    b = run_round(center, settings, digits, splits, {"id": "rz-b", "shift": [{"name": "invert"}]}, a.checkpoint)
+    back = run_round(center, settings, digits, splits, {"id": "rz-c", "shift": rot}, b.checkpoint)
+    assert a.metrics["retrained"] and b.metrics["retrained"] and back.metrics["flagged"]
+    assert back.metrics["decision"] == "adopt" and back.metrics["labels_used"] == 0 and back.metrics["iterations"] == 0
+    assert back.checkpoint["sha256"] == a.checkpoint["sha256"]
+    assert back.metrics["accuracy_after"] > back.metrics["accuracy_before"] + 0.2  # held out
+    off = dataclasses.replace(settings, datacenter=dataclasses.replace(settings.datacenter, recognise_zoo=False))
+    paid = run_round(center_over(state_dir, off, digits, splits), off, digits, splits,
+                     {"id": "rz-c-off", "shift": rot}, b.checkpoint)
+    assert paid.metrics["flagged"] and paid.metrics["labels_used"] > 0
 
 
 def test_ece_detector_spends_counted_labels(trained, settings, digits, splits):

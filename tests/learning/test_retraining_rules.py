@@ -1,0 +1,122 @@
+"""An episode's rules: which fine-tuned model is kept, when it stops, and self-training on the random sample."""
+
+import asyncio
+import dataclasses
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from datacenter.retrain import judge, pseudo_rows
+from datacenter.service import DataCenter
+from datacenter.state import EpisodeData, StateStore
+from edge.round_runner import EdgeRound
+from mlcore.contract import in_process
+from mlcore.frames import build_sample_frame
+from mlcore.rounds import parse_round
+from mlcore.shifts import apply_image_shifts, parse_shift_list
+from mlcore.training import predict_proba
+
+NAN = (math.nan, math.nan)
+
+
+@pytest.mark.parametrize("new, best, start, expected", [
+    ((0.8, -0.5), (0.8, -0.3), (0.6, -1.0), (True, True)),  # ties the best on accuracy: the newer (more labels) wins
+    ((0.6, -0.1), (0.8, -0.3), (0.6, -1.0), (False, True)),  # less accurate than the best so far: kept out
+    ((0.6, -1.1), (0.6, -1.0), (0.6, -1.0), (False, False)),  # the best is the start and the new one is not better
+    ((0.6, -0.9), (0.6, -1.0), (0.6, -1.0), (True, True)),  # same accuracy as the start, more likely: better
+    ((1.0, -0.2), (0.8, -0.5), (0.6, -1.0), (True, True)),
+    (NAN, NAN, NAN, (True, True)),  # no held-back labels: nothing to judge by
+])
+def test_judge_keeps_the_model_trained_on_more_labels_unless_it_is_worse(new, best, start, expected):
+    assert judge(new, best, start) == expected
+
+
+def rotated_episode(digits, splits, n_post=60, n_uniform=20):
+    """A random sample of rotated stream rows whose first `n_uniform` rows are labelled, split as
+    prepare does: every other one held back."""
+    rows = splits.stream[:n_post]
+    x = apply_image_shifts(digits.images[rows], parse_shift_list([{"name": "rotate", "degrees": 15}]),
+                           np.random.default_rng(0)).reshape(n_post, -1).astype(np.float32)
+    y = digits.labels[rows]
+    held = np.arange(n_uniform) % 2 == 1
+    return EpisodeData(post_x=x, post_ids=rows.astype(np.int64), val_x=x[:n_uniform][held], val_y=y[:n_uniform][held],
+                       x=x[:n_uniform][~held], y=y[:n_uniform][~held], ids=rows[:n_uniform][~held].astype(np.int64))
+
+
+def test_pseudo_labels_come_only_from_unlabelled_rows_and_confident_predictions(trained, settings, digits, splits):
+    state_dir, base = trained
+    center = DataCenter(settings, digits, splits, StateStore(state_dir))
+    model = center.model(base["sha256"])
+    data = rotated_episode(digits, splits)
+    assert pseudo_rows(center, model, data, 0.0) is None  # off
+    loose = pseudo_rows(center, model, data, 0.5)
+    strict = pseudo_rows(center, model, data, 0.99)
+    assert loose is not None and 0 < len(loose[1]) <= len(data.post_x) - 20
+    assert strict is None or len(strict[1]) < len(loose[1])
+    taken = {row.tobytes() for row in loose[0]}
+    assert not taken & {row.tobytes() for row in np.concatenate([data.val_x, data.x])}  # held-back and labelled rows never
+    probabilities = predict_proba(model, center.as_images(loose[0]))
+    assert (probabilities.max(1) >= 0.5).all() and (probabilities.argmax(1) == loose[1]).all()
+
+
+def test_an_episode_with_self_training_records_it_is_deterministic_and_helps_on_held_out_data(
+        trained, settings, digits, splits, tmp_path):
+    """A real episode (rotate 25) with pseudo_confidence on: its fine-tunes train on confident
+    predictions for the unlabelled random-sample rows too (recorded in the registry), the same
+    requests give the same checkpoint, and the kept model beats the entering one on held-out rows."""
+    state_dir, base = trained
+    tuned = dataclasses.replace(settings, datacenter=dataclasses.replace(
+        settings.datacenter, finetune=dataclasses.replace(settings.datacenter.finetune, pseudo_confidence=0.9)))
+    spec = parse_round({"id": "pl01", "shift": [{"name": "rotate", "degrees": 25}]})
+    outcomes = []
+    for copy in ("one", "two"):  # two data centers on copies of the base state: identical answers
+        root = tmp_path / copy
+        shutil.copytree(state_dir, root)
+        center = DataCenter(tuned, digits, splits, StateStore(root))
+        outcomes.append((root, asyncio.run(EdgeRound(tuned, digits, splits, spec, base, in_process(center.handle),
+                                                     tmp_path / f"{copy}-edge").run())))
+    (root, first), (_, second) = outcomes
+    assert first.checkpoint["sha256"] == second.checkpoint["sha256"] and first.metrics["retrained"]
+    assert first.metrics["accuracy_after"] > first.metrics["accuracy_before"] + 0.1
+    entries = [json.loads(p.read_text()) for p in (root / "registry").glob("*.json")]
+    adapted = [e for e in entries if e.get("kind") == "adapted" and e.get("round") == "pl01"]
+    assert adapted and all(e["metrics"]["pseudo_labels"] > 0 for e in adapted)
+
+
+def test_stop_on_stall_ends_an_episode_whose_models_never_beat_the_start(trained, settings, digits, splits, tmp_path):
+    """Queried labels that are wrong (true label + 1) teach nothing that beats the start on the
+    correct held-back labels: with stop_on_stall the episode ends, rolled back, at its second
+    iteration; without it, it runs on to its budget."""
+    state_dir, base = trained
+    spent = {}
+    for stall in (True, False):
+        chosen = dataclasses.replace(settings, datacenter=dataclasses.replace(
+            settings.datacenter, stop_on_stall=stall, stop_agreement=1.0))
+        root = tmp_path / f"stall-{stall}"
+        shutil.copytree(state_dir, root)
+        center = DataCenter(chosen, digits, splits, StateStore(root))
+        post = splits.stream[:100]
+        reply = center.handle("prep_retraining", frame(digits, post[:10]), frame(digits, post, labelled=False),
+                              {"state": base["state"], "round": "st01"})
+        assert reply.flag  # the base model is the current one: an episode opens
+        state, more, seen = reply.info["state"], True, []
+        batches = np.array_split(splits.stream[100:100 + 10 * chosen.edge.max_iterations], chosen.edge.max_iterations)
+        while more:
+            ids = batches[len(seen)]
+            out = center.handle("retraining", frame(digits, ids, wrong=True), None, {"state": state, "round": "st01"})
+            state, more = out.info["state"], out.flag
+            seen.append(out.info["beats_start"])
+        spent[stall] = (len(seen), out.info["decision"], out.info["stalled"])
+        assert not any(seen[1:])
+    assert spent[True] == (2, "rolled_back", True)
+    edge = chosen.edge
+    assert spent[False][0] == min(edge.max_iterations, edge.label_budget // edge.query_size) > 2 and not spent[False][2]
+
+
+def frame(digits, ids, labelled=True, wrong=False):
+    """A sample frame of clean rows `ids`: labelled (wrongly: the next class) or not."""
+    labels = (digits.labels[ids] + int(wrong)) % digits.n_classes if labelled else np.full(len(ids), -1)
+    return build_sample_frame(ids, digits.images[ids], labels, "st01", "none")
