@@ -93,7 +93,7 @@ class DatacenterSettings:
     leep_prior: float = 0.0  # pseudo-samples per class mapped to itself in LEEP (0 = the paper's LEEP)
     stop_agreement: float = 0.98  # stop an episode when two successive models agree this much
     recognise_zoo: bool = True  # on a flag, adopt a zoo model whose own window the sample matches (no labels)
-    stop_on_stall: bool = True  # stop an episode when a model of its 2nd iteration or later still does not beat its start
+    stop_on_stall: bool = False  # stop an episode when a model of its 2nd iteration or later still does not beat its start
     mmd_permutations: int = 200
     entropy_threshold: float = 0.5
     ece_threshold: float = 0.15
