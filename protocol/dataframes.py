@@ -84,7 +84,7 @@ _TZ = re.compile(rf"{_TZ_PATTERN}\Z")
 _ARRAY_TAG = re.compile(r"array\[(float32|float64|int8|int16|int32|int64|uint8)\]\Z")
 _LIST_VALUE_TYPES = {"float32", "float64", "int8", "int16", "int32", "int64", "uint8"}
 _LIST_VALUE_DTYPES = {np.dtype(name): f"array[{name}]" for name in _LIST_VALUE_TYPES}  # native byte order only
-_NDIM, _DTYPE = operator.attrgetter("ndim"), operator.attrgetter("dtype")
+_SHAPE, _DTYPE = operator.attrgetter("shape"), operator.attrgetter("dtype")
 #: A fixed-size-list column holds one feature vector a row; 2^20 values a row is plenty.
 MAX_LIST_SIZE = 1 << 20
 #: A frame without columns carries its row count only in the metadata.
@@ -173,9 +173,12 @@ def _encode_array_column(name: str, values: np.ndarray) -> tuple[pa.Array, str]:
     The element type is the promotion over *every* row; a promotion that could change a
     value (int64 with float32, int64 with uint64, ...) is refused rather than wrapped.
     """
-    rows = list(values)
-    # per-row checks as C loops (map over a builtin), one set each
-    if set(map(type, rows)) != {np.ndarray} or set(map(_NDIM, rows)) != {1}:
+    rows = values.tolist() if isinstance(values, np.ndarray) else list(values)
+    # per-row checks as C loops (map over a builtin), one set each: type, shape, dtype
+    if set(map(type, rows)) != {np.ndarray}:
+        raise UsageError(f"column {name!r}: every row of an array column must be a 1-D numpy array")
+    shapes = set(map(_SHAPE, rows))
+    if any(len(shape) != 1 for shape in shapes):
         raise UsageError(f"column {name!r}: every row of an array column must be a 1-D numpy array")
     dtypes = set(map(_DTYPE, rows))
     if len(dtypes) == 1:
@@ -191,13 +194,12 @@ def _encode_array_column(name: str, values: np.ndarray) -> tuple[pa.Array, str]:
     lossy = sorted(str(d) for d in dtypes if not _lossless(d, dtype)) if len(dtypes) > 1 else None
     if lossy:
         raise UsageError(f"column {name!r}: array rows of {lossy} cannot be widened to {dtype} without loss")
-    widths = set(map(len, rows))
-    if len(widths) != 1:
+    if len(shapes) != 1:
         raise UsageError(f"column {name!r}: array rows differ in length")
-    (width,) = widths
+    ((width,),) = shapes
     if not 0 < width <= MAX_LIST_SIZE:
         raise UsageError(f"column {name!r}: array rows must hold 1 to {MAX_LIST_SIZE} values, not {width}")
-    return _FixedList(rows, dtype, width), tag
+    return _FixedList(rows, dtype, width, uniform=len(dtypes) == 1), tag
 
 
 _LIST_TYPES: dict[tuple[np.dtype, int], pa.DataType] = {}
@@ -208,10 +210,10 @@ class _FixedList:
     the encoder concatenates them into the body in one C loop when it lays the body out
     (two nodes, three empty-or-value buffers), without stacking them anywhere first."""
 
-    __slots__ = ("rows", "dtype", "width", "type", "key")
+    __slots__ = ("rows", "dtype", "width", "uniform", "type", "key")
 
-    def __init__(self, rows: list[np.ndarray], dtype: np.dtype, width: int) -> None:
-        self.rows, self.dtype, self.width = rows, dtype, width
+    def __init__(self, rows: list[np.ndarray], dtype: np.dtype, width: int, *, uniform: bool) -> None:
+        self.rows, self.dtype, self.width, self.uniform = rows, dtype, width, uniform  # uniform: every row is of dtype
         key = (dtype, width)
         arrow_type = _LIST_TYPES.get(key)
         if arrow_type is None:
@@ -230,7 +232,7 @@ class _FixedList:
 
     def flat(self) -> np.ndarray:
         """The rows as one flat array of the column's dtype (one C loop, casts included)."""
-        if self.rows and self.rows[0].dtype == self.dtype and set(map(_DTYPE, self.rows)) == {self.dtype}:
+        if self.uniform:
             return np.concatenate(self.rows)
         return np.concatenate(self.rows, dtype=self.dtype, casting="safe")
 
