@@ -40,6 +40,7 @@ from pathlib import Path
 import yaml
 
 from mlcore.rounds import RoundSpec, load_fleet
+from machine_load import LoadMeter
 from workflow_copy import copy_workflow
 
 SCENARIOS = ("fleet", "one edge")
@@ -78,39 +79,12 @@ def scenario_copy(target: Path, scenario: str, settings: dict) -> Path:
     return workdir
 
 
-def busy_jiffies() -> tuple[int, int]:
-    """(busy, total) CPU jiffies of the whole machine, from /proc/stat."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]
-    return sum(fields) - idle, sum(fields)
-
-
-class ForeignLoad:
-    """The share of all cores that processes other than this one's children used meanwhile."""
-
-    def __enter__(self) -> "ForeignLoad":
-        self.busy, self.total = busy_jiffies()
-        self.ours = self._ours()
-        return self
-
-    @staticmethod
-    def _ours() -> float:
-        own, children = os.times()[:2], os.times()[2:4]
-        return sum(own) + sum(children)
-
-    def __exit__(self, *exc: object) -> None:
-        busy, total = busy_jiffies()
-        ticks = os.sysconf("SC_CLK_TCK")
-        elapsed = (total - self.total) / ticks  # CPU-seconds of all cores
-        foreign = (busy - self.busy) / ticks - (self._ours() - self.ours)
-        self.share = max(0.0, foreign / elapsed) if elapsed > 0 else 0.0
-
-
 def measure_pipeline(workdir: Path) -> dict:
     started = time.time()
-    with ForeignLoad() as load:
-        result = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2"], cwd=workdir,
-                                capture_output=True, text=True)
+    load = LoadMeter()
+    result = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2"], cwd=workdir,
+                            capture_output=True, text=True)
+    foreign, _ = load.foreign()
     total = time.time() - started
     if result.returncode != 0:
         raise SystemExit(f"snakemake failed in {workdir}:\n{result.stderr[-3000:]}")
@@ -126,7 +100,7 @@ def measure_pipeline(workdir: Path) -> dict:
     cycles = [b - a for a, b in zip(marks, marks[1:])]
     return {
         "total": total,
-        "load": load.share,
+        "load": foreign,
         "until_base": marks[0] - started,
         "rounds_wall": marks[-1] - marks[0],
         "cycles": cycles,
@@ -173,12 +147,13 @@ def in_process(workdir: Path, state: Path) -> dict:
 
 def measure_in_process(workdir: Path, state: Path) -> dict:
     """Run `in_process` in a fresh interpreter, so its imports are timed like the pipeline's."""
-    with ForeignLoad() as load:
-        out = subprocess.run([sys.executable, __file__, "--in-process", str(workdir), str(state)],
-                             capture_output=True, text=True)
+    load = LoadMeter()
+    out = subprocess.run([sys.executable, __file__, "--in-process", str(workdir), str(state)],
+                         capture_output=True, text=True)
+    foreign, _ = load.foreign()
     if out.returncode != 0:
         raise SystemExit(f"in-process baseline failed:\n{out.stderr[-3000:]}")
-    return {**json.loads(out.stdout.strip().splitlines()[-1]), "load": load.share}
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "load": foreign}
 
 
 # ----------------------------------------------------------------------------- report

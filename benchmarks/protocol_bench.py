@@ -76,6 +76,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 RESULTS = REPO / "benchmarks" / "results" / "protocol.md"
 
+from machine_load import LoadMeter, process_cpu  # noqa: E402
 from mlcore.frames import build_sample_frame  # noqa: E402
 
 try:  # (b) is measured only when this project's protocol package imports
@@ -163,11 +164,6 @@ def run_on(loop: str, main: Awaitable[Any]) -> Any:
         factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)  # type: ignore[arg-type]
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds of another process (all its threads), from its POSIX CPU clock (ns resolution)."""
-    return time.clock_gettime(((~pid) << 3) | 2)  # MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)
 
 
 @dataclass
@@ -400,39 +396,6 @@ def server_processes(kinds: list[str]):
             if proc.is_alive():
                 proc.kill()
                 proc.join()
-
-
-# ----------------------------------------------------------------------------- load accounting
-def busy_cpu_seconds() -> float:
-    """CPU seconds the whole machine has been busy (all processes), from /proc/stat."""
-    with open("/proc/stat") as stat:
-        ticks = [int(x) for x in stat.readline().split()[1:9]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-
-
-class LoadMeter:
-    """Share of the machine's CPU used by processes other than this one and its servers."""
-
-    def __init__(self, server_pids: list[int]) -> None:
-        self.pids = server_pids
-        self.start()
-
-    def own(self) -> float:
-        t = os.times()
-        own = t.user + t.system + t.children_user + t.children_system
-        for pid in self.pids:
-            with contextlib.suppress(OSError):
-                own += process_cpu(pid)
-        return own
-
-    def start(self) -> None:
-        self.t0, self.busy0, self.own0 = time.perf_counter(), busy_cpu_seconds(), self.own()
-
-    def foreign(self) -> tuple[float, float]:
-        """(foreign share of all cores, seconds) since `start`."""
-        wall = time.perf_counter() - self.t0
-        foreign = max(0.0, (busy_cpu_seconds() - self.busy0) - (self.own() - self.own0))
-        return foreign / (wall * (os.cpu_count() or 1)), wall
 
 
 # ----------------------------------------------------------------------------- measurements
