@@ -35,6 +35,7 @@ from . import detectors
 from .errors import RequestError
 from .estimates import accuracy_estimates
 from .label_shift import bbse_weights, confusion_matrix, weighted_ks_test
+from .peers import with_peer_models
 from .state import Snapshot, ZooEntry, state_key
 
 if TYPE_CHECKING:
@@ -76,14 +77,18 @@ def check(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any])
             child_key, child = adopt(center, key, snapshot, current, probabilities, verdict.statistic, frame, metadata)
             center.store.save(child_key, child)
             return Reply(False, None, {**info, "state": child_key, "decision": Decision.BENIGN.value, "labels_wanted": 0})
-    home = recognised(center, snapshot, images) if config.recognise_zoo else None
-    if home is not None:  # another zoo model's own data again (a switch back): it is adopted, no label spent
+    fleet = with_peer_models(center, snapshot, metadata) if config.recognise_zoo else snapshot
+    home = recognised(center, fleet, images) if config.recognise_zoo else None
+    if home is not None:  # a zoo model's own data again (a switch back, a peer's shift): adopted, no label spent
         sha, p_value = home
-        child_key = state_key(key, str(metadata.get("round")), "normal", frame_digest(frame))
-        center.store.save(child_key, Snapshot(key, str(metadata.get("round")), "normal", sha, snapshot.zoo, None,
-                                              snapshot.references))
+        child_key = state_key(key, str(metadata.get("round")), "normal",
+                              frame_digest(frame) + str(metadata.get("peers") or ""))
+        center.store.save(child_key, Snapshot(key, str(metadata.get("round")), "normal", sha, fleet.zoo, None,
+                                              fleet.references))
+        from_peer = fleet.entry(sha).edge not in (None, metadata.get("edge_id"))
         return center.checkpoint_reply(False, sha, {**info, "state": child_key, "decision": Decision.ADOPT.value,
-                                                    "labels_wanted": 0, "sha256": sha, "p_value_home": p_value})
+                                                    "labels_wanted": 0, "sha256": sha, "p_value_home": p_value,
+                                                    "from_peer": from_peer})
     if source_like:
         return Reply(True, None, {**info, "decision": Decision.HARMFUL.value, "labels_wanted": 0})
     candidate, weights = current, label_shift_weights(center, current, probabilities) if config.label_shift else None

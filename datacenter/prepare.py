@@ -22,6 +22,7 @@ from mlcore.training import embed, predict_proba
 from . import selection
 from .errors import RequestError
 from .harm_test import HarmDecision
+from .peers import peer_snapshots, with_peer_models
 from .state import Episode, EpisodeData, Snapshot, state_key
 
 if TYPE_CHECKING:
@@ -73,32 +74,6 @@ def prepare(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
         "pooled_labels": 0 if adopted else data.pooled,  # another edge's labels this episode trains on too
         "labels_used": int(len(y)),  # every uniform label (half train, half validate)
     })
-
-
-def with_peer_models(center: DataCenter, snapshot: Snapshot, metadata: dict[str, Any]) -> Snapshot:
-    """The snapshot with the zoo models of the peer states the edge named added (a fleet's shared zoo).
-
-    Which peers count is the edge's (the workflow's) explicit choice — the other edges' latest
-    states (workflow/rules/common.smk `peer_checkpoints`) — so the candidates, and the answer, do
-    not depend on timing.
-    """
-    peers = peer_snapshots(center, metadata)
-    if not peers:
-        return snapshot
-    zoo, references, known = list(snapshot.zoo), dict(snapshot.references), {e.sha256 for e in snapshot.zoo}
-    for other in peers:
-        for entry in other.zoo:
-            if entry.sha256 not in known and entry.sha256 in other.references:
-                zoo.append(entry)
-                references[entry.sha256] = other.references[entry.sha256]
-                known.add(entry.sha256)
-    return dataclasses.replace(snapshot, zoo=tuple(zoo), references=references)
-
-
-def peer_snapshots(center: DataCenter, metadata: dict[str, Any]) -> list[Snapshot]:
-    """The states the request names as peers (`extra.peers`, comma-separated keys), in order."""
-    raw = str(metadata.get("peers") or "")
-    return [center.parent_state({"state": key})[1] for key in raw.split(",") if key]
 
 
 def pooled_rows(center: DataCenter, metadata: dict[str, Any], start: str, round_id: str,

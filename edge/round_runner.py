@@ -92,7 +92,7 @@ class EdgeRound:
 
     async def ask(self, message: Message, query: pd.DataFrame | None, random: pd.DataFrame | None,
                   fetch: str | None = None) -> Reply:
-        peers = self.peers if message is Message.PREPARE else ()
+        peers = self.peers if message in (Message.CHECK, Message.PREPARE) else ()
         reply = await self.exchange(message, query, random, Context(self.state, self.spec.id, self.edge_id, fetch, peers))
         if message is not Message.HANDSHAKE:
             self.state = _require(dict(reply.info), "state", message.value)
@@ -216,6 +216,7 @@ class EdgeRound:
                 model, path, sha, iterations, last = await self.episode(model, path, sha)
                 decision = str(last.info.get("decision")) if last is not None else Decision.ROLLED_BACK.value
         retrained = decision == Decision.RETRAIN.value
+        from_peer = bool(selection_info.get("from_peer") or normal_info.get("from_peer"))
         probs_after = predict_proba(model, self.batch.images)
         held_out_after = self.held_out_accuracy(model) if sha != self.previous["sha256"] else held_out_before
         seconds = time.monotonic() - started
@@ -240,8 +241,8 @@ class EdgeRound:
             "selection": selection_info.get("selection"), "selected_checkpoint": selection_info.get("sha256"),
             "selected_round": selection_info.get("selected_round"), "selected_shift": selection_info.get("selected_shift"),
             "selection_scores": selection_info.get("scores"), "checkpoint_sha256": sha,
-            "from_peer": bool(selection_info.get("from_peer")),  # the start came from another edge's lineage
-            "reuse_spared_training": bool(selection_info.get("from_peer")) and decision == Decision.ADOPT.value,
+            "from_peer": from_peer,  # the model adopted or started from came from another edge's lineage
+            "reuse_spared_training": from_peer and decision == Decision.ADOPT.value,
             "pooled_labels": int(selection_info.get("pooled_labels") or 0),  # a peer's labels of this round trained on too
             "batch_size": len(self.batch.ids), "seconds": round(seconds, 3), "queue_wait": round(self.queue_wait, 3),
             "training_seconds": round(self.training_seconds, 3),

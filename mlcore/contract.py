@@ -46,7 +46,7 @@ class Context:
     round: str
     edge_id: str = "edge"
     fetch: str | None = None  # HANDSHAKE only: the sha256 of a checkpoint the edge lacks
-    peers: tuple[str, ...] = ()  # PREPARE: other edges' states whose zoo models are candidates too
+    peers: tuple[str, ...] = ()  # CHECK, PREPARE: other edges' states whose zoo models are candidates too
 
     def extra(self) -> dict[str, Any]:
         """Application fields for the request (round and edge id travel as fields of their own)."""

@@ -13,9 +13,11 @@ from mlcore.rounds import parse_round
 ROT = [{"name": "rotate", "degrees": 30}]
 
 
-def edge_round(center, settings, digits, splits, spec, previous, edge_id, peers=()):
+def edge_round(center, settings, digits, splits, spec, previous, edge_id, peers=(), stream=None):
+    """One round of edge `edge_id`; `stream`: whose stream order it draws (default: the one-edge order)."""
     store = center.store.root.parent / f"{center.store.root.name}-{edge_id}"
-    return asyncio.run(EdgeRound(settings, digits, splits, parse_round(spec), previous, in_process(center.handle),
+    parsed = dataclasses.replace(parse_round(spec), edge=stream)
+    return asyncio.run(EdgeRound(settings, digits, splits, parsed, previous, in_process(center.handle),
                                  store, edge_id=edge_id, peers=peers).run())
 
 
@@ -44,12 +46,34 @@ def test_a_peer_model_spares_a_retraining(trained, settings, digits, splits):
     assert alone.checkpoint["state"] != b.checkpoint["state"]
 
 
+def test_a_peer_model_of_the_same_shift_is_recognised_without_a_label(trained, settings, digits, splits):
+    """Edges a and b meet the same shift in the same round, each on its own data: the model a has
+    just trained matches b's sample as it matched a's own (its window), so b's state check adopts
+    it with no label, no harm test and no episode; without the peer, b pays for all three."""
+    state_dir, base = trained
+    center = DataCenter(settings, digits, splits, StateStore(state_dir))
+    a = edge_round(center, settings, digits, splits, {"id": "z07", "shift": ROT}, base, "a", stream="a")
+    assert a.metrics["decision"] == "retrain"
+    b = edge_round(center, settings, digits, splits, {"id": "z07", "shift": ROT}, base, "b",
+                   peers=(a.checkpoint["state"],), stream="b")
+    m = b.metrics
+    assert m["flagged"] and m["decision"] == "adopt" and m["labels_used"] == 0 and m["iterations"] == 0
+    assert m["from_peer"] and m["reuse_spared_training"] and b.checkpoint["sha256"] == a.checkpoint["sha256"]
+    assert m["accuracy_after"] > m["accuracy_before"] + 0.1  # held out, on b's own evaluation rows
+    _, after_b = center.parent_state({"state": b.checkpoint["state"]})
+    assert after_b.current == a.checkpoint["sha256"] and after_b.entry(a.checkpoint["sha256"]).edge == "a"
+    alone = edge_round(center, settings, digits, splits, {"id": "z07", "shift": ROT}, base, "b2", stream="b")
+    assert alone.metrics["labels_used"] > 0 and not alone.metrics["from_peer"]
+
+
 def test_edges_hit_by_one_drift_in_one_round_train_on_pooled_labels(trained, settings, digits, splits):
     """Issue 11 item 5: edge b, in the same round as a and with a's state as a peer, starts from the
     model a trained (its own labels chose it) and trains on a's labelled rows too; its own budget
     counts only its own labels, and its held-back labels stay out of the pool. In another round,
     the same peer gives a candidate but no pool."""
     state_dir, base = trained
+    # recognise_zoo off: b would otherwise adopt a's model label-free in its state check (the test above)
+    settings = dataclasses.replace(settings, datacenter=dataclasses.replace(settings.datacenter, recognise_zoo=False))
     center = DataCenter(settings, digits, splits, StateStore(state_dir))
     a = edge_round(center, settings, digits, splits, {"id": "z05", "shift": ROT}, base, "a")
     assert a.metrics["decision"] == "retrain" and a.metrics["pooled_labels"] == 0
