@@ -37,7 +37,7 @@ RESERVED_EXTRA_KEYS = frozenset({"request_id", "edge_id", "round"})
 
 def check_scalar_map(name: str, mapping: Mapping[str, Any] | None) -> dict[str, Scalar]:
     """Copy a str -> JSON-scalar map, refusing anything that would not survive the wire."""
-    if mapping is None:
+    if mapping is None or (type(mapping) is dict and not mapping):  # (the common case, no ABC check)
         return {}
     if not isinstance(mapping, Mapping):
         raise UsageError(f"{name} must be a mapping of str to scalars, got {type(mapping).__name__}")
@@ -89,7 +89,7 @@ class RequestBlock:
         if self.round is not None and (isinstance(self.round, bool) or not isinstance(self.round, (str, int))):
             raise UsageError(f"round must be a str, an int or None, got {self.round!r}")
         self.extra = check_scalar_map("extra", self.extra)
-        clash = RESERVED_EXTRA_KEYS & set(self.extra)
+        clash = RESERVED_EXTRA_KEYS.intersection(self.extra) if self.extra else None
         if clash:
             raise UsageError(f"extra may not hold {sorted(clash)}: pass them as fields of their own")
 

@@ -90,7 +90,8 @@ def _check_own(meta: dict[str, Any], meta_bytes: bytes, fields: tuple[dict[str, 
     metadata is no longer than one string may be and its maps are small, no field can be
     past a limit, and the walk over the fields is skipped (the common, small case).
     """
-    maps_small = all(len(meta.get(name) or ()) <= limits.max_map_items for name in ("extra", "info"))
+    most = limits.max_map_items
+    maps_small = len(meta.get("extra") or ()) <= most and len(meta.get("info") or ()) <= most
     if maps_small and len(meta_bytes) <= limits.max_string_chars and len(meta["sections"]) <= limits.max_sections:
         return
     try:

@@ -28,7 +28,8 @@ from .limits import (
 
 
 # ----------------------------------------------------------------------------- events
-@dataclass(frozen=True, slots=True)
+# Not frozen (as frame.Header): one event a frame, and a frozen dataclass is ~1.5 us slower to build.
+@dataclass(slots=True)
 class RequestReceived:
     """A whole request frame whose head is authenticated and checked; decode its body next."""
 
@@ -39,12 +40,12 @@ class RequestReceived:
         return self.frame.checked["request_id"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ResponseReceived:
     response: ResponseBlock
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConnectionClosed:
     """The conversation is over; `error` says why when it did not end cleanly."""
 
@@ -319,14 +320,13 @@ class ServerConversation(_Conversation):
     def _read_deadline(self) -> float | None:
         if self._in_flight is not None:
             return None  # a callback may take minutes; the write timeout bounds the reply
-        deadlines = []
-        if not self.authenticated:
-            deadlines.append(self.accepted_at + self.auth_timeout)
         if self._frame_started is not None:
-            deadlines.append(self._frame_started + self.frame_timeout)
+            deadline = self._frame_started + self.frame_timeout
         else:
-            deadlines.append(self._idle_since + self.idle_timeout)
-        return min(deadlines)
+            deadline = self._idle_since + self.idle_timeout
+        if not self.authenticated:
+            deadline = min(deadline, self.accepted_at + self.auth_timeout)
+        return deadline
 
     def _read_timeout(self, now: float) -> None:
         if self._in_flight is not None:

@@ -267,12 +267,11 @@ class AsyncServer:
         return await self._workers.run(self.callback, *args)
 
     async def decode(self, event: RequestReceived) -> RequestBlock:
-        """Decode a request's body: on the loop when small (bounded work), else in a worker."""
-        decode = functools.partial(decode_request, event.frame, token=self.token, limits=self.limits)
-        if event.frame.header.body_len <= DEFAULT_DECODE_INLINE_BYTES:
-            return decode()
+        """Decode a request's body in a worker thread (`_serve` decodes small ones on the loop:
+        see `DEFAULT_DECODE_INLINE_BYTES`)."""
         assert self._workers is not None
-        return await self._workers.run(decode)
+        return await self._workers.run(
+            functools.partial(decode_request, event.frame, token=self.token, limits=self.limits))
 
     def _request_started(self) -> None:
         self._in_flight += 1
@@ -352,7 +351,11 @@ class _ServerProtocol(ConversationProtocol):
         server, conv = self.server, self.conversation
         try:
             try:
-                request = await server.decode(event)
+                frame = event.frame
+                if frame.header.body_len <= DEFAULT_DECODE_INLINE_BYTES:  # bounded work: on the loop
+                    request = decode_request(frame, token=server.token, limits=server.limits)
+                else:
+                    request = await server.decode(event)
                 response = await server.receive_send(request)
             except Exception as exc:
                 code, message = describe(exc)
