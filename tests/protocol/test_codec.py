@@ -17,6 +17,7 @@ from protocol import (
     FrameDecoder, LimitExceeded, Limits, PeerError, ProtocolError, RequestBlock, ResponseBlock, UsageError,
     decode_dataframe, decode_request, decode_response, encode_dataframe, encode_request, encode_response,
 )
+from protocol import metadata
 from protocol.frame import HEADER, KIND_REQUEST, MAGIC, VERSION
 
 ROWS = 5
@@ -334,6 +335,26 @@ def test_hostile_metadata_raises_peer_error(raw):
     with pytest.raises(PeerError) as info:
         decode_request(frame, limits=limits)
     assert info.value.code in ("bad_metadata", "bad_frame")
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"a":1}', b'  {"a":1}', b'{"a":1} \t\n\r', b'\n{"a":[1,{"b":null}]}\r', b"", b"   ", b'{"a":1} x',
+    b'{"a":1}{"b":2}', b'{"a":1}\x0c', b'\x0c{"a":1}', b'{"a":1', b"[1]", b'"x"', b"1", b'{"a":"\\ud800"}',
+    b'{"a":NaN}', b'{"a":' + b"1" * 30 + b"}", b'\xef\xbb\xbf{"a":1}',
+])
+def test_metadata_grammar_is_json_decoders(raw):
+    """metadata.loads calls the JSON scanner directly: it accepts exactly what JSONDecoder.decode does."""
+    try:
+        value = metadata._DECODER.decode(raw.decode("utf-8"))
+        expected = value if isinstance(value, dict) else PeerError
+    except ValueError:
+        expected = PeerError
+    if expected is PeerError:
+        with pytest.raises(PeerError) as info:
+            metadata.loads(raw, Limits())
+        assert info.value.code == "bad_metadata"
+    else:
+        assert metadata.loads(raw, Limits()) == expected
 
 
 # ------------------------------------------------------------------ hostile Arrow
