@@ -19,6 +19,8 @@ import textwrap
 import threading
 import time
 
+import numpy as np
+import pandas as pd
 import pytest
 
 import protocol
@@ -116,6 +118,59 @@ def request_meta(**fields) -> dict:
     meta = {"request_type": "normal", "request_id": "r1", "sections": []}
     meta.update(fields)
     return meta
+
+
+# --------------------------------------------------------------------------- a. no decode that can block the loop
+def test_a_large_body_is_decoded_off_the_loop_and_a_small_one_on_it(start_server, monkeypatch):
+    """Bodies up to DEFAULT_DECODE_INLINE_BYTES are decoded on the event loop (their decode
+    is bounded by the bytes received: no hop to a thread), larger ones in a worker. Here a
+    large body's decode is made to take 1.5 s: a handshake sent meanwhile on another
+    connection must still be answered at once. (Fails if large bodies are decoded inline.)"""
+    from protocol.limits import DEFAULT_DECODE_INLINE_BYTES
+
+    decoded_in: dict[int, int] = {}  # body length -> thread that decoded it
+    real_decode = protocol.server.decode_request
+
+    def slow_for_large(frame, **kwargs):
+        decoded_in[frame.header.body_len] = threading.get_ident()
+        if frame.header.body_len > DEFAULT_DECODE_INLINE_BYTES:
+            time.sleep(1.5)
+        return real_decode(frame, **kwargs)
+
+    monkeypatch.setattr(protocol.server, "decode_request", slow_for_large)
+    loop_thread: list[int] = []
+
+    async def callback(message_type, query_dataframe, random_dataframe):
+        loop_thread.append(threading.get_ident())  # an async callback runs on the loop
+        return False, f"{message_type}:{0 if query_dataframe is None else len(query_dataframe)}"
+
+    server = start_server(callback=callback)
+    rows = DEFAULT_DECODE_INLINE_BYTES // 8 + 1000  # one int64 column: just over the threshold
+    large = pd.DataFrame({"x": np.arange(rows, dtype=np.int64)})
+    small = pd.DataFrame({"x": np.arange(10, dtype=np.int64)})
+
+    async def scenario() -> float:
+        client = AsyncClient(server.port, timeout=10)
+        started = time.monotonic()
+        big = asyncio.ensure_future(client.send_data("normal", large))
+        await asyncio.sleep(0.3)  # the large body is now being decoded (or blocking the loop)
+        asked = time.monotonic()
+        assert await client.send_data("handshake") == (False, "handshake:0")
+        answered = time.monotonic() - asked
+        assert await big == (False, f"normal:{rows}")
+        assert time.monotonic() - started >= 1.5  # the slow decode did run
+        assert await client.send_data("normal", small) == (False, "normal:10")
+        return answered
+
+    answered = asyncio.run(scenario())
+    assert answered < 0.75, f"a handshake waited {answered:.2f} s behind a large body's decode"
+    handshake, small_body, large_body = sorted(decoded_in)  # body lengths of the three requests
+    assert handshake == 0 < small_body <= DEFAULT_DECODE_INLINE_BYTES < large_body
+    for length, thread in decoded_in.items():
+        if length > DEFAULT_DECODE_INLINE_BYTES:
+            assert thread != loop_thread[0], "a large body was decoded on the event loop"
+        else:
+            assert thread == loop_thread[0], f"a body of {length} bytes was sent to a worker thread"
 
 
 # --------------------------------------------------------------------------- b. memory before authentication
