@@ -22,7 +22,7 @@ import pandas as pd
 
 from .auth import normalize_token
 from .blocks import RequestBlock, ResponseBlock, Scalar
-from .connection import JOIN_BELOW, ConversationProtocol
+from .connection import JOIN_BELOW, ConversationProtocol, frame_size
 from .conversation import ClientConversation, ConnectionClosed, Event, ResponseReceived, _remote_error
 from .errors import ConnectionLost
 from .limits import Limits
@@ -48,7 +48,7 @@ class _ClientProtocol(ConversationProtocol):
         waiter = self._waiter = self.loop.create_future()
         parts = self.conversation.data_to_send()
         self.drive()  # arms the response deadline
-        if sum(map(len, parts)) <= JOIN_BELOW:
+        if frame_size(parts) <= JOIN_BELOW:
             self.write(parts)
         else:
             await self.write_sliced(parts)

@@ -44,8 +44,8 @@ _RESPONSE_REQUIRED: dict[str, md.Checker] = {
     "sections": md.sections,
 }
 _RESPONSE_OPTIONAL: dict[str, md.Checker] = {"info": md.scalar_map}
-_REQUEST_FIELDS = (_REQUEST_REQUIRED, _REQUEST_OPTIONAL)
-_RESPONSE_FIELDS = (_RESPONSE_REQUIRED, _RESPONSE_OPTIONAL)
+_REQUEST_FIELDS = md.Fields(_REQUEST_REQUIRED, _REQUEST_OPTIONAL)
+_RESPONSE_FIELDS = md.Fields(_RESPONSE_REQUIRED, _RESPONSE_OPTIONAL)
 
 _PAD = bytes(ALIGN)
 _DEFAULT_LIMITS = Limits()
@@ -81,8 +81,7 @@ def _frame(kind: int, meta: dict[str, Any], sections: Sequence[tuple[str, Any]],
     return [header, meta_bytes, first, *body, body_mac(token, first, body)]
 
 
-def _check_own(meta: dict[str, Any], meta_bytes: bytes, fields: tuple[dict[str, md.Checker], dict[str, md.Checker]],
-               limits: Limits) -> None:
+def _check_own(meta: dict[str, Any], meta_bytes: bytes, fields: md.Fields, limits: Limits) -> None:
     """The decoder's field checks, applied before sending: our own peer would refuse the rest.
 
     The blocks' constructors have checked every type already, and encoding to UTF-8 has
@@ -95,7 +94,7 @@ def _check_own(meta: dict[str, Any], meta_bytes: bytes, fields: tuple[dict[str, 
     if maps_small and len(meta_bytes) <= limits.max_string_chars and len(meta["sections"]) <= limits.max_sections:
         return
     try:
-        md.check_fields(meta, *fields, limits)
+        md.check_fields(meta, fields, limits)
     except PeerError as exc:
         raise UsageError(f"cannot send: {exc.message}") from None
 
@@ -177,7 +176,7 @@ def check_request_head(head: Head, *, token: bytes | None = None, replay_guard: 
     if head.header.kind != KIND_REQUEST:
         raise PeerError("expected a request frame")
     _authenticate_head(head, token)
-    meta = md.check_fields(md.loads(head.metadata, limits), _REQUEST_REQUIRED, _REQUEST_OPTIONAL, limits)
+    meta = md.check_fields(md.loads(head.metadata, limits), _REQUEST_FIELDS, limits)
     if token is not None and replay_guard is not None:
         replay_guard.check(meta.get("nonce"), meta.get("sent_at"))
     if not meta["request_type"] or len(meta["request_type"]) > limits.max_request_type_chars:
@@ -199,7 +198,7 @@ def check_response_head(head: Head, *, token: bytes | None = None, limits: Limit
             "the server's reply is not signed: it refused our token, or is not the server we share it with"
         )
     _authenticate_head(head, token)
-    meta = md.check_fields(md.loads(head.metadata, limits), _RESPONSE_REQUIRED, _RESPONSE_OPTIONAL, limits)
+    meta = md.check_fields(md.loads(head.metadata, limits), _RESPONSE_FIELDS, limits)
     _sections(meta, head.header, RESPONSE_SECTIONS)
     return meta
 

@@ -23,6 +23,11 @@ JOIN_BELOW = 256 * 1024
 SLICE_BYTES = 1 << 20
 
 
+def frame_size(parts: list[Any]) -> int:
+    """Bytes in a frame's buffers (the codec makes them bytes or memoryviews)."""
+    return sum([p.nbytes if type(p) is memoryview else len(p) for p in parts])
+
+
 class ConversationProtocol(asyncio.BufferedProtocol):
     """Bytes in and out of `self.conversation`; subclasses set it and handle its events."""
 
@@ -143,7 +148,7 @@ class ConversationProtocol(asyncio.BufferedProtocol):
     def write(self, parts: list[Any]) -> None:
         """Write a small frame in one call; large ones go through `write_sliced`."""
         assert self.transport is not None
-        size = sum(len(p) if isinstance(p, (bytes, bytearray)) else memoryview(p).nbytes for p in parts)
+        size = frame_size(parts)
         self.bytes_sent += size
         if size <= JOIN_BELOW:
             self.transport.write(b"".join(parts))
@@ -154,7 +159,7 @@ class ConversationProtocol(asyncio.BufferedProtocol):
     async def write_sliced(self, parts: list[Any]) -> None:
         """Write a large frame in slices, waiting for the transport to drain in between."""
         assert self.transport is not None
-        size = sum(memoryview(p).nbytes for p in parts)
+        size = frame_size(parts)
         if size <= JOIN_BELOW:
             self.write(parts)
             return

@@ -86,12 +86,12 @@ class Header:
     @property
     def head_len(self) -> int:
         """Bytes after the header up to the body: metadata and head MAC."""
-        return self.meta_len + (MAC_SIZE if self.has_mac else 0)
+        return self.meta_len + (MAC_SIZE if self.flags & FLAG_MAC else 0)
 
     @property
     def tail_len(self) -> int:
         """Bytes of the body and its MAC (no body MAC when the body is empty)."""
-        return self.body_len + (MAC_SIZE if self.has_mac and self.body_len else 0)
+        return self.body_len + (MAC_SIZE if self.flags & FLAG_MAC and self.body_len else 0)
 
     @property
     def frame_len(self) -> int:

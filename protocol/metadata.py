@@ -134,33 +134,43 @@ def error_info(field: str, value: Any, limits: Limits) -> dict[str, str] | None:
     return {"code": string(f"{field}.code", value["code"], limits), "message": string(f"{field}.message", value["message"], limits)}
 
 
+_SECTION_KEYS = frozenset({"name", "length"})
+
+
 def sections(field: str, value: Any, limits: Limits) -> list[tuple[str, int]]:
-    if not isinstance(value, list) or len(value) > limits.max_sections:
+    if type(value) is not list or len(value) > limits.max_sections:
         raise _fail(field, f"a list of at most {limits.max_sections} sections", value)
     out: list[tuple[str, int]] = []
     for item in value:
-        if not isinstance(item, dict) or set(item) != {"name", "length"}:
+        if type(item) is not dict or item.keys() != _SECTION_KEYS:
             raise _fail(field, 'a list of {"name": str, "length": int}', item)
         name = string(f"{field}.name", item["name"], limits)
         length = item["length"]
-        if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= limits.max_body_bytes:
+        if type(length) is not int or not 0 <= length <= limits.max_body_bytes:
             raise _fail(f"{field}.length", f"an int in [0, {limits.max_body_bytes}]", length)
         out.append((name, length))
-    if len({name for name, _ in out}) != len(out):
+    if len(out) > 1 and len({name for name, _ in out}) != len(out):
         raise PeerError("metadata lists a section twice", code="bad_metadata")
     return out
 
 
-def check_fields(
-    meta: dict[str, Any], required: dict[str, Checker], optional: dict[str, Checker], limits: Limits
-) -> dict[str, Any]:
+class Fields:
+    """The fields one kind of metadata may hold: the checker of each, and which are required
+    (the sets `check_fields` compares against are made once, not per frame)."""
+
+    __slots__ = ("checkers", "allowed", "required")
+
+    def __init__(self, required: dict[str, Checker], optional: dict[str, Checker]) -> None:
+        self.checkers = {**optional, **required}
+        self.allowed = frozenset(self.checkers)
+        self.required = frozenset(required)
+
+
+def check_fields(meta: dict[str, Any], fields: Fields, limits: Limits) -> dict[str, Any]:
     """Check every field of `meta`: required ones present, none unknown, each of its type."""
-    if not meta.keys() <= required.keys() | optional.keys():
-        unknown = meta.keys() - required.keys() - optional.keys()
-        raise PeerError(f"unknown metadata fields: {sorted(unknown)[:5]}", code="bad_metadata")
-    if not required.keys() <= meta.keys():
-        raise PeerError(f"missing metadata fields: {sorted(required.keys() - meta.keys())}", code="bad_metadata")
-    checked = {}
-    for name, value in meta.items():  # every field, required or optional, through its checker
-        checked[name] = (required.get(name) or optional[name])(name, value, limits)
-    return checked
+    if not meta.keys() <= fields.allowed:
+        raise PeerError(f"unknown metadata fields: {sorted(meta.keys() - fields.allowed)[:5]}", code="bad_metadata")
+    if not fields.required.issubset(meta):
+        raise PeerError(f"missing metadata fields: {sorted(fields.required - meta.keys())}", code="bad_metadata")
+    checkers = fields.checkers  # every field, required or optional, through its checker
+    return {name: checkers[name](name, value, limits) for name, value in meta.items()}
