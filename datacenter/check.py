@@ -12,7 +12,9 @@
 4. The harm test: a truncated SPRT on uniformly drawn labels of the random sample (the edge
    labels the first `labels_wanted` rows of the frame and asks again). Benign: the candidate
    and its outputs here are adopted (`benign` or `label_shift`), no training; harmful: the
-   flag stands and the edge opens an episode with those labels.
+   flag stands and the edge opens an episode with those labels. A benign call is overruled
+   when the label-free (DoC) estimate is more than `harm_check.label_free_drop` below the
+   reference and the labels do not contradict it (`looks_hurt`).
 
 Each request is answered from the frame alone (the labels so far travel in it), so the test
 needs no state of its own between requests.
@@ -20,6 +22,7 @@ needs no state of its own between requests.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +36,8 @@ from mlcore.training import accuracy_of, predict_proba
 
 from . import detectors
 from .errors import RequestError
-from .estimates import accuracy_estimates
+from .estimates import accuracy_estimates, doc_estimate
+from .harm_test import HarmDecision
 from .label_shift import bbse_weights, confusion_matrix, weighted_ks_test
 from .peers import with_peer_models
 from .state import Snapshot, ZooEntry, state_key
@@ -43,6 +47,9 @@ if TYPE_CHECKING:
 
 #: Class weights this close to 1 everywhere are no label shift (the flag has another cause).
 MIN_PRIOR_CHANGE = 0.2
+#: The harm test's labels overrule the label-free estimate when their number right would be
+#: this unlikely (one-sided binomial) at the estimated accuracy.
+LABELS_CONTRADICT = 0.05
 #: A zoo model's own data again needs more than "not flagged" (p >= alpha): adopting it costs no
 #: label and no test, so a sample only somewhat like its window must not pass.
 MIN_HOME_P = 0.1
@@ -97,9 +104,13 @@ def check(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any])
         probabilities = predict_proba(center.model(candidate), images)
     known = labels >= 0  # the labelled rows come first in the frame, in the edge's random order
     decision = center.harm_test(snapshot).decide(probabilities[known].argmax(1) == labels[known])
+    estimate = doc_estimate(source_probabilities, source_labels, probabilities)  # the candidate's, label-free
     info.update(labels_check=decision.labels, harm_accuracy=decision.accuracy if decision.labels else None,
-                harm_log_ratio=decision.log_ratio,
-                label_shift=weights is not None)
+                harm_log_ratio=decision.log_ratio, label_shift=weights is not None, estimate_candidate=estimate)
+    if decision.outcome == "benign" and looks_hurt(estimate, info["reference_accuracy"], decision,
+                                                   config.harm_check.label_free_drop):
+        decision = dataclasses.replace(decision, outcome="harmful")
+        info["harm_signal"] = "label_free"
     if decision.outcome == "more":
         if decision.wanted > len(frame):
             raise RequestError(f"the harm test wants {decision.wanted} labelled rows but the random sample has "
@@ -115,6 +126,24 @@ def check(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any])
         return Reply(False, None, info)
     return center.checkpoint_reply(False, candidate, {**info, "sha256": candidate,
                                                       "class_weights": json.dumps([round(float(w), 4) for w in weights])})
+
+
+def looks_hurt(estimate: float, reference_accuracy: float, decision: HarmDecision, drop: float) -> bool:
+    """A benign call overruled: the label-free (DoC) estimate is more than `drop` below the
+    reference and the harm test's own labels do not contradict it.
+
+    40 labels cannot tell 0.92 from 0.96 (P(>= 39 of 40 right | 0.92) ~ 0.16: the harm test
+    adopted a contrast x0.5 round at 0.92, reference 0.99, as benign). DoC reads accuracy off the
+    fall in confidence and saw that round at 0.90. It is one-sided on purpose: a confident-and-
+    wrong shift (inverted digits) fools it upwards, so it can only turn benign into harmful.
+    And it is not trusted alone: where the model's confidence falls much further than its
+    accuracy (an MLP on contrast x0.5: DoC 0.85, true 0.94) the labels say so, since that
+    many right answers would be unlikely (below LABELS_CONTRADICT) at the estimated accuracy.
+    """
+    if not estimate < reference_accuracy - drop or decision.labels == 0:
+        return False
+    hits = int(round(decision.accuracy * decision.labels))
+    return stats.binom.sf(hits - 1, decision.labels, estimate) >= LABELS_CONTRADICT
 
 
 def monitor(center: DataCenter, snapshot: Snapshot, probabilities: np.ndarray, labels: np.ndarray,

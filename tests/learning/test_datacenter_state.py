@@ -160,6 +160,7 @@ def test_a_benign_shift_costs_a_few_labels_and_no_training_a_harmful_one_is_retr
     test on uniformly drawn labels says so, the outputs are adopted, nothing is trained. A 30-degree
     rotation hurts: the same test sends it to an episode."""
     state_dir, base = trained
+    settings = harm_test_alone(settings)  # this MLP's confidence falls further than its accuracy: see below
     center = center_over(state_dir, settings, digits, splits)
     contrast = [{"name": "contrast", "factor": 0.5}]
     first = run_round(center, settings, digits, splits, {"id": "t01", "shift": contrast}, base)
@@ -174,6 +175,53 @@ def test_a_benign_shift_costs_a_few_labels_and_no_training_a_harmful_one_is_retr
                       second.checkpoint)
     assert third.metrics["flagged"] and third.metrics["decision"] == "retrain" and third.metrics["retrained"]
     assert third.metrics["accuracy_after"] > third.metrics["accuracy_before"] + 0.1  # held out
+
+
+def harm_test_alone(settings):
+    """`settings` with the label-free overrule of a benign harm test turned off."""
+    import dataclasses
+
+    harm = dataclasses.replace(settings.datacenter.harm_check, label_free_drop=1.0)
+    return dataclasses.replace(settings, datacenter=dataclasses.replace(settings.datacenter, harm_check=harm))
+
+
+def test_a_benign_harm_test_is_overruled_only_where_the_label_free_estimate_sees_a_drop_the_labels_allow(
+        trained, settings, digits, splits):
+    """Contrast x0.5 for this MLP: its confidence falls ~10 points, its held-out accuracy 2. A
+    sample whose 40 labelled rows the model gets 39 right: the harm test calls it benign; the
+    DoC estimate is far below the reference, but 39 of 40 right refute it, so it stays benign.
+    With 38 of 40 the labels no longer refute it and the benign call is overruled: harmful,
+    flagged, nothing adopted, and the reply says which signal decided."""
+    from mlcore.checkpoints import load_checkpoint
+    from mlcore.seeding import rng_for
+    from mlcore.shifts import apply_image_shifts, parse_shift_list
+    from mlcore.training import predict_proba
+
+    state_dir, base = trained
+    stream = splits.stream
+    shifted = apply_image_shifts(digits.images[stream], parse_shift_list([{"name": "contrast", "factor": 0.5}]),
+                                 rng_for(0, "overrule-test"))
+    model, _ = load_checkpoint(base["checkpoint"], base["sha256"])
+    right = predict_proba(model, shifted).argmax(1) == digits.labels[stream]
+    center = center_over(state_dir, settings, digits, splits)
+    harm = settings.datacenter.harm_check
+    replies = {}
+    for k in (39, 38):  # the labelled rows come first: k right, then 40 - k wrong, then unlabelled-order rest
+        first = np.concatenate([np.flatnonzero(right)[:k], np.flatnonzero(~right)[:harm.max_labels - k]])
+        order = np.concatenate([first, np.setdiff1d(np.arange(len(stream)), first)])[:settings.edge.random_sample]
+        ids = stream[order]
+        frame = build_sample_frame(ids, shifted[order].reshape(len(ids), -1), digits.labels[ids], f"o{k}", "contrast0.5")
+        replies[k] = center.handle("normal", None, frame, {"state": base["state"], "round": f"o{k}"})
+    for reply in replies.values():
+        assert reply.info["labels_check"] == harm.max_labels
+        assert reply.info["harm_accuracy"] >= reply.info["reference_accuracy"] - harm.tolerance  # benign by the SPRT
+        assert reply.info["reference_accuracy"] - reply.info["estimate_candidate"] > harm.label_free_drop
+    assert replies[39].info["decision"] == "benign" and not replies[39].flag and "harm_signal" not in replies[39].info
+    assert replies[38].info["decision"] == "harmful" and replies[38].flag
+    assert replies[38].info["harm_signal"] == "label_free" and replies[38].info["state"] == base["state"]
+    alone = center_over(state_dir, harm_test_alone(settings), digits, splits).handle(
+        "normal", None, frame, {"state": base["state"], "round": "o38"})
+    assert alone.info["decision"] == "benign" and not alone.flag  # the harm test alone adopts it
 
 
 def test_queries_never_touch_the_random_sample_and_accuracy_is_held_out(trained, settings, digits, splits):

@@ -14,7 +14,8 @@ import pytest
 from scipy import stats
 
 from datacenter.estimates import SCORES, accuracy_estimates, atc_estimate, atc_threshold
-from datacenter.harm_test import HarmTest
+from datacenter.check import looks_hurt
+from datacenter.harm_test import HarmDecision, HarmTest
 from datacenter.label_shift import bbse_weights, confusion_matrix, explains_shift, prior_log_shift, weighted_ks_test
 from edge.strategies import k_center_greedy, select_queries
 from mlcore.settings import HarmCheckSettings
@@ -106,6 +107,41 @@ def test_harm_test_from_settings():
 # label shift ------------------------------------------------------------------------------
 
 CLASSES = 10
+
+
+def test_a_benign_call_is_overruled_by_a_label_free_drop_the_labels_do_not_contradict():
+    """The seed-1 contrast round of benchmarks/results/learning.md: reference 0.972, DoC 0.899,
+    39 of 40 right. The harm test alone adopts it; the overrule does not, unless the labels make
+    the estimate unlikely, or the estimate is within `label_free_drop` of the reference."""
+    test = HarmTest(reference_accuracy=0.972)
+    right = lambda k: test.decide(np.arange(40) < k)  # noqa: E731 - k of 40 right
+    assert right(39).outcome == "benign"
+    assert looks_hurt(0.899, 0.972, right(39), drop=0.04)
+    assert not looks_hurt(0.899, 0.972, right(40), drop=0.04)  # 40 of 40 at 0.899: p = 0.014, contradicted
+    assert not looks_hurt(0.80, 0.972, right(39), drop=0.04)  # an estimate the labels refute
+    assert not looks_hurt(0.94, 0.972, right(39), drop=0.04)  # within the drop: the labels decide alone
+    assert not looks_hurt(0.50, 0.972, HarmDecision("benign", 0, math.nan, 0.0, 0), drop=0.04)
+
+
+def test_the_overrule_cuts_adopting_a_seven_point_drop_and_leaves_a_benign_round_alone():
+    """Exact over the 40 labels of the truncated test: at 0.92 true accuracy with a DoC estimate of
+    0.90 the harm test alone adopts 16% of the time, with the overrule only when all 40 are right
+    (3.6%); at 0.97 with an estimate near the reference nothing changes."""
+    test = HarmTest(reference_accuracy=0.972)
+
+    def adopted(truth: float, estimate: float) -> float:
+        total = 0.0
+        for k in range(41):
+            decision = test.decide(np.arange(40) < k)
+            if decision.outcome == "benign" and not looks_hurt(estimate, 0.972, decision, drop=0.04):
+                total += stats.binom.pmf(k, 40, truth)
+        return total
+
+    assert adopted(0.92, 1.0) == pytest.approx(stats.binom.sf(38, 40, 0.92), abs=1e-9)  # alone: ~0.16
+    assert adopted(0.92, 1.0) > 0.15
+    assert adopted(0.92, 0.90) == pytest.approx(0.92 ** 40, abs=1e-9) and adopted(0.92, 0.90) < 0.04
+    assert adopted(0.97, 0.96) == pytest.approx(adopted(0.97, 1.0), abs=1e-12)
+    assert adopted(0.97, 0.96) > 0.6
 
 
 def classifier_outputs(labels: np.ndarray, rng: np.random.Generator, peak: float = 6.0) -> np.ndarray:
