@@ -79,7 +79,7 @@ class HarmCheckSettings:
     harm: float = 0.10
     alpha: float = 0.05  # P(call a benign shift harmful)
     beta: float = 0.01  # P(call a harmful shift benign)
-    label_free_drop: float = 0.04  # harmful with no label when the DoC estimate is this far below the reference (1: off)
+    label_free_drop: float = 0.04  # overrule a benign call when the DoC estimate is this far below the reference, unrefuted by the labels (1: off)
 
 
 @dataclass(frozen=True)
