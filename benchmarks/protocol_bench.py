@@ -449,9 +449,14 @@ class CpuCost:
 class Stats:
     times: list[float] = field(default_factory=list)
     cpu: CpuCost = field(default_factory=CpuCost)
+    firsts: list[float] = field(default_factory=list)  # sessions: the first timed request of each
+    rests: list[float] = field(default_factory=list)  # sessions: the others
 
     def add(self, sample: Sample) -> None:
         self.times += sample.times
+        if len(sample.times) > 1:
+            self.firsts.append(sample.times[0])
+            self.rests += sample.times[1:]
         if sample.server_cpu is not None and sample.client_cpu is not None:
             self.cpu.add(sample.server_cpu, sample.client_cpu, len(sample.times))
 
@@ -917,6 +922,11 @@ def bounds_text(results: Results, sizes: dict[str, int], rates: dict[str, Rate],
                 f"the path of this frame's columns), the conversation and event loop, the send of the frame (on "
                 f"loopback it runs the receiver's TCP processing) and two process wake-ups a request, each of which "
                 f"waits for a core when the machine is shared."
+                + (f" Within a session, the first timed request (new loop and connection, right after the handshake; "
+                   f"just before it the server was idle and the client ran gc.collect() and the other candidates) "
+                   f"takes {fmt_ms(statistics.median(s.firsts))} ms (median), the later ones "
+                   f"{fmt_ms(statistics.median(s.rests))} ms: a process that has just been idle or busy with "
+                   f"other work answers more slowly (cold caches; a halted vCPU to wake)." if s.firsts and s.rests else "")
             )
     first, last = frame_names[0], frame_names[-1]
     b1k = prof.breakdowns[-1]
