@@ -84,7 +84,7 @@ def check(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any])
             child_key, child = adopt(center, key, snapshot, current, probabilities, verdict.statistic, frame, metadata)
             center.store.save(child_key, child)
             return Reply(False, None, {**info, "state": child_key, "decision": Decision.BENIGN.value, "labels_wanted": 0})
-    fleet = with_peer_models(center, snapshot, metadata) if config.recognise_zoo else snapshot
+    fleet = with_peer_models(center, snapshot, metadata, drafts=False) if config.recognise_zoo else snapshot
     home = recognised(center, fleet, images) if config.recognise_zoo else None
     if home is not None:  # a zoo model's own data again (a switch back, a peer's shift): adopted, no label spent
         sha, p_value = home

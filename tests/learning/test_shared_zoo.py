@@ -46,23 +46,28 @@ def test_a_peer_model_spares_a_retraining(trained, settings, digits, splits):
     assert alone.checkpoint["state"] != b.checkpoint["state"]
 
 
-def test_a_peer_model_of_the_same_shift_is_recognised_without_a_label(trained, settings, digits, splits):
-    """Edges a and b meet the same shift in the same round, each on its own data: the model a has
-    just trained matches b's sample as it matched a's own (its window), so b's state check adopts
-    it with no label, no harm test and no episode; without the peer, b pays for all three."""
+def test_a_group_model_of_the_same_shift_is_recognised_without_a_label(trained, settings, digits, splits):
+    """Edges a, b and c meet the same shift in the same round, each on its own data. a trains a
+    draft; b does not adopt the draft label-free (one edge's labels made it): it pays for a test
+    and trains on from it with a's labels pooled. c's sample matches the group's model's own
+    window, so c's state check adopts it with no label, no harm test and no episode; without the
+    peers, c pays for all three."""
     state_dir, base = trained
     center = DataCenter(settings, digits, splits, StateStore(state_dir))
-    a = edge_round(center, settings, digits, splits, {"id": "z07", "shift": ROT}, base, "a", stream="a")
+    rot = {"id": "z07", "shift": ROT}
+    a = edge_round(center, settings, digits, splits, rot, base, "a", stream="a")
     assert a.metrics["decision"] == "retrain"
-    b = edge_round(center, settings, digits, splits, {"id": "z07", "shift": ROT}, base, "b",
-                   peers=(a.checkpoint["state"],), stream="b")
-    m = b.metrics
+    b = edge_round(center, settings, digits, splits, rot, base, "b", peers=(a.checkpoint["state"],), stream="b")
+    assert b.metrics["labels_used"] > 0 and b.metrics["from_peer"]
+    c = edge_round(center, settings, digits, splits, rot, base, "c",
+                   peers=(a.checkpoint["state"], b.checkpoint["state"]), stream="c")
+    m = c.metrics
     assert m["flagged"] and m["decision"] == "adopt" and m["labels_used"] == 0 and m["iterations"] == 0
-    assert m["from_peer"] and m["reuse_spared_training"] and b.checkpoint["sha256"] == a.checkpoint["sha256"]
-    assert m["accuracy_after"] > m["accuracy_before"] + 0.1  # held out, on b's own evaluation rows
-    _, after_b = center.parent_state({"state": b.checkpoint["state"]})
-    assert after_b.current == a.checkpoint["sha256"] and after_b.entry(a.checkpoint["sha256"]).edge == "a"
-    alone = edge_round(center, settings, digits, splits, {"id": "z07", "shift": ROT}, base, "b2", stream="b")
+    assert m["from_peer"] and m["reuse_spared_training"] and c.checkpoint["sha256"] == b.checkpoint["sha256"]
+    assert m["accuracy_after"] > m["accuracy_before"] + 0.1  # held out, on c's own evaluation rows
+    _, after_c = center.parent_state({"state": c.checkpoint["state"]})
+    assert after_c.current == b.checkpoint["sha256"] and after_c.entry(b.checkpoint["sha256"]).edge in ("a", "b")
+    alone = edge_round(center, settings, digits, splits, rot, base, "c2", stream="c")
     assert alone.metrics["labels_used"] > 0 and not alone.metrics["from_peer"]
 
 
