@@ -224,6 +224,48 @@ def test_a_benign_harm_test_is_overruled_only_where_the_label_free_estimate_sees
     assert alone.info["decision"] == "benign" and not alone.flag  # the harm test alone adopts it
 
 
+def test_an_unfit_model_back_on_source_data_adopts_the_base_without_labels(trained, settings, digits, splits):
+    """The current model (the base with its priors pushed hard to class 0: unfit on the source)
+    is flagged on a clean sample that looks like source data to it. The base's own outputs match
+    its source window too: the base is adopted, no label (`check.source_model`, the witness
+    `recognise_zoo`'s stricter p >= 0.1 may miss). When the base's window is not that of
+    this data (replaced by its outputs on inverted digits), the flag stands with no adoption."""
+    from datacenter.state import Snapshot, ZooEntry, state_key
+    from mlcore.seeding import rng_for
+    from mlcore.shifts import apply_image_shifts, parse_shift_list
+    from mlcore.training import predict_proba
+
+    import dataclasses
+
+    state_dir, base = trained
+    # recognise_zoo off: a clean sample matching the base's window would be adopted by it first
+    alone = dataclasses.replace(settings, datacenter=dataclasses.replace(settings.datacenter, recognise_zoo=False))
+    center = center_over(state_dir, alone, digits, splits)
+    root = center.store.load(base["state"])
+    weights = np.full(digits.n_classes, 0.2)
+    weights[0] = 50.0
+    skewed = center.reweighted(base["sha256"], weights)
+    rotated = apply_image_shifts(digits.images[splits.reference], parse_shift_list(ROT), rng_for(0, "unfit-test"))
+    inverted = apply_image_shifts(digits.images[splits.reference], parse_shift_list([{"name": "invert"}]),
+                                  rng_for(0, "unfit-test"))
+    zoo = root.zoo + (ZooEntry(skewed, "u00", base["sha256"], None, "none", 0),)
+    ids = splits.stream[:settings.edge.random_sample]
+    frame = build_sample_frame(ids, digits.images[ids].reshape(len(ids), -1), None, "u01", "none")
+    replies = {}
+    for case, base_window in (("base fits", root.references[base["sha256"]]),
+                              ("base does not", predict_proba(center.model(base["sha256"]), inverted))):
+        # the skewed model's own window: its outputs on rotated digits, so a clean sample flags
+        references = {base["sha256"]: base_window, skewed: predict_proba(center.model(skewed), rotated)}
+        key = state_key(base["state"], "u00", "normal", case)
+        center.store.save(key, Snapshot(base["state"], "u00", "normal", skewed, zoo, None, references))
+        replies[case] = center.handle("normal", None, frame, {"state": key, "round": "u01"})
+    for reply in replies.values():
+        assert reply.info["flagged"] and reply.info["source_like"] and reply.info["labels_wanted"] == 0
+    assert replies["base fits"].info["decision"] == "adopt" and replies["base fits"].sha256 == base["sha256"]
+    assert not replies["base fits"].flag
+    assert replies["base does not"].info["decision"] == "harmful" and replies["base does not"].flag
+
+
 def test_queries_never_touch_the_random_sample_and_accuracy_is_held_out(trained, settings, digits, splits):
     """The random sample holds the uniform (validation) labels and the next reference: no query
     may come from it. The reported accuracy is on evaluation rows, which no round ever draws."""
