@@ -39,7 +39,7 @@ from .errors import RequestError
 from .estimates import accuracy_estimates, doc_estimate
 from .harm_test import HarmDecision
 from .label_shift import bbse_weights, confusion_matrix, weighted_ks_test
-from .peers import with_peer_models
+from .peers import from_peer, with_peer_models
 from .state import Snapshot, ZooEntry, state_key
 
 if TYPE_CHECKING:
@@ -84,8 +84,10 @@ def check(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any])
             child_key, child = adopt(center, key, snapshot, current, probabilities, verdict.statistic, frame, metadata)
             center.store.save(child_key, child)
             return Reply(False, None, {**info, "state": child_key, "decision": Decision.BENIGN.value, "labels_wanted": 0})
-    fleet = with_peer_models(center, snapshot, metadata, drafts=False) if config.recognise_zoo else snapshot
-    home = recognised(center, fleet, images) if config.recognise_zoo else None
+    fleet, home = snapshot, None
+    if config.recognise_zoo:
+        fleet = with_peer_models(center, snapshot, metadata, drafts=False)
+        home = recognised(center, fleet, images)
     if home is None and source_like:
         home = source_model(center, snapshot, images)
     if home is not None:  # a zoo model's own data again (a switch back, a peer's shift): adopted, no label spent
@@ -94,10 +96,9 @@ def check(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any])
                               frame_digest(frame) + str(metadata.get("peers") or ""))
         center.store.save(child_key, Snapshot(key, str(metadata.get("round")), "normal", sha, fleet.zoo, None,
                                               fleet.references))
-        from_peer = fleet.entry(sha).edge not in (None, metadata.get("edge_id"))
         return center.checkpoint_reply(False, sha, {**info, "state": child_key, "decision": Decision.ADOPT.value,
                                                     "labels_wanted": 0, "sha256": sha, "p_value_home": p_value,
-                                                    "from_peer": from_peer})
+                                                    "from_peer": from_peer(fleet.entry(sha), metadata)})
     if source_like:
         return Reply(True, None, {**info, "decision": Decision.HARMFUL.value, "labels_wanted": 0})
     candidate, weights = current, label_shift_weights(center, current, probabilities) if config.label_shift else None
@@ -183,8 +184,7 @@ def recognised(center: DataCenter, snapshot: Snapshot, images: np.ndarray) -> tu
     for entry in snapshot.zoo:
         if entry.sha256 == snapshot.current or entry.sha256 not in snapshot.references:
             continue
-        window = snapshot.references[entry.sha256]
-        verdict = detectors.ks_softmax_test(window, predict_proba(center.model(entry.sha256), images), config.alpha)
+        verdict = own_window_test(center, snapshot, entry.sha256, images)
         if verdict.p_value >= max(MIN_HOME_P, config.alpha) and (best is None or verdict.p_value > best[1]):
             best = (entry.sha256, float(verdict.p_value))
     return best
@@ -202,9 +202,14 @@ def source_model(center: DataCenter, snapshot: Snapshot, images: np.ndarray) -> 
     base = snapshot.zoo[0].sha256
     if base == snapshot.current or base not in snapshot.references:
         return None
-    verdict = detectors.ks_softmax_test(snapshot.references[base], predict_proba(center.model(base), images),
-                                        center.settings.datacenter.alpha)
+    verdict = own_window_test(center, snapshot, base, images)
     return None if verdict.drift else (base, float(verdict.p_value))
+
+
+def own_window_test(center: DataCenter, snapshot: Snapshot, sha: str, images: np.ndarray) -> detectors.Verdict:
+    """The gate's KS test of model `sha`'s outputs on `images` against its own window."""
+    return detectors.ks_softmax_test(snapshot.references[sha], predict_proba(center.model(sha), images),
+                                     center.settings.datacenter.alpha)
 
 
 def critical_distance(n: int, m: int, alpha: float) -> float:

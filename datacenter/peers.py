@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from .state import Snapshot
+from .state import Snapshot, ZooEntry
 
 if TYPE_CHECKING:
     from .service import DataCenter
@@ -54,9 +54,14 @@ def draft_models(peers: list[Snapshot], round_id: str) -> set[str]:
     drafts, taken = set(), set()
     for other in peers:
         episode, data = other.episode, other.data
-        own = {e.sha256 for e in other.zoo if episode is not None and e.episode == episode.id}
-        if episode is not None and episode.round == round_id and data is not None and data.pooled == 0:
+        own = {e.sha256 for e in other.zoo if e.episode == episode.id} if episode is not None else set()
+        if own and episode.round == round_id and data is not None and data.pooled == 0:
             drafts |= own
         if other.current not in own:
             taken.add(other.current)
     return drafts - taken
+
+
+def from_peer(entry: ZooEntry, metadata: dict[str, Any]) -> bool:
+    """Whether `entry` was trained on another edge's labels than the requesting one's."""
+    return entry.edge not in (None, metadata.get("edge_id"))

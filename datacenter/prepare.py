@@ -22,7 +22,7 @@ from mlcore.training import embed, predict_proba
 from . import selection
 from .errors import RequestError
 from .harm_test import HarmDecision
-from .peers import peer_snapshots, with_peer_models
+from .peers import from_peer, peer_snapshots, with_peer_models
 from .state import Episode, EpisodeData, Snapshot, state_key
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def prepare(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
         "selected_round": snapshot.zoo[best].round, "selected_shift": snapshot.zoo[best].shift,
         "score": float(scores[best]), "scores": json.dumps(ranking, sort_keys=True),
         # trained on another edge's labels: reuse, whether it came in as a peer now or was adopted before
-        "from_peer": snapshot.zoo[best].edge not in (None, metadata.get("edge_id")), "candidates": len(snapshot.zoo),
+        "from_peer": from_peer(snapshot.zoo[best], metadata), "candidates": len(snapshot.zoo),
         "pooled_labels": 0 if adopted else data.pooled,  # another edge's labels this episode trains on too
         "labels_used": int(len(y)),  # every uniform label (half train, half validate)
     })

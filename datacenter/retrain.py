@@ -150,9 +150,9 @@ def pseudo_rows(center: DataCenter, model: Any, data: EpisodeData,
     """
     if confidence <= 0.0 or not len(data.post_x):
         return None
+    # by content: the held-back rows carry no ids (and a training row's bytes are its sample row's)
     labelled = {row.tobytes() for row in np.concatenate([data.val_x, data.x])}
     free = np.asarray([row.tobytes() not in labelled for row in data.post_x], dtype=bool)
-    free &= ~np.isin(data.post_ids, data.ids)
     probabilities = predict_proba(model, center.as_images(data.post_x[free]))
     sure = probabilities.max(1) >= confidence
     if not sure.any():
