@@ -110,7 +110,7 @@ class Plan:
     session_requests: int  # per client and repetition
 
 
-FULL = Plan({1_000: 20, 10_000: 12, 100_000: 6, 1_000_000: 4}, per_session=10, sample_reps=20, tiny_reps=5,
+FULL = Plan({1_000: 20, 10_000: 12, 100_000: 7, 1_000_000: 7}, per_session=10, sample_reps=20, tiny_reps=5,
             new_connection_requests=100, session_requests=1000)
 QUICK = Plan({1_000: 8, 10_000: 4, 100_000: 2, 1_000_000: 2}, per_session=5, sample_reps=8, tiny_reps=3,
              new_connection_requests=40, session_requests=300)
@@ -477,10 +477,18 @@ class Stats:
 Results = dict[str, dict[str, Stats]]  # workload -> candidate -> stats
 
 
+def rotated(names: list[str], rep: int) -> list[str]:
+    """The candidates in repetition `rep`'s order, rotated by one each repetition: no candidate always runs
+    first, or right after the same one (the pickle design leaves 1M-row garbage behind it)."""
+    shift = rep % len(names) if names else 0
+    return names[shift:] + names[:shift]
+
+
 def measure(results: Results, candidates: dict[str, Callable[[Work], Sample]], work: Work, reps: int) -> None:
     stats = results.setdefault(work.name, {name: Stats() for name in candidates})
     for rep in range(reps + 1):  # repetition 0 warms up and is dropped
-        for name, run in candidates.items():
+        for name in rotated(list(candidates), rep):
+            run = candidates[name]
             gc.collect()
             sample = run(work)
             if rep:
@@ -550,7 +558,8 @@ def measure_tiny(servers: Servers, plan: Plan, with_protocol: bool) -> dict[str,
                 candidates[protocol_label(loop, session)] = (loop, pids[f"protocol-{loop}"], worker, count)
     rates = {name: Rate() for name in candidates}
     for rep in range(plan.tiny_reps + 1):  # repetition 0 warms up and is dropped
-        for name, (loop, pid, worker, count) in candidates.items():
+        for name in rotated(list(candidates), rep):
+            loop, pid, worker, count = candidates[name]
             gc.collect()
             server0, client0 = process_cpu(pid), time.process_time()
             rate = run_on(loop, request_rate(worker, count))
@@ -971,7 +980,7 @@ def report(results: Results, sizes: dict[str, int], rates: dict[str, Rate], prof
         "More slows every candidate, tiny requests and small frames most.",
         "",
         f"`python benchmarks/protocol_bench.py{' --quick' if quick else ''}`; servers in their own spawned processes, "
-        "clients in the benchmark's process, 127.0.0.1 only; candidates interleaved in each repetition. Times are "
+        "clients in the benchmark's process, 127.0.0.1 only; candidates interleaved in each repetition, their order rotated by one each repetition. Times are "
         "end to end (encode, send, decode into a DataFrame on the server, trivial callback, reply, decode): "
         "median [interquartile range] over every timed request; in brackets after, time / the original design's "
         f"time in this run. Repetitions per frame size {reps} (after one warm-up); a session times "
