@@ -18,6 +18,7 @@ import pytest
 
 from mlcore.frames import build_sample_frame
 from protocol import PeerError, UsageError, decode_dataframe, encode_dataframe
+from protocol.dataframes import encode_dataframe_parts
 
 EOS = struct.pack("<Ii", -1 & 0xFFFFFFFF, 0)
 
@@ -277,6 +278,18 @@ def benchmark_frame(rows: int) -> pd.DataFrame:
 def test_wide_request_frame_round_trips(rows):
     frame = benchmark_frame(rows)
     pd.testing.assert_frame_equal(roundtrip(frame), frame)
+
+
+@pytest.mark.parametrize("rows", [10, 5000])
+def test_parts_are_the_stream_and_a_large_block_is_sent_from_the_frame(rows):
+    frame = benchmark_frame(rows)
+    parts = encode_dataframe_parts(frame)
+    assert b"".join(bytes(p) for p in parts) == bytes(encode_dataframe(frame))
+    assert all(isinstance(p, (memoryview, pa.Buffer)) for p in parts)
+    features = frame[[f"f{j}" for j in range(64)]]._mgr.blocks[0].values  # the frame's float32 block
+    shared = [p for p in parts if isinstance(p, memoryview) and np.shares_memory(np.asarray(p), features)]
+    assert len(shared) == (1 if rows == 5000 else 0)  # above 1 MiB: no copy of the 1.3 MB block
+    pd.testing.assert_frame_equal(decode_dataframe(bytearray(b"".join(bytes(p) for p in parts))), frame)
 
 
 def test_edge_sample_frame_round_trips():
