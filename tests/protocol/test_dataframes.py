@@ -150,6 +150,24 @@ def test_decoded_columns_share_no_memory_with_the_received_bytes():
     pd.testing.assert_frame_equal(got, frame)
 
 
+def test_adopting_the_buffer_views_only_the_block_filling_half_of_it():
+    frame = benchmark_frame(5000)  # the 64 float32 columns are 1.28 of 1.5 MB
+    received = bytearray(bytes(encode_dataframe(frame)))
+    raw = np.frombuffer(received, np.uint8)
+    got = decode_dataframe(received, adopt=True)
+    features = [f"f{j}" for j in range(64)]
+    assert np.shares_memory(got[features]._mgr.blocks[0].values, raw)  # no copy of the large block
+    assert not np.shares_memory(got["id"].to_numpy(), raw) and not np.shares_memory(got["label"].array._data, raw)
+    pd.testing.assert_frame_equal(got, frame)
+    got.loc[0, "f0"] = -1.0  # writable; nothing else moves
+    pd.testing.assert_frame_equal(got.drop(columns="f0"), frame.drop(columns="f0"))
+    small = bytearray(bytes(encode_dataframe(frame.iloc[:, :4])))  # no block fills half: all copies
+    assert not np.shares_memory(decode_dataframe(small, adopt=True)["id"].to_numpy(), np.frombuffer(small, np.uint8))
+    readonly = bytes(received)  # not the frame's to keep writable: copies
+    assert not np.shares_memory(decode_dataframe(readonly, adopt=True)[features]._mgr.blocks[0].values,
+                                np.frombuffer(readonly, np.uint8))
+
+
 # ------------------------------------------------------------------ #12: array columns
 def test_array_element_type_change_after_row_1000_is_never_wrapped():
     rows = [np.array([i % 100, -(i % 100)], np.int8) for i in range(1001)] + [np.array([300, -200], np.int64)]
