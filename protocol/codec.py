@@ -20,7 +20,7 @@ from .auth import ReplayGuard, body_mac, head_mac, new_nonce, verify_mac
 from .blocks import RESERVED_EXTRA_KEYS, RequestBlock, ResponseBlock, _checked_request
 from .dataframes import decode_dataframe, encode_dataframe
 from .errors import AuthenticationError, LimitExceeded, PeerError, ProtocolError, UsageError
-from .frame import ALIGN, FLAG_MAC, KIND_REQUEST, KIND_RESPONSE, Head, Header, RawFrame, padded
+from .frame import ALIGN, FLAG_MAC, HEADER, KIND_REQUEST, KIND_RESPONSE, MAGIC, VERSION, Head, Header, RawFrame, padded
 from .limits import Limits
 
 REQUEST_SECTIONS = ("query_data", "random_data")
@@ -56,7 +56,7 @@ Buffers = list[Any]  # bytes-like objects, in wire order
 # --------------------------------------------------------------------------- encoding
 def _frame(kind: int, meta: dict[str, Any], sections: Sequence[tuple[str, Any]], token: bytes | None,
            limits: Limits) -> Buffers:
-    meta["sections"] = [{"name": name, "length": len(data)} for name, data in sections]
+    meta["sections"] = [{"name": name, "length": len(data)} for name, data in sections] if sections else []
     try:
         meta_bytes = md.dumps(meta)
     except (ValueError, TypeError, RecursionError) as exc:  # UnicodeEncodeError (a lone surrogate) is a ValueError
@@ -65,14 +65,16 @@ def _frame(kind: int, meta: dict[str, Any], sections: Sequence[tuple[str, Any]],
     if len(meta_bytes) > limits.max_metadata_bytes:
         raise UsageError(f"metadata of {len(meta_bytes)} bytes exceeds the limit of {limits.max_metadata_bytes}")
     body: Buffers = []
-    for _, data in sections:
-        body.append(memoryview(data))  # asyncio transports want bytes-like types they know
-        if len(data) % ALIGN:
-            body.append(_PAD[: -len(data) % ALIGN])
-    body_len = sum(padded(len(data)) for _, data in sections)
-    if body_len > limits.max_body_bytes:
-        raise LimitExceeded("body", body_len, limits.max_body_bytes)
-    header = Header(kind, FLAG_MAC if token else 0, len(meta_bytes), body_len).pack()
+    body_len = 0
+    if sections:
+        for _, data in sections:
+            body.append(memoryview(data))  # asyncio transports want bytes-like types they know
+            if len(data) % ALIGN:
+                body.append(_PAD[: -len(data) % ALIGN])
+        body_len = sum(padded(len(data)) for _, data in sections)
+        if body_len > limits.max_body_bytes:
+            raise LimitExceeded("body", body_len, limits.max_body_bytes)
+    header = HEADER.pack(MAGIC, VERSION, kind, FLAG_MAC if token else 0, len(meta_bytes), body_len, 0)
     if not token:
         return [header, meta_bytes, *body]
     first = head_mac(token, header, meta_bytes)
@@ -162,7 +164,12 @@ def _authenticate_head(head: Head, token: bytes | None) -> None:
 
 
 def _sections(meta: dict[str, Any], header: Header, allowed: Sequence[str]) -> None:
-    for name, _ in meta["sections"]:
+    sections = meta["sections"]
+    if not sections:  # (the common case: no DataFrame)
+        if header.body_len:
+            raise PeerError("section lengths do not add up to the body length", code="bad_metadata")
+        return
+    for name, _ in sections:
         if name not in allowed:
             raise PeerError(f"unexpected section {name!r}", code="bad_metadata")
     if sum(padded(length) for _, length in meta["sections"]) != header.body_len:
@@ -181,7 +188,8 @@ def check_request_head(head: Head, *, token: bytes | None = None, replay_guard: 
         replay_guard.check(meta.get("nonce"), meta.get("sent_at"))
     if not meta["request_type"] or len(meta["request_type"]) > limits.max_request_type_chars:
         raise PeerError(f"request_type must be 1 to {limits.max_request_type_chars} characters", code="bad_metadata")
-    clash = RESERVED_EXTRA_KEYS & set(meta.get("extra") or ())
+    extra = meta.get("extra")
+    clash = RESERVED_EXTRA_KEYS.intersection(extra) if extra else None
     if clash:
         raise PeerError(f"extra may not hold {sorted(clash)}: they are fields of their own", code="bad_metadata")
     _sections(meta, head.header, REQUEST_SECTIONS)

@@ -104,6 +104,10 @@ class Header:
 def parse_header(data: bytes | bytearray | memoryview, limits: Limits) -> Header:
     """Parse and check a header; raise `PeerError` / `LimitExceeded` before any allocation."""
     magic, version, kind, flags, meta_len, body_len, reserved = HEADER.unpack_from(data)
+    if (magic == MAGIC and version == VERSION and (kind == KIND_REQUEST or kind == KIND_RESPONSE)
+            and not flags & ~KNOWN_FLAGS and not reserved and meta_len <= limits.max_metadata_bytes
+            and body_len <= limits.max_body_bytes and not (meta_len | body_len) % ALIGN):
+        return Header(kind, flags, meta_len, body_len)  # every check below passes: one test, the common case
     if magic != MAGIC:
         raise PeerError(f"bad magic {bytes(magic)!r}: not a driftloop frame", code="bad_magic")
     if version != VERSION:
