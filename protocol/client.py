@@ -44,12 +44,16 @@ class _ClientProtocol(ConversationProtocol):
         self._waiter: asyncio.Future[ResponseBlock] | None = None
 
     async def exchange(self, request: RequestBlock, timeout: float) -> ResponseBlock:
-        self.conversation.send_request(request, self.loop.time(), timeout)  # signs it now
+        conv = self.conversation
+        conv.send_request(request, self.loop.time(), timeout)  # signs it now
         waiter = self._waiter = self.loop.create_future()
-        parts = self.conversation.data_to_send()
-        self.drive()  # arms the response deadline
-        if frame_size(parts) <= JOIN_BELOW:
-            self.write(parts)
+        parts = conv.data_to_send()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            self.arm_timer(conv.deadline)  # the response deadline (all a drive() would do here)
+        size = frame_size(parts)
+        if size <= JOIN_BELOW:
+            self.write(parts, size)
         else:
             await self.write_sliced(parts)
         return await waiter
@@ -133,8 +137,10 @@ class AsyncClient:
 
     async def request(self, request: RequestBlock, *, port: int | None = None) -> ResponseBlock:
         if self._in_session and port in (None, self.port):
-            assert self._lock is not None
-            async with self._lock:  # the request is signed inside the lock, when it is its turn
+            lock = self._lock
+            assert lock is not None
+            await lock.acquire()  # the request is signed inside the lock, when it is its turn
+            try:  # (acquire/release rather than `async with`: two coroutines less a request)
                 if self._session is None or not self._session.is_open:
                     self._session = await self._connect(self.port)
                 try:
@@ -144,6 +150,8 @@ class AsyncClient:
                     self._session.abort()
                     self._session = None
                     raise
+            finally:
+                lock.release()
         else:
             conn = await self._connect(port or self.port)
             try:

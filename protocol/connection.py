@@ -53,7 +53,7 @@ class ConversationProtocol(asyncio.BufferedProtocol):
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.conversation.get_buffer()
+        return self.conversation.decoder.get_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
         self.conversation.buffer_updated(nbytes, self.loop.time())
@@ -127,10 +127,14 @@ class ConversationProtocol(asyncio.BufferedProtocol):
         if conv.closed:
             transport.close()  # after what is buffered has been sent
             return
-        if conv.wants_read != self._reading:
-            self._reading = conv.wants_read
-            (transport.resume_reading if self._reading else transport.pause_reading)()
-        deadline = conv.deadline
+        wants_read = conv.wants_read
+        if wants_read != self._reading:
+            self._reading = wants_read
+            (transport.resume_reading if wants_read else transport.pause_reading)()
+        self.arm_timer(conv.deadline)
+
+    def arm_timer(self, deadline: float | None) -> None:
+        """Make sure the timer fires by `deadline` (the conversation's; None: no timer needed)."""
         if deadline is not None and (self._timer_at is None or deadline < self._timer_at):
             # Re-armed only when the deadline moves earlier. A timer left running (the
             # deadline moved later, or went away) fires, finds nothing expired, and is
@@ -145,10 +149,11 @@ class ConversationProtocol(asyncio.BufferedProtocol):
         self.conversation.on_timeout(self.loop.time())
         self.drive()
 
-    def write(self, parts: list[Any]) -> None:
+    def write(self, parts: list[Any], size: int | None = None) -> None:
         """Write a small frame in one call; large ones go through `write_sliced`."""
         assert self.transport is not None
-        size = frame_size(parts)
+        if size is None:
+            size = frame_size(parts)
         self.bytes_sent += size
         if size <= JOIN_BELOW:
             self.transport.write(b"".join(parts))

@@ -251,10 +251,14 @@ class AsyncServer:
                          **request.extra})
         try:
             if request.request_type in self.concurrent_types:
-                result = await self._call(args)
+                result = await (self.callback(*args) if self._is_async else self._call(args))
             else:
-                async with self._state_lock:
-                    result = await self._call(args)
+                lock = self._state_lock
+                await lock.acquire()  # (not `async with`: two coroutines less a request)
+                try:
+                    result = await (self.callback(*args) if self._is_async else self._call(args))
+                finally:
+                    lock.release()
             return to_response(result)
         except Exception as exc:  # the callback is user code: anything can come out of it
             log.exception("callback failed on %s request %s", request.request_type, request.request_id)
