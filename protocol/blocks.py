@@ -76,6 +76,11 @@ class RequestBlock:
     extra: Mapping[str, Scalar] = field(default_factory=dict, kw_only=True)
 
     def __post_init__(self) -> None:
+        if (type(self.request_type) is str and self.request_type and self.query_data is None
+                and self.random_data is None and type(self.request_id) is str and self.edge_id is None
+                and self.round is None and type(self.extra) is dict and not self.extra):
+            self.extra = {}  # (a copy, as below: the caller's dict is not kept)
+            return  # a request with no data and no options: every check below passes (the common tiny case)
         if isinstance(self.request_type, MessageType):
             self.request_type = self.request_type.value
         if not isinstance(self.request_type, str) or not self.request_type:
@@ -132,6 +137,14 @@ class ResponseBlock(tuple):
         request_id: str | None = None,
         checkpoint_data: bytes | bytearray | memoryview | None = None,
     ) -> "ResponseBlock":
+        if (checkpoint_data is None and info is None and request_id is None and error is None
+                and error_code is None and retraining_flag.__class__ is bool
+                and (checkpoint is None or checkpoint.__class__ is str)):
+            # the common reply, `ResponseBlock(flag, checkpoint)`: every check below passes
+            self = super().__new__(cls, (retraining_flag, checkpoint))
+            self.error = self.error_code = self.request_id = self.checkpoint_data = None
+            self.info = {}
+            return self
         if not isinstance(retraining_flag, bool):
             # numpy.bool_ and friends are accepted and normalised; anything else is a bug.
             if type(retraining_flag).__name__ in ("bool_", "bool"):

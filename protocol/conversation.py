@@ -219,9 +219,10 @@ class ServerConversation(_Conversation):
     def _check_head(self, head: Head) -> dict[str, Any]:
         meta = check_request_head(head, token=self.token, replay_guard=self.replay_guard, limits=self.limits)
         self.authenticated = True
-        if self.budget is not None:
-            self.budget.reserve(head.header.tail_len)
-            self._reserved = head.header.tail_len
+        tail_len = head.header.tail_len
+        if tail_len and self.budget is not None:  # (reserving nothing always succeeds)
+            self.budget.reserve(tail_len)
+            self._reserved = tail_len
         return meta
 
     # -- answers

@@ -261,6 +261,8 @@ class FrameDecoder:
         """The next whole frame from the bytes taken so far, or None; raises once broken."""
         if self._broken:
             raise self._broken
+        if self._state == _HEADER and self._end - self._start < HEADER_SIZE:
+            return None  # not even a header's worth of bytes (after every frame of a read)
         try:
             return self._advance()
         except ProtocolError as exc:
