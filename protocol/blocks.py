@@ -141,9 +141,8 @@ class ResponseBlock(tuple):
                 and error_code is None and retraining_flag.__class__ is bool
                 and (checkpoint is None or checkpoint.__class__ is str)):
             # the common reply, `ResponseBlock(flag, checkpoint)`: every check below passes
-            self = super().__new__(cls, (retraining_flag, checkpoint))
-            self.error = self.error_code = self.request_id = self.checkpoint_data = None
-            self.info = {}
+            self = tuple.__new__(cls, (retraining_flag, checkpoint))
+            self.__dict__ = {"error": None, "error_code": None, "info": {}, "request_id": None, "checkpoint_data": None}
             return self
         if not isinstance(retraining_flag, bool):
             # numpy.bool_ and friends are accepted and normalised; anything else is a bug.
@@ -171,8 +170,8 @@ class ResponseBlock(tuple):
         """A block from fields the decoder has checked already (metadata.check_fields checks
         every one of them, to the same types): built without checking them twice."""
         self = tuple.__new__(cls, (retraining_flag, checkpoint))
-        self.error, self.error_code, self.info = error, error_code, info
-        self.request_id, self.checkpoint_data = request_id, checkpoint_data
+        self.__dict__ = {"error": error, "error_code": error_code, "info": info, "request_id": request_id,
+                         "checkpoint_data": checkpoint_data}  # (one dict, not five attribute sets)
         return self
 
     @property

@@ -101,6 +101,8 @@ def boolean(field: str, value: Any, limits: Limits) -> bool:
 
 
 def number(field: str, value: Any, limits: Limits) -> float:
+    if value.__class__ is float and value - value == 0.0:  # a finite float (inf - inf and nan - nan are nan)
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise _fail(field, "a finite number", value)
     return float(value)
