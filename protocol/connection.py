@@ -37,6 +37,7 @@ class ConversationProtocol(asyncio.BufferedProtocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self.peer_address: Any = None  # as get_extra_info("peername") gave it
         self.bytes_sent = 0
         self.closed: asyncio.Future[None] = self.loop.create_future()
         self._reading = True
@@ -49,7 +50,7 @@ class ConversationProtocol(asyncio.BufferedProtocol):
     # -- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
+        peer = self.peer_address = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -216,9 +217,18 @@ class ConversationProtocol(asyncio.BufferedProtocol):
     async def wait_closed(self, timeout: float) -> None:
         """Wait (up to `timeout`) until the transport is gone; never raises."""
         try:
-            if not self.closed.done():
-                async with asyncio.timeout(timeout):
-                    await asyncio.shield(self.closed)
+            if self.closed.done():
+                return
+            transport = self.transport
+            if (transport is not None and transport.is_closing() and not transport.get_write_buffer_size()
+                    and transport.get_extra_info("sslcontext") is None):
+                # A plain transport closed with nothing left to send: connection_lost is already
+                # on its way (the next turn of the loop), so no timer is needed (one a request
+                # on a new connection).
+                await asyncio.shield(self.closed)
+                return
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self.closed)
         except asyncio.TimeoutError:
             pass
 

@@ -302,7 +302,7 @@ class _ServerProtocol(ConversationProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        peer = transport.get_extra_info("peername")
+        peer = self.peer_address
         refusal = self.server.admit(self, peer[0] if isinstance(peer, tuple) else str(peer))
         if refusal is not None:
             log.warning("refusing %s: %s", self.peer, refusal[1])
