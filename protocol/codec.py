@@ -96,7 +96,7 @@ def _check_own(meta: dict[str, Any], meta_bytes: bytes, fields: md.Fields, limit
     if maps_small and len(meta_bytes) <= limits.max_string_chars and len(meta["sections"]) <= limits.max_sections:
         return
     try:
-        md.check_fields(meta, fields, limits)
+        md.check_fields(dict(meta), fields, limits)  # (a copy: check_fields rewrites values in place)
     except PeerError as exc:
         raise UsageError(f"cannot send: {exc.message}") from None
 

@@ -169,10 +169,17 @@ class Fields:
 
 
 def check_fields(meta: dict[str, Any], fields: Fields, limits: Limits) -> dict[str, Any]:
-    """Check every field of `meta`: required ones present, none unknown, each of its type."""
+    """Check every field of `meta`: required ones present, none unknown, each of its type.
+
+    Returns `meta` itself, each value replaced by what its checker returned (sections as
+    (name, length) tuples, numbers as floats): the caller hands over a dict just parsed."""
     if not meta.keys() <= fields.allowed:
         raise PeerError(f"unknown metadata fields: {sorted(meta.keys() - fields.allowed)[:5]}", code="bad_metadata")
     if not fields.required.issubset(meta):
         raise PeerError(f"missing metadata fields: {sorted(fields.required - meta.keys())}", code="bad_metadata")
     checkers = fields.checkers  # every field, required or optional, through its checker
-    return {name: checkers[name](name, value, limits) for name, value in meta.items()}
+    for name, value in meta.items():
+        checked = checkers[name](name, value, limits)
+        if checked is not value:
+            meta[name] = checked  # (a value replaced, no key added or removed: iterating on is safe)
+    return meta
