@@ -18,7 +18,7 @@ import os
 import re
 import threading
 import time
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from .errors import AuthenticationError, UsageError
 
@@ -83,15 +83,18 @@ def new_nonce() -> str:
 
 #: One HMAC-SHA256 object keyed with each token seen, copied for every MAC: the key's
 #: padding and first two blocks are hashed once, not per frame (bounded: few tokens exist).
-_KEYED: dict[bytes, "hmac.HMAC"] = {}
+_KEYED: dict[bytes, Any] = {}
 
 
-def _keyed(token: bytes) -> "hmac.HMAC":
+def _keyed(token: bytes) -> Any:
     keyed = _KEYED.get(token)
     if keyed is None:
         if len(_KEYED) >= 16:
             _KEYED.clear()
-        keyed = _KEYED[token] = hmac.new(token, digestmod="sha256")
+        keyed = hmac.new(token, digestmod="sha256")
+        # The OpenSSL HMAC object itself when hmac wraps one (copy, update and digest then
+        # run in C, not through hmac.HMAC's Python methods); the same interface either way.
+        keyed = _KEYED[token] = getattr(keyed, "_hmac", None) or keyed
     return keyed.copy()
 
 
