@@ -129,7 +129,10 @@ class AsyncClient:
         extra: Mapping[str, Scalar] | None = None,
         request_id: str | None = None,
     ) -> ResponseBlock:
-        """Send one request and return the server's `ResponseBlock` (raises `RemoteError` on error)."""
+        """Send one request and return the server's `ResponseBlock` (raises `RemoteError` on error).
+
+        Large DataFrames are sent from their own memory: do not change them until this returns.
+        """
         ids = {"request_id": request_id} if request_id is not None else {}
         request = RequestBlock(message_type, query_data, random_data, edge_id=self.edge_id, round=round,
                                extra=extra or {}, **ids)

@@ -18,7 +18,7 @@ import pandas as pd
 from . import metadata as md
 from .auth import ReplayGuard, body_mac, head_mac, new_nonce, verify_mac
 from .blocks import RESERVED_EXTRA_KEYS, RequestBlock, ResponseBlock, _checked_request
-from .dataframes import decode_dataframe, encode_dataframe
+from .dataframes import decode_dataframe, encode_dataframe_parts
 from .errors import AuthenticationError, LimitExceeded, PeerError, ProtocolError, UsageError
 from .frame import ALIGN, FLAG_MAC, HEADER, KIND_REQUEST, KIND_RESPONSE, MAGIC, VERSION, Head, Header, RawFrame, padded
 from .limits import Limits
@@ -54,9 +54,12 @@ Buffers = list[Any]  # bytes-like objects, in wire order
 
 
 # --------------------------------------------------------------------------- encoding
-def _frame(kind: int, meta: dict[str, Any], sections: Sequence[tuple[str, Any]], token: bytes | None,
+def _frame(kind: int, meta: dict[str, Any], sections: Sequence[tuple[str, Sequence[Any]]], token: bytes | None,
            limits: Limits) -> Buffers:
-    meta["sections"] = [{"name": name, "length": len(data)} for name, data in sections] if sections else []
+    """Header, metadata, MACs and body as buffers to send in order; a section's data is one or more
+    bytes-like parts (a large DataFrame's are sent from its own memory)."""
+    lengths = [sum(map(len, parts)) for _, parts in sections] if sections else []
+    meta["sections"] = [{"name": name, "length": n} for (name, _), n in zip(sections, lengths)] if sections else []
     try:
         meta_bytes = md.dumps(meta)
     except (ValueError, TypeError, RecursionError) as exc:  # UnicodeEncodeError (a lone surrogate) is a ValueError
@@ -67,11 +70,11 @@ def _frame(kind: int, meta: dict[str, Any], sections: Sequence[tuple[str, Any]],
     body: Buffers = []
     body_len = 0
     if sections:
-        for _, data in sections:
-            body.append(memoryview(data))  # asyncio transports want bytes-like types they know
-            if len(data) % ALIGN:
-                body.append(_PAD[: -len(data) % ALIGN])
-        body_len = sum(padded(len(data)) for _, data in sections)
+        for (_, parts), n in zip(sections, lengths):
+            body.extend(map(memoryview, parts))  # asyncio transports want bytes-like types they know
+            if n % ALIGN:
+                body.append(_PAD[: -n % ALIGN])
+        body_len = sum(map(padded, lengths))
         if body_len > limits.max_body_bytes:
             raise LimitExceeded("body", body_len, limits.max_body_bytes)
     header = HEADER.pack(MAGIC, VERSION, kind, FLAG_MAC if token else 0, len(meta_bytes), body_len, 0)
@@ -117,7 +120,7 @@ def encode_request(block: RequestBlock, *, token: bytes | None = None, limits: L
     if len(block.request_type) > limits.max_request_type_chars:
         raise UsageError(f"request_type is longer than {limits.max_request_type_chars} characters")
     try:
-        sections = [(name, encode_dataframe(frame)) for name in REQUEST_SECTIONS
+        sections = [(name, encode_dataframe_parts(frame)) for name in REQUEST_SECTIONS
                     if (frame := getattr(block, name)) is not None]
     except ProtocolError:
         raise
@@ -145,7 +148,7 @@ def encode_response(block: ResponseBlock, *, token: bytes | None = None, limits:
     if block.info:
         meta["info"] = dict(block.info)
     data = block.checkpoint_data
-    return _frame(KIND_RESPONSE, meta, [] if data is None else [("checkpoint_data", data)], token, limits)
+    return _frame(KIND_RESPONSE, meta, [] if data is None else [("checkpoint_data", [data])], token, limits)
 
 
 def error_response(code: str, message: str, *, request_id: str | None = None, limits: Limits | None = None) -> ResponseBlock:
@@ -222,7 +225,8 @@ def decode_request(raw: RawFrame, *, token: bytes | None = None, replay_guard: R
     """Decode a request frame; raises `PeerError` (with a code) on anything wrong.
 
     A frame whose head was already checked (`raw.checked`, from the decoder's head check)
-    is not checked again.
+    is not checked again. `raw` comes from a `FrameDecoder`, whose every body is a buffer of
+    its own: the decoded DataFrames may keep it (`decode_dataframe(adopt=True)`).
     """
     meta = raw.checked if raw.checked is not None else check_request_head(
         raw.head, token=token, replay_guard=replay_guard, limits=limits)
@@ -231,7 +235,8 @@ def decode_request(raw: RawFrame, *, token: bytes | None = None, replay_guard: R
     frames: dict[str, pd.DataFrame] = {}
     offset = 0
     for name, length in meta["sections"]:
-        frames[name] = decode_dataframe(raw.body[offset : offset + length])
+        # the body is this frame's own buffer (FrameDecoder): its largest numpy block need not be copied
+        frames[name] = decode_dataframe(raw.body[offset : offset + length], adopt=True)
         offset += padded(length)
     return _checked_request(
         meta["request_type"],

@@ -138,3 +138,27 @@ def test_a_flipped_checkpoint_byte_is_refused_by_the_body_mac():
     (frame,) = FrameDecoder(head_check=lambda head: check_response_head(head, token=token)).feed(bytes(wire))
     with pytest.raises(AuthenticationError):
         decode_response(frame, token=token)
+
+
+@pytest.mark.parametrize("token", [None, TOKEN])
+def test_a_large_frame_sent_from_its_own_memory_arrives_intact(start_server, token):
+    """Above 1 MiB the client sends the float block from the DataFrame's memory (no joined copy)
+    and the server keeps it as a view of the frame's receive buffer: both ends must still be exact."""
+    rng = np.random.default_rng(7)
+    rows = 6000  # 64 float32 columns: 1.5 MB, more than half the section
+    sent = pd.DataFrame({"id": np.arange(rows), "path": [f"/img/{i}.png" for i in range(rows)],
+                         **{f"f{j}": rng.random(rows, dtype=np.float32) for j in range(64)}})
+    small = sent.iloc[:10].reset_index(drop=True)
+    seen = []
+
+    def callback(message_type, query_dataframe, random_dataframe):
+        pd.testing.assert_frame_equal(query_dataframe, sent)
+        pd.testing.assert_frame_equal(random_dataframe, small)
+        query_dataframe.loc[0, "f0"] = -1.0  # writable, and only this column moves
+        seen.append(float(query_dataframe.loc[0, "f1"]))
+        return ResponseBlock(True, f"{len(query_dataframe)}")
+
+    server = start_server(callback=callback, token=token)
+    for _ in range(2):  # a new connection, then the same again
+        assert server.ask("normal", sent, small, **({"token": token} if token else {})) == (True, str(rows))
+    assert seen == [float(sent.loc[0, "f1"])] * 2
