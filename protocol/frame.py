@@ -18,8 +18,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
-
+from .buffers import receive_buffer  # uninitialised (never zeroed: every byte is written first), large ones reused
 from .errors import LimitExceeded, PeerError, ProtocolError
 from .limits import Limits
 
@@ -55,15 +54,6 @@ def _take_scratch(size: int) -> bytearray:
         except IndexError:
             pass
     return bytearray(size)
-
-
-def receive_buffer(size: int) -> memoryview:
-    """Uninitialised memory for a body: pages are committed only as bytes arrive.
-
-    `bytearray(size)` zeroes all of it at once, which costs the whole size in RAM before a
-    byte has arrived. Every byte of a body is written before the frame is handed out.
-    """
-    return memoryview(np.empty(size, dtype=np.uint8))
 
 
 def padded(length: int) -> int:
