@@ -952,11 +952,12 @@ def bounds_text(results: Results, sizes: dict[str, int], rates: dict[str, Rate],
         if cand.startswith("protocol") and "asyncio" in cand:
             lines.append(
                 f"- **Bulk 1M rows, {cand}**: {sizes[last] / s.median / 1e9:.2f} GB/s against the loopback ceiling's "
-                f"{sizes[last] / raw / 1e9:.2f} GB/s (raw sockets, same bytes, no copies). Bound: fresh memory — "
-                "every 300 MB buffer (the encoded frame, the receive buffer, the decoded blocks) is new and its pages "
-                "fault in as they are first written (on this VM that costs more than the copy itself, and varies "
-                "run to run with how many huge pages the kernel can hand out); then the copies themselves and "
-                "asyncio's transport buffering (1 MiB slices with drain)."
+                f"{sizes[last] / raw / 1e9:.2f} GB/s (raw sockets, same bytes, no copies). Bound: the loopback copy and "
+                "asyncio's transport (1 MiB slices with drain). The frame's float block is sent from the DataFrame's "
+                "memory, lands in a pooled receive buffer and stays there as a view; what is still fresh each request "
+                "is the decoded int and string columns (~40 MB). On this VM memory freed for about a second goes back "
+                "to the host and faults in again at 280-410 ms per 300 MB (45 ms when still resident): the slow "
+                "outliers in the interquartile range."
             )
     lines.append(
         "- **vs Arrow Flight**: Flight's per-request cost is gRPC + from_pandas/to_pandas (~ms at 1k rows); at 1M rows "
