@@ -13,8 +13,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import tempfile
 from pathlib import Path
+
+from atomic_write import write_text_atomic
 
 from .auth import MIN_TOKEN_BYTES, new_token
 from .errors import UsageError
@@ -26,46 +27,8 @@ _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 def write_atomic(path: str | os.PathLike[str], text: str, *, mode: int = 0o644) -> None:
-    """Write `text` to `path` so that readers see the old file or the whole new one.
-
-    The file has exactly `mode` whatever the umask, and has it before `text` is written.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = text.encode("utf-8")
-    # mkstemp: a random name, O_CREAT | O_EXCL | O_NOFOLLOW, mode 0600.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)  # replaces a symlink at `path` itself, never its target
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_CLOEXEC)
-    except OSError:  # e.g. Windows: folders cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:  # some file systems refuse fsync on a folder
-        if exc.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(fd)
+    """Write `text` to `path` so that readers see the old file or the whole new one (exactly `mode`)."""
+    write_text_atomic(path, text, mode=mode)
 
 
 def write_port_file(path: str | os.PathLike[str], port: int) -> None:

@@ -9,28 +9,11 @@ with owner and mode checks. Same format: one line, 64 hex digits.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
+from atomic_write import write_text_atomic as write_atomic
+
 TOKEN_BYTES = 32  # 256 bits, as protocol.auth.new_token
-
-
-def write_atomic(path: str | os.PathLike[str], text: str, *, mode: int = 0o644) -> None:
-    """Readers see the old file or the whole new one; the file has `mode` before any byte is written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # O_EXCL, 0600
-    try:
-        try:
-            os.fchmod(fd, mode)
-            os.write(fd, text.encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)  # replaces a symlink at `path` itself, never its target
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def create_token_file(path: str | os.PathLike[str]) -> str:
