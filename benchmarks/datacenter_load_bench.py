@@ -92,7 +92,7 @@ def prepare(workdir: Path):
     from datacenter.service import DataCenter
     from datacenter.state import StateStore
     from edge.round_runner import EdgeRound
-    from mlcore.contract import Message, in_process, metadata
+    from mlcore.contract import Message, in_process
     from mlcore.datasets import load_dataset_and_splits
     from mlcore.rounds import parse_rounds
     from mlcore.seeding import make_deterministic
