@@ -550,8 +550,7 @@ def encode_dataframe_parts(frame: pd.DataFrame) -> list[Any]:
     if isinstance(encoded, pa.Buffer):
         return [encoded]
     pieces, _ = encoded
-    return [memoryview(_padded_block(*p) if type(p) is tuple else p.flat() if type(p) is _FixedList else p).cast("B")
-            for p in pieces]
+    return [memoryview(_piece_buffer(p)).cast("B") for p in pieces]
 
 
 def _encode_checked(frame: pd.DataFrame) -> pa.Buffer | tuple[list[Any], int]:
@@ -641,8 +640,7 @@ def _encode(frame: pd.DataFrame, names: list[str]) -> pa.Buffer | tuple[list[Any
     pieces.append(_EOS)
     total = len(schema_bytes) + len(batch_bytes) + body.size + len(_EOS)
     if total <= _JOIN_BELOW:
-        return pa.py_buffer(b"".join([_padded_block(*p) if type(p) is tuple else p.flat() if type(p) is _FixedList
-                                      else p for p in pieces]))
+        return pa.py_buffer(b"".join([_piece_buffer(p) for p in pieces]))
     return pieces, total
 
 
@@ -677,6 +675,12 @@ def _joined(pieces: list[Any], total: int) -> pa.Buffer:
 
 #: Frames up to this size are joined from their pieces (cheapest for small ones).
 _JOIN_BELOW = 1 << 20
+
+
+def _piece_buffer(piece: Any) -> Any:
+    """A laid-out piece as bytes-like: a padded 2-D block or a fixed-size list made flat, else as it is."""
+    kind = type(piece)
+    return _padded_block(*piece) if kind is tuple else piece.flat() if kind is _FixedList else piece
 
 
 def _padded_block(values: np.ndarray, slot: int) -> np.ndarray:

@@ -15,7 +15,7 @@ import os
 import stat
 from pathlib import Path
 
-from atomic_write import write_text_atomic
+from atomic_write import write_text_atomic as write_atomic
 
 from .auth import MIN_TOKEN_BYTES, new_token
 from .errors import UsageError
@@ -24,11 +24,6 @@ from .errors import UsageError
 MAX_TOKEN_FILE_BYTES = 4096
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-
-
-def write_atomic(path: str | os.PathLike[str], text: str, *, mode: int = 0o644) -> None:
-    """Write `text` to `path` so that readers see the old file or the whole new one (exactly `mode`)."""
-    write_text_atomic(path, text, mode=mode)
 
 
 def write_port_file(path: str | os.PathLike[str], port: int) -> None:
