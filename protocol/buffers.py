@@ -51,15 +51,12 @@ def receive_buffer(size: int) -> memoryview:
 def _admit(array: np.ndarray) -> None:
     """Keep `array` for reuse if it fits in the pool, dropping unused buffers (smallest first) to make room."""
     total = sum(a.nbytes for a in _pool) + array.nbytes
-    for i in sorted(range(len(_pool)), key=lambda i: _pool[i].nbytes):
-        if total <= POOLED_BYTES:
-            break
-        if _unused(i):
-            total -= _pool[i].nbytes
-            _pool[i] = None  # type: ignore[call-overload]
-    _pool[:] = [a for a in _pool if a is not None]
-    if total <= POOLED_BYTES:
-        _pool.append(array)
+    while total > POOLED_BYTES:
+        free = [i for i in range(len(_pool)) if _unused(i)]
+        if not free:
+            return  # the pool is full of buffers in use: this one is not kept
+        total -= _pool.pop(min(free, key=lambda i: _pool[i].nbytes)).nbytes
+    _pool.append(array)
 
 
 def pooled_bytes() -> int:
