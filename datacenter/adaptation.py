@@ -1,10 +1,15 @@
-"""Fine-tuning that adapts without forgetting: episode labels plus a replay of source data."""
+"""Two ways to adapt to an episode's labels: fine-tune the weights (with a replay of source
+data, against forgetting), or fit the 8 numbers of the model's input adapter in front of
+its frozen weights (a geometric or photometric shift undone, nothing forgotten)."""
 
 from __future__ import annotations
 
 import copy
+import itertools
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mlcore.datasets import Dataset, Splits
@@ -39,5 +44,60 @@ def finetune(
     x = np.concatenate([images.reshape(len(images), *dataset.image_shape), dataset.images[replay]])
     y = np.concatenate([labels, dataset.labels[replay]])
     model = copy.deepcopy(start)
+    adapter = getattr(model, "adapter", None)
+    # replayed source rows skip a fitted adapter: it undoes the episode's shift, which they do not carry
+    bypass = np.arange(len(x)) >= len(images) if adapter is not None and bool(adapter.active) else None
     return train_model(model, x, y, epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size,
-                       seed=seed, purpose=f"finetune:{episode}:{len(labels)}")
+                       seed=seed, purpose=f"finetune:{episode}:{len(labels)}", bypass=bypass)
+
+
+#: Where the adapter's fit starts: rotations (degrees) x polarity (gain, bias). Gradient
+#: descent alone cannot cross from gain 1 to -1 (at 0 the image is blank) nor far in angle.
+ADAPTER_STARTS = tuple(itertools.product((-30.0, -15.0, 0.0, 15.0, 30.0), ((1.0, 0.0), (-1.0, 1.0))))
+#: Adam steps for every start, then for the `ADAPTER_KEEP` best of them.
+ADAPTER_SCOUT_STEPS, ADAPTER_STEPS, ADAPTER_KEEP = 40, 110, 2
+ADAPTER_LR = 0.02
+
+
+def fit_input_adapter(start: nn.Module, images: np.ndarray, labels: np.ndarray) -> nn.Module:
+    """A copy of `start` whose input adapter is fitted to the labelled rows; its weights frozen.
+
+    Full-batch Adam on cross-entropy from each of `ADAPTER_STARTS` (and from the start's own
+    adapter, when it has one fitted) for a few steps; the best few go on; the lowest training
+    loss wins. Deterministic: no sampling anywhere.
+    """
+    if not hasattr(start, "adapter"):
+        raise TypeError(f"{type(start).__name__} has no input adapter")
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    runs = []
+    for origin in ([None] if bool(start.adapter.active) else []) + list(ADAPTER_STARTS):
+        model = copy.deepcopy(start)
+        if origin is not None:
+            degrees, (gain, bias) = origin
+            model.adapter.set(degrees, gain, bias)
+        model.eval()
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        fitted = [model.adapter.theta, model.adapter.gain, model.adapter.bias]
+        for parameter in fitted:
+            parameter.requires_grad_(True)
+        runs.append((model, torch.optim.Adam(fitted, lr=ADAPTER_LR)))
+    scored = [(_descend(model, optimizer, x, y, ADAPTER_SCOUT_STEPS), k) for k, (model, optimizer) in enumerate(runs)]
+    finalists = [k for _, k in sorted(scored)[:ADAPTER_KEEP]]
+    _, best = min((_descend(*runs[k], x, y, ADAPTER_STEPS), k) for k in finalists)
+    model = runs[best][0]
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    return model
+
+
+def _descend(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
+    """`steps` full-batch steps; the training loss after them (NaN counts as infinite)."""
+    for _ in range(steps):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    with torch.no_grad():
+        loss = float(F.cross_entropy(model(x), y))
+    return loss if loss == loss else float("inf")

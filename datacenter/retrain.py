@@ -20,7 +20,7 @@ from mlcore.contract import Decision, Reply, may_query
 from mlcore.frames import frame_digest, frame_features, frame_labels
 from mlcore.training import accuracy, accuracy_of, predict_proba
 
-from .adaptation import finetune
+from .adaptation import finetune, fit_input_adapter
 from .errors import RequestError
 from .selection import likelihood
 from .state import EpisodeData, Snapshot, ZooEntry, state_key
@@ -58,11 +58,14 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
         start = center.model(episode.start)
         began = time.perf_counter()
         train_x, train_y, _ = data.training_rows()
-        model = finetune(start, train_x, train_y, center.dataset, center.splits, config.finetune,
+        origin = start  # the fine-tune's: the episode's start, its input adapter fitted first if on
+        if config.finetune.input_adapter:  # undo what of the shift an affine map of the input can, then fine-tune
+            origin = fit_input_adapter(start, center.as_images(train_x), train_y)
+        model = finetune(origin, train_x, train_y, center.dataset, center.splits, config.finetune,
                          center.settings.seed, episode.id)
         pseudo = pseudo_rows(center, model, data, config.finetune.pseudo_confidence)
         if pseudo is not None:  # self-training: once more from the start, the confident predictions added
-            model = finetune(start, np.concatenate([train_x, pseudo[0]]), np.concatenate([train_y, pseudo[1]]),
+            model = finetune(origin, np.concatenate([train_x, pseudo[0]]), np.concatenate([train_y, pseudo[1]]),
                              center.dataset, center.splits, config.finetune, center.settings.seed, episode.id)
         trained_for = time.perf_counter() - began
         _, sha = save_checkpoint(model, center.model_spec(), center.store.checkpoints)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .atomic import write_bytes_atomic
-from .models import ModelSpec, build_model
+from .models import ADAPTER_KEYS, ModelSpec, build_model
 
 FORMAT = "driftloop-checkpoint-1"
 
@@ -81,8 +81,12 @@ def load_checkpoint(path: str | Path, sha256: str) -> tuple[nn.Module, ModelSpec
     raw = payload["spec"]
     spec = ModelSpec(str(raw["arch"]), (int(raw["image_shape"][0]), int(raw["image_shape"][1])), int(raw["n_classes"]))
     model = build_model(spec, seed=0)
+    state = payload["state_dict"]
+    if isinstance(state, dict) and not any(key in state for key in ADAPTER_KEYS):
+        # written before models carried an input adapter: theirs is off (the identity)
+        state = {**state, **{key: value for key, value in model.state_dict().items() if key in ADAPTER_KEYS}}
     try:
-        model.load_state_dict(payload["state_dict"], strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint {file}: weights do not fit a {spec.arch} model: {exc}") from exc
     model.eval()

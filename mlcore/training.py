@@ -27,11 +27,16 @@ def train_model(
     batch_size: int,
     seed: int,
     purpose: str = "train",
+    bypass: np.ndarray | None = None,
 ) -> nn.Module:
-    """Adam on cross-entropy; shuffling comes from a generator seeded by (seed, purpose)."""
+    """Adam on cross-entropy; shuffling comes from a generator seeded by (seed, purpose).
+
+    `bypass` marks rows (replayed source data) that skip the model's input adapter: they
+    teach the weights behind it, not how to undo a shift they do not carry."""
     if len(images) != len(labels) or len(images) == 0:
         raise ValueError(f"training needs as many labels as images (> 0), got {len(images)} and {len(labels)}")
     x, y = _tensor(images), torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    skip = None if bypass is None else torch.from_numpy(np.asarray(bypass, dtype=bool))
     generator = torch_generator(seed, purpose)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
@@ -42,7 +47,7 @@ def train_model(
         for start in range(0, len(x), batch_size):
             rows = order[start:start + batch_size]
             optimizer.zero_grad()
-            loss = loss_fn(model(x[rows]), y[rows])
+            loss = loss_fn(model(x[rows]) if skip is None else model(x[rows], skip[rows]), y[rows])
             loss.backward()
             optimizer.step()
             total += loss.item() * len(rows)

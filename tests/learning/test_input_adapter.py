@@ -1,0 +1,108 @@
+"""The input adapter: off, it changes nothing; fitted on a few labels, it undoes an inversion
+or a rotation in front of frozen weights; it survives a checkpoint; replayed rows pass it by."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from datacenter.adaptation import finetune, fit_input_adapter
+from mlcore.checkpoints import FORMAT, CheckpointError, load_checkpoint, save_checkpoint, sha256_file
+from mlcore.models import ADAPTER_KEYS, ModelSpec, build_model
+from mlcore.shifts import apply_image_shifts, parse_shift_list
+from mlcore.training import accuracy, predict_proba
+
+
+@pytest.fixture(scope="module")
+def base(trained):
+    _, result = trained
+    model, _ = load_checkpoint(result["checkpoint"], result["sha256"])
+    return model
+
+
+@pytest.mark.parametrize("arch", ["cnn", "mlp"])
+def test_an_inactive_adapter_is_the_identity_bit_for_bit(arch):
+    model = build_model(ModelSpec(arch, (8, 8), 10), seed=3)
+    x = torch.rand(17, 64)
+    direct = model.head(model.body(x.reshape(17, 1, 8, 8)))
+    assert not bool(model.adapter.active)
+    assert torch.equal(model(x), direct)
+
+
+def shifted(digits, rows, shift, seed):
+    return apply_image_shifts(digits.images[rows], parse_shift_list(shift), np.random.default_rng(seed))
+
+
+@pytest.mark.parametrize("shift", [[{"name": "invert"}], [{"name": "rotate", "degrees": 30}]])
+def test_a_fitted_adapter_undoes_a_shift_with_few_labels(base, digits, splits, shift):
+    train_rows, held = splits.stream[:40], splits.evaluation
+    x_train = shifted(digits, train_rows, shift, 0)
+    x_held = shifted(digits, held, shift, 1)
+    before = accuracy(base, x_held, digits.labels[held])
+    source = accuracy(base, digits.images[held], digits.labels[held])
+    adapted = fit_input_adapter(base, x_train, digits.labels[train_rows])
+    after = accuracy(adapted, x_held, digits.labels[held])
+    assert bool(adapted.adapter.active) and not bool(base.adapter.active)
+    assert after > before + 0.2
+    assert after > source - 0.15  # most of the way back to the model's accuracy on its own data
+    # the weights behind the adapter did not move, and the start is untouched
+    for (name, fitted), (_, original) in zip(adapted.named_parameters(), base.named_parameters()):
+        if not name.startswith("adapter."):
+            assert torch.equal(fitted, original), name
+    assert accuracy(base, x_held, digits.labels[held]) == before
+
+
+def test_a_fitted_adapter_is_deterministic_and_round_trips_a_checkpoint(base, digits, splits, tmp_path):
+    rows = splits.stream[:30]
+    x = shifted(digits, rows, [{"name": "invert"}], 0)
+    one = fit_input_adapter(base, x, digits.labels[rows])
+    two = fit_input_adapter(base, x, digits.labels[rows])
+    assert all(torch.equal(a, b) for a, b in zip(one.state_dict().values(), two.state_dict().values()))
+    spec = ModelSpec("mlp", (8, 8), 10)
+    path, sha = save_checkpoint(one, spec, tmp_path)
+    loaded, _ = load_checkpoint(path, sha)
+    assert bool(loaded.adapter.active)
+    assert np.array_equal(predict_proba(loaded, x), predict_proba(one, x))
+
+
+def _write(path, state):
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "spec": ModelSpec("mlp", (8, 8), 10).to_dict(), "state_dict": state}, buffer)
+    path.write_bytes(buffer.getvalue())
+    return sha256_file(path)
+
+
+def test_a_checkpoint_from_before_adapters_loads_with_the_adapter_off(tmp_path):
+    model = build_model(ModelSpec("mlp", (8, 8), 10), seed=1)
+    old = {k: v for k, v in model.state_dict().items() if k not in ADAPTER_KEYS}
+    sha = _write(tmp_path / "old.pt", old)
+    loaded, _ = load_checkpoint(tmp_path / "old.pt", sha)
+    x = torch.rand(5, 64)
+    assert not bool(loaded.adapter.active)
+    assert torch.equal(loaded(x), model(x))
+    # half an adapter is a broken file, not an old one
+    partial = {k: v for k, v in model.state_dict().items() if k != "adapter.theta"}
+    sha = _write(tmp_path / "partial.pt", partial)
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_checkpoint(tmp_path / "partial.pt", sha)
+
+
+def test_replayed_rows_pass_a_fitted_adapter_by(base, digits, splits, settings):
+    rows = splits.stream[:30]
+    x = shifted(digits, rows, [{"name": "invert"}], 0)
+    adapted = fit_input_adapter(base, x, digits.labels[rows])
+    clean = torch.from_numpy(digits.images[splits.evaluation[:8]].reshape(8, -1).astype(np.float32))
+    everything = torch.ones(8, dtype=torch.bool)
+    with torch.no_grad():
+        assert torch.equal(adapted(clean, everything), base(clean))
+        assert not torch.equal(adapted(clean), base(clean))
+    # fine-tuning from the adapted model keeps the source accuracy: its replay was not inverted
+    tuned = finetune(adapted, x.reshape(30, -1), digits.labels[rows], digits, splits,
+                     settings.datacenter.finetune, settings.seed, "adapter-episode")
+    held = splits.evaluation
+    x_held = shifted(digits, held, [{"name": "invert"}], 1)
+    assert accuracy(tuned, x_held, digits.labels[held]) > accuracy(base, x_held, digits.labels[held]) + 0.5
+    bypassed = tuned.head(tuned.body(torch.from_numpy(digits.images[held].reshape(len(held), 1, 8, 8).astype(np.float32))))
+    source_after = float((bypassed.argmax(1).numpy() == digits.labels[held]).mean())
+    assert source_after > accuracy(base, digits.images[held], digits.labels[held]) - 0.05
