@@ -66,7 +66,8 @@ SECTIONS = ("dataset", "model", "zoo", "edge", "datacenter")  # what settings_fr
 MNIST_FALLBACK = {"dataset": {"name": "mnist", "subset": 6000}}
 
 # the closest reproduction of the code before issue 10 (that code is gone): every flag retrains
-LEGACY = {"datacenter": {"harm_check": {"enabled": False}, "label_shift": False, "selection": "logme", "leep_prior": 1.0}}
+LEGACY = {"datacenter": {"harm_check": {"enabled": False}, "label_shift": False, "selection": "logme", "leep_prior": 1.0,
+                         "finetune": {"input_adapter": False}}}
 POLICIES = {"legacy": LEGACY, "default": {}}
 
 ROT15, ROT30, INVERT = [{"name": "rotate", "degrees": 15}], [{"name": "rotate", "degrees": 30}], [{"name": "invert"}]
@@ -528,7 +529,7 @@ def report(results: list[dict], fa_results: list[dict], args, notes: list[str], 
              "accuracy on the distribution it was fit to: clean for the base, the round's shift for a model retrained "
              f"or adopted in a round), **benign** at {BENIGN_DROP * 100:.0f} points or less, *mild* in between "
              "(counted in neither). Legacy = `datacenter.harm_check.enabled: false, label_shift: false, selection: "
-             "logme, leep_prior: 1.0`: the old code is gone, this is the closest reproduction with today's settings "
+             "logme, leep_prior: 1.0, finetune.input_adapter: false`: the old code is gone, this is the closest reproduction with today's settings "
              "(every flag opens an episode).", ""]
     lines: list[str] = []
     targets: list[tuple[str, str, str]] = []
