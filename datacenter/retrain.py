@@ -86,6 +86,7 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
             "validation_accuracy": new_score[0], "validation_labels": int(len(data.val_y)), "accepted": accepted,
             "train_labels": int(len(data.y)), "pooled_labels": data.pooled, "replay": int(config.finetune.replay),
             "pseudo_labels": 0 if pseudo is None else int(len(pseudo[1])),
+            "input_adapter": adapter_summary(model),
         }
         center.store.write_registry_entry(sha, {"parent": episode.start, "round": episode.round, "episode": episode.id,
                                               "kind": "adapted", "shift": shift, "labels_used": labels_used,
@@ -116,6 +117,18 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
         "queue_wait": ticket.wait,  # seconds this request waited for a training slot (other edges' fine-tunes)
         "training_seconds": round(trained_for, 3),  # the fine-tune itself, in its slot (timing, not a result)
     })
+
+
+def adapter_summary(model: Any) -> dict[str, Any] | None:
+    """What a fitted input adapter says about the shift, for the registry (None: off)."""
+    adapter = getattr(model, "adapter", None)
+    if adapter is None or not bool(adapter.active):
+        return None
+    theta = adapter.theta.detach().double().numpy()
+    # the angle of the sampling grid: the adapter turns the image by minus it
+    return {"grid_rotation_degrees": round(math.degrees(math.atan2(theta[1, 0], theta[0, 0])), 2),
+            "theta": np.round(theta, 4).tolist(), "gain": round(float(adapter.gain.detach()), 4),
+            "bias": round(float(adapter.bias.detach()), 4)}
 
 
 def judge(new: tuple[float, float], best: tuple[float, float], start: tuple[float, float]) -> tuple[bool, bool]:

@@ -35,17 +35,19 @@ def shifted(digits, rows, shift, seed):
 
 
 @pytest.mark.parametrize("shift", [[{"name": "invert"}], [{"name": "rotate", "degrees": 30}]])
-def test_a_fitted_adapter_undoes_a_shift_with_few_labels(base, digits, splits, shift):
+def test_a_fitted_adapter_undoes_a_shift_with_few_labels(base, digits, splits, settings, shift):
     train_rows, held = splits.stream[:40], splits.evaluation
     x_train = shifted(digits, train_rows, shift, 0)
     x_held = shifted(digits, held, shift, 1)
     before = accuracy(base, x_held, digits.labels[held])
-    source = accuracy(base, digits.images[held], digits.labels[held])
     adapted = fit_input_adapter(base, x_train, digits.labels[train_rows])
     after = accuracy(adapted, x_held, digits.labels[held])
     assert bool(adapted.adapter.active) and not bool(base.adapter.active)
-    assert after > before + 0.2
-    assert after > source - 0.15  # most of the way back to the model's accuracy on its own data
+    assert after > before + 0.3
+    # 8 numbers learn more from these 40 labels than all the weights do (invert 0.79 vs 0.28, rotate 0.76 vs 0.63)
+    tuned = finetune(base, x_train.reshape(40, -1), digits.labels[train_rows], digits, splits,
+                     settings.datacenter.finetune, settings.seed, "weights-only")
+    assert after > accuracy(tuned, x_held, digits.labels[held]) + 0.05
     # the weights behind the adapter did not move, and the start is untouched
     for (name, fitted), (_, original) in zip(adapted.named_parameters(), base.named_parameters()):
         if not name.startswith("adapter."):

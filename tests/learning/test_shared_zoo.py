@@ -77,8 +77,11 @@ def test_edges_hit_by_one_drift_in_one_round_train_on_pooled_labels(trained, set
     counts only its own labels, and its held-back labels stay out of the pool. In another round,
     the same peer gives a candidate but no pool."""
     state_dir, base = trained
-    # recognise_zoo off: b would otherwise adopt a's model label-free in its state check (the test above)
-    settings = dataclasses.replace(settings, datacenter=dataclasses.replace(settings.datacenter, recognise_zoo=False))
+    # recognise_zoo off: b would otherwise adopt a's model label-free in its state check (the test above);
+    # input adapter off: with it, a's model is good enough for b's harm test to adopt it as it is
+    finetune = dataclasses.replace(settings.datacenter.finetune, input_adapter=False)
+    settings = dataclasses.replace(settings, datacenter=dataclasses.replace(settings.datacenter, recognise_zoo=False,
+                                                                             finetune=finetune))
     center = DataCenter(settings, digits, splits, StateStore(state_dir))
     a = edge_round(center, settings, digits, splits, {"id": "z05", "shift": ROT}, base, "a")
     assert a.metrics["decision"] == "retrain" and a.metrics["pooled_labels"] == 0
