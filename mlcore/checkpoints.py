@@ -26,6 +26,10 @@ class CheckpointError(ValueError):
 def checkpoint_bytes(model: nn.Module, spec: ModelSpec) -> bytes:
     buffer = io.BytesIO()
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    adapter = getattr(model, "adapter", None)
+    if adapter is not None and not bool(adapter.active):
+        # an adapter never fitted is not written: the file (and its sha256) is what it was before adapters
+        state = {k: v for k, v in state.items() if k not in ADAPTER_KEYS}
     torch.save({"format": FORMAT, "spec": spec.to_dict(), "state_dict": state}, buffer)
     return buffer.getvalue()
 

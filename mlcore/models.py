@@ -104,7 +104,8 @@ class MLP(nn.Module):
 
 
 ARCHITECTURES = {"cnn": SmallCNN, "mlp": MLP}
-#: State keys a checkpoint written before adapters existed lacks; loading fills them (adapter off).
+#: State keys of the adapter: not written while it is off (and absent from checkpoints written
+#: before adapters existed); loading fills them in, off.
 ADAPTER_KEYS = ("adapter.theta", "adapter.gain", "adapter.bias", "adapter.active")
 
 

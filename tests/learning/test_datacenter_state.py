@@ -47,8 +47,7 @@ def test_episode_adapts_and_records(trained, settings, digits, splits):
     # the model kept is the episode's best on its held-back labels: the last iteration's, or an earlier one's
     assert 0 < registry["labels_used"] <= m["labels_queried"] and registry["labels_used"] % settings.edge.query_size == 0
     assert "source_eval_accuracy" in registry["metrics"]
-    fitted = registry["metrics"]["input_adapter"]  # on by default: what it learnt is on record
-    assert set(fitted) == {"grid_rotation_degrees", "theta", "gain", "bias"} and len(fitted["theta"]) == 2
+    assert registry["metrics"]["input_adapter"] is None  # off by default (tests/learning/test_input_adapter.py)
     snapshot = StateStore(state_dir).load(out.checkpoint["state"])
     assert snapshot.current == out.checkpoint["sha256"] and len(snapshot.zoo) == 2
     # the reference window was reset to the adapted model: the same shift no longer triggers

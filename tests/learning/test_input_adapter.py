@@ -1,13 +1,17 @@
 """The input adapter: off, it changes nothing; fitted on a few labels, it undoes an inversion
 or a rotation in front of frozen weights; it survives a checkpoint; replayed rows pass it by."""
 
+import dataclasses
 import io
+import json
 
 import numpy as np
 import pytest
 import torch
 
 from datacenter.adaptation import finetune, fit_input_adapter
+from datacenter.base import train_base
+from datacenter.state import StateStore
 from mlcore.checkpoints import FORMAT, CheckpointError, load_checkpoint, save_checkpoint, sha256_file
 from mlcore.models import ADAPTER_KEYS, ModelSpec, build_model
 from mlcore.shifts import apply_image_shifts, parse_shift_list
@@ -108,3 +112,23 @@ def test_replayed_rows_pass_a_fitted_adapter_by(base, digits, splits, settings):
     bypassed = tuned.head(tuned.body(torch.from_numpy(digits.images[held].reshape(len(held), 1, 8, 8).astype(np.float32))))
     source_after = float((bypassed.argmax(1).numpy() == digits.labels[held]).mean())
     assert source_after > accuracy(base, digits.images[held], digits.labels[held]) - 0.05
+
+
+def test_an_episode_with_the_adapter_on_fits_it_and_records_it(digits, splits, settings, tmp_path):
+    """Through the data center: the same inverted round, adapter off and on, from the same base."""
+    from test_datacenter_state import center_over, run_round
+
+    outcomes = {}
+    for on in (False, True):
+        tuned = dataclasses.replace(settings, datacenter=dataclasses.replace(
+            settings.datacenter, finetune=dataclasses.replace(settings.datacenter.finetune, input_adapter=on)))
+        state_dir = tmp_path / f"adapter-{on}"
+        base = train_base(tuned, digits, splits, StateStore(state_dir))
+        out = run_round(center_over(state_dir, tuned, digits, splits), tuned, digits, splits,
+                        {"id": "i01", "shift": [{"name": "invert"}]}, base)
+        registry = json.loads((state_dir / "registry" / f"{out.checkpoint['sha256']}.json").read_text())
+        outcomes[on] = (out.metrics, registry["metrics"]["input_adapter"])
+    (off, nothing), (on, fitted) = outcomes[False], outcomes[True]
+    assert off["retrained"] and on["retrained"] and nothing is None
+    assert fitted["gain"] < 0 < fitted["bias"]  # it found the polarity: an inversion is undone by a negative gain
+    assert on["accuracy_after"] > off["accuracy_after"] + 0.1
