@@ -63,6 +63,8 @@ def check(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any])
     current = snapshot.current
     probabilities = predict_proba(center.model(current), images)
     verdict, second = monitor(center, snapshot, probabilities, labels, metadata)
+    if not verdict.drift:
+        verdict = specialist_watch(center, snapshot, images) or verdict
     source_probabilities, source_labels = center.source_view(current)
     info: dict[str, Any] = {
         "state": key, "flagged": verdict.drift, "detector": verdict.detector, "p_value": verdict.p_value,
@@ -204,6 +206,27 @@ def source_model(center: DataCenter, snapshot: Snapshot, images: np.ndarray) -> 
         return None
     verdict = own_window_test(center, snapshot, base, images)
     return None if verdict.drift else (base, float(verdict.p_value))
+
+
+def specialist_watch(center: DataCenter, snapshot: Snapshot, images: np.ndarray) -> detectors.Verdict | None:
+    """A flag when the current model is a specialist (its input adapter fitted) and the base model
+    takes the sample for its own data (p >= MIN_HOME_P against its source window); else None.
+
+    A specialist shifts every input back by its episode's shift, so on the source it is as wrong
+    as the base was on that shift, and its own gate may stay quiet (a rotate-15 specialist on
+    blurred clean digits: 0.81, not flagged). The base's monitor is the second witness: the
+    shift that made the specialist was one the base told apart from its source.
+    """
+    adapter = getattr(center.model(snapshot.current), "adapter", None)
+    if adapter is None or not bool(adapter.active):
+        return None
+    base = snapshot.zoo[0].sha256 if snapshot.zoo else None
+    if base is None or base == snapshot.current or base not in snapshot.references:
+        return None
+    verdict = own_window_test(center, snapshot, base, images)
+    if verdict.p_value is None or verdict.p_value < max(MIN_HOME_P, center.settings.datacenter.alpha):
+        return None
+    return detectors.Verdict(True, verdict.p_value, verdict.statistic, "specialist_watch")
 
 
 def own_window_test(center: DataCenter, snapshot: Snapshot, sha: str, images: np.ndarray) -> detectors.Verdict:

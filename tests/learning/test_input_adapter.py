@@ -11,6 +11,7 @@ import torch
 
 from datacenter.adaptation import finetune, fit_input_adapter
 from datacenter.base import train_base
+from datacenter.check import specialist_watch
 from datacenter.state import StateStore
 from mlcore.checkpoints import FORMAT, CheckpointError, load_checkpoint, save_checkpoint, sha256_file
 from mlcore.models import ADAPTER_KEYS, ModelSpec, build_model
@@ -132,3 +133,17 @@ def test_an_episode_with_the_adapter_on_fits_it_and_records_it(digits, splits, s
     assert off["retrained"] and on["retrained"] and nothing is None
     assert fitted["gain"] < 0 < fitted["bias"]  # it found the polarity: an inversion is undone by a negative gain
     assert on["accuracy_after"] > off["accuracy_after"] + 0.1
+
+    # the specialist is now current: the base model's monitor watches for its source data
+    center = center_over(state_dir, tuned, digits, splits)
+    _, snapshot = center.parent_state({"state": out.checkpoint["state"]})
+    assert bool(center.model(snapshot.current).adapter.active)
+    rows = splits.stream[:100]
+    clean = digits.images[rows]
+    inverted = shifted(digits, rows, [{"name": "invert"}], 2)
+    watch = specialist_watch(center, snapshot, clean)
+    assert watch is not None and watch.drift and watch.detector == "specialist_watch"
+    assert specialist_watch(center, snapshot, inverted) is None  # its own data: the base tells it apart
+    back = run_round(center, tuned, digits, splits, {"id": "i02", "shift": []}, out.checkpoint)
+    assert back.metrics["flagged"] and back.metrics["decision"] == "adopt" and back.metrics["labels_used"] == 0
+    assert back.checkpoint["sha256"] == base["sha256"] and back.metrics["accuracy_after"] > 0.9
