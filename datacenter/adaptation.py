@@ -1,6 +1,7 @@
 """Two ways to adapt to an episode's labels: fine-tune the weights (with a replay of source
-data, against forgetting), or fit the 8 numbers of the model's input adapter in front of
-its frozen weights (a geometric or photometric shift undone, nothing forgotten)."""
+data, against forgetting), and, when `finetune.input_adapter` is on, first fit the 8 numbers
+of the model's input adapter in front of its frozen weights (a geometric or photometric shift
+undone with few labels; the model becomes a specialist of that shift)."""
 
 from __future__ import annotations
 

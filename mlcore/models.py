@@ -7,9 +7,8 @@ fitted it (datacenter/adaptation.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
