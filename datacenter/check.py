@@ -209,13 +209,14 @@ def source_model(center: DataCenter, snapshot: Snapshot, images: np.ndarray) -> 
 
 
 def specialist_watch(center: DataCenter, snapshot: Snapshot, images: np.ndarray) -> detectors.Verdict | None:
-    """A flag when the current model is a specialist (its input adapter fitted) and the base model
-    takes the sample for its own data (p >= MIN_HOME_P against its source window); else None.
+    """A flag when the current model is a specialist (its input adapter fitted) and the base model's
+    own gate does not tell the sample from its source window (p >= alpha); else None.
 
     A specialist shifts every input back by its episode's shift, so on the source it is as wrong
     as the base was on that shift, and its own gate may stay quiet (a rotate-15 specialist on
     blurred clean digits: 0.81, not flagged). The base's monitor is the second witness: the
-    shift that made the specialist was one the base told apart from its source.
+    shift that made the specialist was one the base told apart from its source. (At MIN_HOME_P
+    instead of alpha, blurred and noisy clean digits, 0.80 and 0.84 for the specialist, went by.)
     """
     adapter = getattr(center.model(snapshot.current), "adapter", None)
     if adapter is None or not bool(adapter.active):
@@ -224,7 +225,7 @@ def specialist_watch(center: DataCenter, snapshot: Snapshot, images: np.ndarray)
     if base is None or base == snapshot.current or base not in snapshot.references:
         return None
     verdict = own_window_test(center, snapshot, base, images)
-    if verdict.p_value is None or verdict.p_value < max(MIN_HOME_P, center.settings.datacenter.alpha):
+    if verdict.drift:
         return None
     return detectors.Verdict(True, verdict.p_value, verdict.statistic, "specialist_watch")
 
