@@ -214,9 +214,9 @@ def specialist_watch(center: DataCenter, snapshot: Snapshot, images: np.ndarray)
 
     A specialist shifts every input back by its episode's shift, so on the source it is as wrong
     as the base was on that shift, and its own gate may stay quiet (a rotate-15 specialist on
-    blurred clean digits: 0.81, not flagged). The base's monitor is the second witness: the
-    shift that made the specialist was one the base told apart from its source. (At MIN_HOME_P
-    instead of alpha, blurred and noisy clean digits, 0.80 and 0.84 for the specialist, went by.)
+    noisy clean digits: 0.84, not flagged). The base's monitor is the second witness: the shift
+    that made the specialist was one the base told apart from its source. Blind where the base's
+    gate flags the data too (blur 0.5 on clean digits: the specialist at 0.80 went by).
     """
     adapter = getattr(center.model(snapshot.current), "adapter", None)
     if adapter is None or not bool(adapter.active):
