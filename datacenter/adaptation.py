@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlcore.datasets import Dataset, Splits
+from mlcore.models import has_fitted_adapter
 from mlcore.seeding import rng_for
 from mlcore.settings import FinetuneSettings
 from mlcore.training import train_model
@@ -45,9 +46,8 @@ def finetune(
     x = np.concatenate([images.reshape(len(images), *dataset.image_shape), dataset.images[replay]])
     y = np.concatenate([labels, dataset.labels[replay]])
     model = copy.deepcopy(start)
-    adapter = getattr(model, "adapter", None)
     # replayed source rows skip a fitted adapter: it undoes the episode's shift, which they do not carry
-    bypass = np.arange(len(x)) >= len(images) if adapter is not None and bool(adapter.active) else None
+    bypass = np.arange(len(x)) >= len(images) if has_fitted_adapter(model) else None
     return train_model(model, x, y, epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size,
                        seed=seed, purpose=f"finetune:{episode}:{len(labels)}", bypass=bypass)
 
@@ -72,7 +72,7 @@ def fit_input_adapter(start: nn.Module, images: np.ndarray, labels: np.ndarray) 
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     runs = []
-    for origin in ([None] if bool(start.adapter.active) else []) + list(ADAPTER_STARTS):
+    for origin in ([None] if has_fitted_adapter(start) else []) + list(ADAPTER_STARTS):
         model = copy.deepcopy(start)
         if origin is not None:
             degrees, (gain, bias) = origin

@@ -31,6 +31,7 @@ from scipy import stats
 
 from mlcore.contract import Decision, Reply
 from mlcore.frames import frame_digest, frame_features, frame_labels
+from mlcore.models import has_fitted_adapter
 from mlcore.seeding import rng_for
 from mlcore.training import accuracy_of, predict_proba
 
@@ -201,11 +202,10 @@ def source_model(center: DataCenter, snapshot: Snapshot, images: np.ndarray) -> 
     the benchmark's rotate-15 model on noise 0.125 spent 60 labels for 0.944 -> 0.953 held
     out, where the base stood at 0.969.
     """
-    base = snapshot.zoo[0].sha256
-    if base == snapshot.current or base not in snapshot.references:
+    witness = base_witness(center, snapshot, images)
+    if witness is None or witness[1].drift:
         return None
-    verdict = own_window_test(center, snapshot, base, images)
-    return None if verdict.drift else (base, float(verdict.p_value))
+    return witness[0], float(witness[1].p_value)
 
 
 def specialist_watch(center: DataCenter, snapshot: Snapshot, images: np.ndarray) -> detectors.Verdict | None:
@@ -218,16 +218,20 @@ def specialist_watch(center: DataCenter, snapshot: Snapshot, images: np.ndarray)
     that made the specialist was one the base told apart from its source. Blind where the base's
     gate flags the data too (blur 0.5 on clean digits: the specialist at 0.80 went by).
     """
-    adapter = getattr(center.model(snapshot.current), "adapter", None)
-    if adapter is None or not bool(adapter.active):
+    if not has_fitted_adapter(center.model(snapshot.current)):
         return None
-    base = snapshot.zoo[0].sha256 if snapshot.zoo else None
-    if base is None or base == snapshot.current or base not in snapshot.references:
+    witness = base_witness(center, snapshot, images)
+    if witness is None or witness[1].drift:
         return None
-    verdict = own_window_test(center, snapshot, base, images)
-    if verdict.drift:
+    return detectors.Verdict(True, witness[1].p_value, witness[1].statistic, "specialist_watch")
+
+
+def base_witness(center: DataCenter, snapshot: Snapshot, images: np.ndarray) -> tuple[str, detectors.Verdict] | None:
+    """(sha256, the base model's own gate on `images`), unless the base is current or has no window."""
+    base = snapshot.zoo[0].sha256
+    if base == snapshot.current or base not in snapshot.references:
         return None
-    return detectors.Verdict(True, verdict.p_value, verdict.statistic, "specialist_watch")
+    return base, own_window_test(center, snapshot, base, images)
 
 
 def own_window_test(center: DataCenter, snapshot: Snapshot, sha: str, images: np.ndarray) -> detectors.Verdict:

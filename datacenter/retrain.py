@@ -18,6 +18,7 @@ import numpy as np
 from mlcore.checkpoints import save_checkpoint
 from mlcore.contract import Decision, Reply, may_query
 from mlcore.frames import frame_digest, frame_features, frame_labels
+from mlcore.models import has_fitted_adapter
 from mlcore.training import accuracy, accuracy_of, predict_proba
 
 from .adaptation import finetune, fit_input_adapter
@@ -121,9 +122,9 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
 
 def adapter_summary(model: Any) -> dict[str, Any] | None:
     """What a fitted input adapter says about the shift, for the registry (None: off)."""
-    adapter = getattr(model, "adapter", None)
-    if adapter is None or not bool(adapter.active):
+    if not has_fitted_adapter(model):
         return None
+    adapter = model.adapter
     theta = adapter.theta.detach().double().numpy()
     # the angle of the sampling grid: the adapter turns the image by minus it
     return {"grid_rotation_degrees": round(math.degrees(math.atan2(theta[1, 0], theta[0, 0])), 2),

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .atomic import write_bytes_atomic
-from .models import ADAPTER_KEYS, ModelSpec, build_model
+from .models import ADAPTER_KEYS, ModelSpec, build_model, has_fitted_adapter
 
 FORMAT = "driftloop-checkpoint-1"
 
@@ -26,8 +26,7 @@ class CheckpointError(ValueError):
 def checkpoint_bytes(model: nn.Module, spec: ModelSpec) -> bytes:
     buffer = io.BytesIO()
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    adapter = getattr(model, "adapter", None)
-    if adapter is not None and not bool(adapter.active):
+    if not has_fitted_adapter(model):
         # an adapter never fitted is not written: the file (and its sha256) is what it was before adapters
         state = {k: v for k, v in state.items() if k not in ADAPTER_KEYS}
     torch.save({"format": FORMAT, "spec": spec.to_dict(), "state_dict": state}, buffer)

@@ -62,6 +62,12 @@ class InputAdapter(nn.Module):
         return out
 
 
+def has_fitted_adapter(model: nn.Module) -> bool:
+    """True for a specialist: a model whose input adapter was fitted (is on)."""
+    adapter = getattr(model, "adapter", None)
+    return adapter is not None and bool(adapter.active)
+
+
 class SmallCNN(nn.Module):
     """Two 3x3 convolutions, a pool, and a 64-unit embedding; works for 8x8 and 28x28 inputs."""
 
