@@ -1,16 +1,19 @@
 """Two ways to adapt to an episode's labels: fine-tune the weights (with a replay of source
 data, against forgetting), and, when `finetune.input_adapter` is on, first fit the 8 numbers
 of the model's input adapter in front of its frozen weights (a geometric or photometric shift
-undone with few labels; the model becomes a specialist of that shift)."""
+undone with few labels), with a router that sends only inputs of the episode's shift through
+it (`fit_router`): the model learns the shift and keeps the source."""
 
 from __future__ import annotations
 
 import copy
 import itertools
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from mlcore.datasets import Dataset, Splits
@@ -74,6 +77,7 @@ def fit_input_adapter(start: nn.Module, images: np.ndarray, labels: np.ndarray) 
     runs = []
     for origin in ([None] if has_fitted_adapter(start) else []) + list(ADAPTER_STARTS):
         model = copy.deepcopy(start)
+        model.adapter.unroute()  # fitted on the episode's rows, every one of them through the adapter
         if origin is not None:
             degrees, (gain, bias) = origin
             model.adapter.set(degrees, gain, bias)
@@ -102,3 +106,53 @@ def _descend(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor
     with torch.no_grad():
         loss = float(F.cross_entropy(model(x), y))
     return loss if loss == loss else float("inf")
+
+
+#: The router is used only if it tells the episode's rows from source rows this well, held out
+#: (balanced accuracy); else the episode gets no adapter (a shift a linear score of the pixels
+#: cannot tell from the source is one the adapter must not be asked to undo for some inputs only).
+ROUTER_MIN_ACCURACY = 0.95
+#: Source rows drawn per episode row, and their most.
+ROUTER_SOURCE_RATIO, ROUTER_MAX_SOURCE = 3, 600
+
+
+@dataclass(frozen=True)
+class Router:
+    """A linear score of the flattened pixels: > 0 for the episode's shift, <= 0 for the source."""
+
+    weight: np.ndarray  # (features,) float32
+    bias: float
+    held_out_accuracy: float  # balanced, on a quarter of the rows held out of its fit
+
+
+def fit_router(target: np.ndarray, dataset: Dataset, splits: Splits, seed: int, episode: str) -> Router:
+    """A logistic regression of the episode's rows (`target`, flattened images) against source rows.
+
+    Deterministic: the source rows and the held-out quarter are drawn from the seed and the
+    episode; lbfgs. The features are standardised for the fit and the scaling folded into the
+    weights, so the model needs only the raw pixels."""
+    target = target.reshape(len(target), -1).astype(np.float64)
+    pool = splits.source_train
+    count = min(len(pool), ROUTER_MAX_SOURCE, ROUTER_SOURCE_RATIO * len(target))
+    rng = rng_for(seed, "router", episode)
+    source = dataset.images[np.sort(rng.choice(pool, size=count, replace=False))].reshape(count, -1).astype(np.float64)
+    x = np.concatenate([source, target])
+    y = np.concatenate([np.zeros(len(source), dtype=np.int64), np.ones(len(target), dtype=np.int64)])
+    held = np.zeros(len(x), dtype=bool)
+    for label in (0, 1):  # a quarter of each class held out
+        rows = np.flatnonzero(y == label)
+        held[rng.choice(rows, size=max(1, len(rows) // 4), replace=False)] = True
+    probe = _logistic(x[~held], y[~held])
+    predicted = (x[held] @ probe[0] + probe[1]) > 0
+    accuracy = float(np.mean([np.mean(predicted[y[held] == label] == label) for label in (0, 1)]))
+    weight, bias = _logistic(x, y)
+    return Router(weight.astype(np.float32), float(bias), accuracy)
+
+
+def _logistic(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    """(weight, bias) of a class-balanced logistic regression, on the raw features."""
+    mean, scale = x.mean(0), x.std(0)
+    scale[scale < 1e-6] = 1.0
+    fit = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000).fit((x - mean) / scale, y)
+    weight = fit.coef_[0] / scale
+    return weight, float(fit.intercept_[0] - weight @ mean)

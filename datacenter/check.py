@@ -31,7 +31,7 @@ from scipy import stats
 
 from mlcore.contract import Decision, Reply
 from mlcore.frames import frame_digest, frame_features, frame_labels
-from mlcore.models import has_fitted_adapter
+from mlcore.models import is_specialist
 from mlcore.seeding import rng_for
 from mlcore.training import accuracy_of, predict_proba
 
@@ -209,7 +209,7 @@ def source_model(center: DataCenter, snapshot: Snapshot, images: np.ndarray) -> 
 
 
 def specialist_watch(center: DataCenter, snapshot: Snapshot, images: np.ndarray) -> detectors.Verdict | None:
-    """A flag when the current model is a specialist (its input adapter fitted) and the base model's
+    """A flag when the current model is a specialist (its input adapter fitted, not routed) and the base model's
     own gate does not tell the sample from its source window (p >= alpha); else None.
 
     A specialist shifts every input back by its episode's shift, so on the source it is as wrong
@@ -218,7 +218,7 @@ def specialist_watch(center: DataCenter, snapshot: Snapshot, images: np.ndarray)
     that made the specialist was one the base told apart from its source. Blind where the base's
     gate flags the data too (blur 0.5 on clean digits: the specialist at 0.80 went by).
     """
-    if not has_fitted_adapter(center.model(snapshot.current)):
+    if not is_specialist(center.model(snapshot.current)):
         return None
     witness = base_witness(center, snapshot, images)
     if witness is None or witness[1].drift:

@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from mlcore.checkpoints import save_checkpoint
 from mlcore.contract import Decision, Reply, may_query
@@ -21,7 +22,7 @@ from mlcore.frames import frame_digest, frame_features, frame_labels
 from mlcore.models import has_fitted_adapter
 from mlcore.training import accuracy, accuracy_of, predict_proba
 
-from .adaptation import finetune, fit_input_adapter
+from .adaptation import ROUTER_MIN_ACCURACY, finetune, fit_input_adapter, fit_router
 from .errors import RequestError
 from .selection import likelihood
 from .state import EpisodeData, Snapshot, ZooEntry, state_key
@@ -60,8 +61,13 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
         began = time.perf_counter()
         train_x, train_y, _ = data.training_rows()
         origin = start  # the fine-tune's: the episode's start, its input adapter fitted first if on
+        router = None
         if config.finetune.input_adapter:  # undo what of the shift an affine map of the input can, then fine-tune
-            origin = fit_input_adapter(start, center.as_images(train_x), train_y)
+            router = fit_router(np.concatenate([data.post_x, train_x]), center.dataset, center.splits,
+                                center.settings.seed, episode.id)
+            if router.held_out_accuracy >= ROUTER_MIN_ACCURACY:  # only for inputs that carry the shift
+                origin = fit_input_adapter(start, center.as_images(train_x), train_y)
+                origin.adapter.route(torch.from_numpy(router.weight), router.bias)
         model = finetune(origin, train_x, train_y, center.dataset, center.splits, config.finetune,
                          center.settings.seed, episode.id)
         pseudo = pseudo_rows(center, model, data, config.finetune.pseudo_confidence)
@@ -88,6 +94,7 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
             "train_labels": int(len(data.y)), "pooled_labels": data.pooled, "replay": int(config.finetune.replay),
             "pseudo_labels": 0 if pseudo is None else int(len(pseudo[1])),
             "input_adapter": adapter_summary(model),
+            "router_held_out_accuracy": None if router is None else round(router.held_out_accuracy, 4),
         }
         center.store.write_registry_entry(sha, {"parent": episode.start, "round": episode.round, "episode": episode.id,
                                               "kind": "adapted", "shift": shift, "labels_used": labels_used,
@@ -129,7 +136,7 @@ def adapter_summary(model: Any) -> dict[str, Any] | None:
     # the angle of the sampling grid: the adapter turns the image by minus it
     return {"grid_rotation_degrees": round(math.degrees(math.atan2(theta[1, 0], theta[0, 0])), 2),
             "theta": np.round(theta, 4).tolist(), "gain": round(float(adapter.gain.detach()), 4),
-            "bias": round(float(adapter.bias.detach()), 4)}
+            "bias": round(float(adapter.bias.detach()), 4), "routed": bool(adapter.routed)}
 
 
 def judge(new: tuple[float, float], best: tuple[float, float], start: tuple[float, float]) -> tuple[bool, bool]:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .atomic import write_bytes_atomic
-from .models import ADAPTER_KEYS, ModelSpec, build_model, has_fitted_adapter
+from .models import ADAPTER_KEYS, ROUTER_KEYS, ModelSpec, build_model, has_fitted_adapter
 
 FORMAT = "driftloop-checkpoint-1"
 
@@ -85,9 +85,11 @@ def load_checkpoint(path: str | Path, sha256: str) -> tuple[nn.Module, ModelSpec
     spec = ModelSpec(str(raw["arch"]), (int(raw["image_shape"][0]), int(raw["image_shape"][1])), int(raw["n_classes"]))
     model = build_model(spec, seed=0)
     state = payload["state_dict"]
-    if isinstance(state, dict) and not any(key in state for key in ADAPTER_KEYS):
-        # written before models carried an input adapter: theirs is off (the identity)
-        state = {**state, **{key: value for key, value in model.state_dict().items() if key in ADAPTER_KEYS}}
+    if isinstance(state, dict) and not any(key in state for key in ROUTER_KEYS):
+        # written before models carried an input adapter (theirs is off: the identity), or an
+        # adapter without a router (it warps every input)
+        missing = ADAPTER_KEYS if not any(key in state for key in ADAPTER_KEYS) else ROUTER_KEYS
+        state = {**state, **{key: value for key, value in model.state_dict().items() if key in missing}}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

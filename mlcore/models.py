@@ -26,46 +26,79 @@ class ModelSpec:
 
 
 class InputAdapter(nn.Module):
-    """An affine warp of the image plane and an affine map of intensities: 8 numbers.
+    """An affine warp of the image plane and an affine map of intensities: 8 numbers, and a
+    router that says which inputs they are for.
 
     Much drift at a sensor is geometric or photometric (a tilted or shifted camera, another
     exposure, inverted polarity). Fitting these 8 numbers in front of a frozen model needs
     far fewer labels than fine-tuning its weights (benchmarks/results/learning.md). Off by
     default: an inactive adapter returns its input unchanged, so a model that never had one
     fitted computes exactly what it did before adapters existed.
+
+    The router is a linear score of the pixels (episode data > 0 >= source data): a routed
+    adapter warps only inputs that look like its episode's shift and lets the rest pass, so
+    the model stays right on the source instead of undoing a shift that is not there.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, features: int) -> None:
         super().__init__()
         self.theta = nn.Parameter(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
         self.gain = nn.Parameter(torch.tensor(1.0))
         self.bias = nn.Parameter(torch.tensor(0.0))
         self.register_buffer("active", torch.tensor(False))
+        self.register_buffer("route_weight", torch.zeros(features))
+        self.register_buffer("route_bias", torch.tensor(0.0))
+        self.register_buffer("routed", torch.tensor(False))
 
     def set(self, degrees: float = 0.0, gain: float = 1.0, bias: float = 0.0) -> None:
-        """Start from a rotation by `degrees` and intensities `gain * x + bias`, and switch on."""
+        """Start from a rotation by `degrees` and intensities `gain * x + bias`, and switch on
+        (for every input: no router)."""
         r = math.radians(degrees)
         with torch.no_grad():
             self.theta.copy_(torch.tensor([[math.cos(r), -math.sin(r), 0.0], [math.sin(r), math.cos(r), 0.0]]))
             self.gain.fill_(gain)
             self.bias.fill_(bias)
             self.active.fill_(True)
+        self.unroute()
+
+    def route(self, weight: torch.Tensor, bias: float) -> None:
+        """Warp only inputs whose flattened pixels score `x @ weight + bias > 0`."""
+        with torch.no_grad():
+            self.route_weight.copy_(torch.as_tensor(weight, dtype=self.route_weight.dtype))
+            self.route_bias.fill_(float(bias))
+            self.routed.fill_(True)
+
+    def unroute(self) -> None:
+        with torch.no_grad():
+            self.route_weight.zero_()
+            self.route_bias.zero_()
+            self.routed.fill_(False)
 
     def forward(self, x: torch.Tensor, bypass: torch.Tensor | None = None) -> torch.Tensor:
-        """`x` as (n, 1, h, w); rows where `bypass` is True pass unchanged (replayed source rows)."""
+        """`x` as (n, 1, h, w); rows where `bypass` is True pass unchanged (replayed source rows),
+        and so do rows the router does not send to the adapter."""
         if not bool(self.active):
             return x
         grid = F.affine_grid(self.theta.expand(len(x), 2, 3), list(x.shape), align_corners=False)
         out = self.gain * F.grid_sample(x, grid, align_corners=False, padding_mode="zeros") + self.bias
+        if bool(self.routed):
+            source_like = x.flatten(1) @ self.route_weight + self.route_bias <= 0
+            bypass = source_like if bypass is None else bypass | source_like
         if bypass is not None:
             out = torch.where(bypass.reshape(-1, 1, 1, 1), x, out)
         return out
 
 
 def has_fitted_adapter(model: nn.Module) -> bool:
-    """True for a specialist: a model whose input adapter was fitted (is on)."""
+    """True for a model whose input adapter was fitted (is on), routed or not."""
     adapter = getattr(model, "adapter", None)
     return adapter is not None and bool(adapter.active)
+
+
+def is_specialist(model: nn.Module) -> bool:
+    """True for a model whose fitted adapter warps every input (no router): right only on its
+    episode's shift, and wrong on the source."""
+    return has_fitted_adapter(model) and not bool(model.adapter.routed)
 
 
 class SmallCNN(nn.Module):
@@ -81,7 +114,7 @@ class SmallCNN(nn.Module):
             nn.Linear(32 * 16, 64), nn.ReLU(),
         )
         self.head = nn.Linear(64, n_classes)
-        self.adapter = InputAdapter()
+        self.adapter = InputAdapter(image_shape[0] * image_shape[1])
 
     def features(self, x: torch.Tensor, bypass: torch.Tensor | None = None) -> torch.Tensor:
         return self.body(self.adapter(x.reshape(-1, 1, *self.image_shape), bypass))
@@ -99,7 +132,7 @@ class MLP(nn.Module):
         d = image_shape[0] * image_shape[1]
         self.body = nn.Sequential(nn.Flatten(), nn.Linear(d, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU())
         self.head = nn.Linear(64, n_classes)
-        self.adapter = InputAdapter()
+        self.adapter = InputAdapter(image_shape[0] * image_shape[1])
 
     def features(self, x: torch.Tensor, bypass: torch.Tensor | None = None) -> torch.Tensor:
         return self.body(self.adapter(x.reshape(len(x), 1, *self.image_shape), bypass))
@@ -111,7 +144,10 @@ class MLP(nn.Module):
 ARCHITECTURES = {"cnn": SmallCNN, "mlp": MLP}
 #: State keys of the adapter: not written while it is off (and absent from checkpoints written
 #: before adapters existed); loading fills them in, off.
-ADAPTER_KEYS = ("adapter.theta", "adapter.gain", "adapter.bias", "adapter.active")
+ADAPTER_KEYS = ("adapter.theta", "adapter.gain", "adapter.bias", "adapter.active",
+                "adapter.route_weight", "adapter.route_bias", "adapter.routed")
+#: The router's keys: absent from adapters written before routers existed (those load unrouted).
+ROUTER_KEYS = ADAPTER_KEYS[4:]
 
 
 def build_model(spec: ModelSpec, seed: int) -> nn.Module:

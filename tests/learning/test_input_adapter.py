@@ -134,16 +134,38 @@ def test_an_episode_with_the_adapter_on_fits_it_and_records_it(digits, splits, s
     assert fitted["gain"] < 0 < fitted["bias"]  # it found the polarity: an inversion is undone by a negative gain
     assert on["accuracy_after"] > off["accuracy_after"] + 0.1
 
-    # the specialist is now current: the base model's monitor watches for its source data
+    # the adapted model is now current, routed: it warps inverted digits and lets clean ones pass
     center = center_over(state_dir, tuned, digits, splits)
     _, snapshot = center.parent_state({"state": out.checkpoint["state"]})
-    assert bool(center.model(snapshot.current).adapter.active)
+    current = center.model(snapshot.current)
+    assert bool(current.adapter.active) and bool(current.adapter.routed) and fitted["routed"]
+    assert registry_router(state_dir, out.checkpoint["sha256"]) >= 0.95
+    held = splits.evaluation
+    clean_held = digits.images[held]
+    assert accuracy(current, clean_held, digits.labels[held]) > accuracy(base_model(state_dir, base), clean_held,
+                                                                          digits.labels[held]) - 0.05
     rows = splits.stream[:100]
     clean = digits.images[rows]
     inverted = shifted(digits, rows, [{"name": "invert"}], 2)
-    watch = specialist_watch(center, snapshot, clean)
-    assert watch is not None and watch.drift and watch.detector == "specialist_watch"
-    assert specialist_watch(center, snapshot, inverted) is None  # its own data: the base tells it apart
-    back = run_round(center, tuned, digits, splits, {"id": "i02", "shift": []}, out.checkpoint)
-    assert back.metrics["flagged"] and back.metrics["decision"] == "adopt" and back.metrics["labels_used"] == 0
-    assert back.checkpoint["sha256"] == base["sha256"] and back.metrics["accuracy_after"] > 0.9
+    assert specialist_watch(center, snapshot, clean) is None  # routed: not a specialist
+    # unrouted (an adapter written before routers), it is one: the base model's monitor watches for its source
+    current.adapter.unroute()
+    try:
+        watch = specialist_watch(center, snapshot, clean)
+        assert watch is not None and watch.drift and watch.detector == "specialist_watch"
+        assert specialist_watch(center, snapshot, inverted) is None  # its own data: the base tells it apart
+    finally:
+        center._models.pop(snapshot.current)
+    # clean data again: the routed model serves it as the base did, with no episode
+    back = run_round(center_over(state_dir, tuned, digits, splits), tuned, digits, splits,
+                     {"id": "i02", "shift": []}, out.checkpoint)
+    assert not back.metrics["retrained"] and back.metrics["accuracy_after"] > 0.9
+
+
+def registry_router(state_dir, sha):
+    return json.loads((state_dir / "registry" / f"{sha}.json").read_text())["metrics"]["router_held_out_accuracy"]
+
+
+def base_model(state_dir, base):
+    model, _ = load_checkpoint(base["checkpoint"], base["sha256"])
+    return model
