@@ -1,5 +1,6 @@
 """The input adapter: off, it changes nothing; fitted on a few labels, it undoes an inversion
-or a rotation in front of frozen weights; it survives a checkpoint; replayed rows pass it by."""
+or a rotation in front of frozen weights; it survives a checkpoint; replayed rows pass it by;
+its router sends the episode's shift through it and the source past it."""
 
 import dataclasses
 import io
@@ -9,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from datacenter.adaptation import finetune, fit_input_adapter
+from datacenter.adaptation import ROUTER_MIN_ACCURACY, finetune, fit_input_adapter, fit_router
 from datacenter.base import train_base
 from datacenter.check import specialist_watch
 from datacenter.state import StateStore
 from mlcore.checkpoints import FORMAT, CheckpointError, load_checkpoint, save_checkpoint, sha256_file
-from mlcore.models import ADAPTER_KEYS, ModelSpec, build_model
+from mlcore.models import ADAPTER_KEYS, ROUTER_KEYS, ModelSpec, build_model
 from mlcore.shifts import apply_image_shifts, parse_shift_list
 from mlcore.training import accuracy, predict_proba
 
@@ -93,6 +94,60 @@ def test_a_checkpoint_from_before_adapters_loads_with_the_adapter_off(tmp_path):
     sha = _write(tmp_path / "partial.pt", partial)
     with pytest.raises(CheckpointError, match="do not fit"):
         load_checkpoint(tmp_path / "partial.pt", sha)
+
+
+def test_an_adapter_from_before_routers_loads_unrouted_and_half_a_router_is_refused(base, digits, splits, tmp_path):
+    rows = splits.stream[:30]
+    x = shifted(digits, rows, [{"name": "invert"}], 0)
+    adapted = fit_input_adapter(base, x, digits.labels[rows])
+    before_routers = {k: v for k, v in adapted.state_dict().items() if k not in ROUTER_KEYS}
+    sha = _write(tmp_path / "unrouted.pt", before_routers)
+    loaded, _ = load_checkpoint(tmp_path / "unrouted.pt", sha)
+    assert bool(loaded.adapter.active) and not bool(loaded.adapter.routed)
+    assert np.array_equal(predict_proba(loaded, x), predict_proba(adapted, x))
+    partial = {k: v for k, v in adapted.state_dict().items() if k != "adapter.route_bias"}
+    sha = _write(tmp_path / "half-router.pt", partial)
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_checkpoint(tmp_path / "half-router.pt", sha)
+
+
+def _router_model(base, digits, splits, settings, shift):
+    rows = splits.stream[:120]
+    target = shifted(digits, rows, shift, 0).reshape(len(rows), -1)
+    router = fit_router(target, digits, splits, settings.seed, "router-test")
+    adapted = fit_input_adapter(base, target[:40], digits.labels[rows[:40]])
+    adapted.adapter.route(torch.from_numpy(router.weight), router.bias)
+    return router, adapted
+
+
+def test_a_router_sends_the_shift_through_the_adapter_and_the_source_past_it(base, digits, splits, settings, tmp_path):
+    router, adapted = _router_model(base, digits, splits, settings, [{"name": "invert"}])
+    assert router.held_out_accuracy >= ROUTER_MIN_ACCURACY
+    held = splits.evaluation
+    clean = digits.images[held]
+    inverted = shifted(digits, held, [{"name": "invert"}], 1)
+    score = lambda images: images.reshape(len(images), -1) @ router.weight + router.bias  # noqa: E731
+    assert (score(inverted) > 0).mean() > 0.95 and (score(clean) <= 0).mean() > 0.95
+    # one model, right on both: the adapter undoes the inversion, the source passes unchanged
+    assert accuracy(adapted, inverted, digits.labels[held]) > accuracy(base, inverted, digits.labels[held]) + 0.3
+    assert accuracy(adapted, clean, digits.labels[held]) > accuracy(base, clean, digits.labels[held]) - 0.03
+    unrouted = fit_input_adapter(adapted, inverted[:40], digits.labels[held[:40]])  # a fit starts unrouted
+    assert not bool(unrouted.adapter.routed) and bool(adapted.adapter.routed)
+    assert accuracy(unrouted, clean, digits.labels[held]) < 0.5  # what the router saves the source from
+    # deterministic, and the router survives a checkpoint
+    again = fit_router(shifted(digits, splits.stream[:120], [{"name": "invert"}], 0).reshape(120, -1),
+                       digits, splits, settings.seed, "router-test")
+    assert np.array_equal(again.weight, router.weight) and again.bias == router.bias
+    path, sha = save_checkpoint(adapted, ModelSpec("mlp", (8, 8), 10), tmp_path)
+    loaded, _ = load_checkpoint(path, sha)
+    assert bool(loaded.adapter.routed)
+    both = np.concatenate([clean[:50], inverted[:50]])
+    assert np.array_equal(predict_proba(loaded, both), predict_proba(adapted, both))
+
+
+def test_a_router_that_cannot_tell_the_episode_from_the_source_is_not_used(base, digits, splits, settings):
+    router, _ = _router_model(base, digits, splits, settings, [])
+    assert router.held_out_accuracy < ROUTER_MIN_ACCURACY
 
 
 def test_replayed_rows_pass_a_fitted_adapter_by(base, digits, splits, settings):
