@@ -754,8 +754,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, short scenarios")
     parser.add_argument("--parts", default="ABCD", help="which of parts A-D to run (E reads A and D)")
     parser.add_argument("--scenarios", default="default,mixed", help="part A's scenarios: default, mixed or both")
-    parser.add_argument("--input-adapter", action="store_true",
-                        help="the default policy with datacenter.finetune.input_adapter on (legacy keeps it off)")
+    parser.add_argument("--no-input-adapter", action="store_true",
+                        help="the default policy with datacenter.finetune.input_adapter off (legacy always has it off)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--json", default=None, help="also write every round's record here (for a closer look)")
     args = parser.parse_args(argv)
@@ -766,9 +766,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out or f"benchmarks/results/learning{'-mnist' if mnist else ''}.md"
     make_deterministic()
     raw, notes = shipped_config(args.dataset)
-    if args.input_adapter:
-        raw = merge(raw, {"datacenter": {"finetune": {"input_adapter": True}}})
-        notes = notes + ["`--input-adapter`: the default policy runs with `datacenter.finetune.input_adapter: true`"]
+    if args.no_input_adapter:
+        raw = merge(raw, {"datacenter": {"finetune": {"input_adapter": False}}})
+        notes = notes + ["`--no-input-adapter`: the default policy runs with `datacenter.finetune.input_adapter: false`"]
     differ = disagreements(shipped_config("digits")[0])  # config.yaml itself (MNIST's overlay differs on purpose)
     notes = ["`default` = config/config.yaml's settings sections via `settings_from_dict`"] + notes + \
             ([("config/config.yaml and the code defaults disagree on " + ", ".join(differ) + " (config.yaml used)")]

@@ -63,7 +63,7 @@ class FinetuneSettings:
     replay: int = 200
     batch_size: int = 32
     pseudo_confidence: float = 0.95  # 0: off; else also train on confident predictions for the unlabelled random sample
-    input_adapter: bool = False  # fit the model's input adapter (an affine warp and intensity map) before fine-tuning
+    input_adapter: bool = True  # fit the model's input adapter (an affine warp and intensity map, routed) before fine-tuning
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,9 @@ def test_episode_adapts_and_records(trained, settings, digits, splits):
     # the model kept is the episode's best on its held-back labels: the last iteration's, or an earlier one's
     assert 0 < registry["labels_used"] <= m["labels_queried"] and registry["labels_used"] % settings.edge.query_size == 0
     assert "source_eval_accuracy" in registry["metrics"]
-    assert registry["metrics"]["input_adapter"] is None  # off by default (tests/learning/test_input_adapter.py)
+    # on by default: fitted only with a router that tells the rotated rows from the source (test_input_adapter.py)
+    fitted, router = registry["metrics"]["input_adapter"], registry["metrics"]["router_held_out_accuracy"]
+    assert router is not None and (fitted is None) == (router < 0.95) and (fitted is None or fitted["routed"])
     snapshot = StateStore(state_dir).load(out.checkpoint["state"])
     assert snapshot.current == out.checkpoint["sha256"] and len(snapshot.zoo) == 2
     # the reference window was reset to the adapted model: the same shift no longer triggers
