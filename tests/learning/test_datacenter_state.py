@@ -1,6 +1,5 @@
 """The data center's episodes, lineage-keyed state, restarts, idempotence and bad requests."""
 
-import asyncio
 import hashlib
 import json
 
@@ -8,24 +7,11 @@ import numpy as np
 import pytest
 
 from datacenter.base import train_base
-from datacenter.service import DataCenter, RequestError
+from datacenter.service import RequestError
 from datacenter.state import StateStore
-from edge.round_runner import EdgeRound, summary_line
-from mlcore.contract import in_process
+from edge.round_runner import summary_line
 from mlcore.frames import build_sample_frame
-from mlcore.rounds import parse_round
-
-
-def center_over(state_dir, settings, digits, splits):
-    """A fresh data center on the files only (as after a restart)."""
-    return DataCenter(settings, digits, splits, StateStore(state_dir))
-
-
-def run_round(center, settings, digits, splits, round_spec, previous):
-    """One edge round against `center` in process; the edge keeps its checkpoints in a store of its own."""
-    spec = parse_round(round_spec)
-    store = center.store.root.parent / f"{center.store.root.name}-edge"
-    return asyncio.run(EdgeRound(settings, digits, splits, spec, previous, in_process(center.handle), store).run())
+from round_helpers import center_over, run_round
 
 
 ROT = [{"name": "rotate", "degrees": 20}]

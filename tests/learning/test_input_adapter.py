@@ -18,6 +18,7 @@ from mlcore.checkpoints import FORMAT, CheckpointError, load_checkpoint, save_ch
 from mlcore.models import ADAPTER_KEYS, ROUTER_KEYS, ModelSpec, build_model
 from mlcore.shifts import apply_image_shifts, parse_shift_list
 from mlcore.training import accuracy, predict_proba
+from round_helpers import center_over, run_round
 
 
 @pytest.fixture(scope="module")
@@ -172,8 +173,6 @@ def test_replayed_rows_pass_a_fitted_adapter_by(base, digits, splits, settings):
 
 def test_an_episode_with_the_adapter_on_fits_it_and_records_it(digits, splits, settings, tmp_path):
     """Through the data center: the same inverted round, adapter off and on, from the same base."""
-    from test_datacenter_state import center_over, run_round
-
     outcomes = {}
     for on in (False, True):
         tuned = dataclasses.replace(settings, datacenter=dataclasses.replace(
