@@ -202,10 +202,8 @@ def source_model(center: DataCenter, snapshot: Snapshot, images: np.ndarray) -> 
     the benchmark's rotate-15 model on noise 0.125 spent 60 labels for 0.944 -> 0.953 held
     out, where the base stood at 0.969.
     """
-    witness = base_witness(center, snapshot, images)
-    if witness is None or witness[1].drift:
-        return None
-    return witness[0], float(witness[1].p_value)
+    witness = quiet_base_witness(center, snapshot, images)
+    return None if witness is None else (witness[0], float(witness[1].p_value))
 
 
 def specialist_watch(center: DataCenter, snapshot: Snapshot, images: np.ndarray) -> detectors.Verdict | None:
@@ -220,18 +218,19 @@ def specialist_watch(center: DataCenter, snapshot: Snapshot, images: np.ndarray)
     """
     if not is_specialist(center.model(snapshot.current)):
         return None
-    witness = base_witness(center, snapshot, images)
-    if witness is None or witness[1].drift:
-        return None
-    return detectors.Verdict(True, witness[1].p_value, witness[1].statistic, "specialist_watch")
+    witness = quiet_base_witness(center, snapshot, images)
+    return None if witness is None else detectors.Verdict(True, witness[1].p_value, witness[1].statistic,
+                                                          "specialist_watch")
 
 
-def base_witness(center: DataCenter, snapshot: Snapshot, images: np.ndarray) -> tuple[str, detectors.Verdict] | None:
-    """(sha256, the base model's own gate on `images`), unless the base is current or has no window."""
+def quiet_base_witness(center: DataCenter, snapshot: Snapshot, images: np.ndarray) -> tuple[str, detectors.Verdict] | None:
+    """(sha256, the base model's own gate on `images`) when that gate is quiet (p >= alpha); None when
+    it flags the sample, or the base is current or has no window."""
     base = snapshot.zoo[0].sha256
     if base == snapshot.current or base not in snapshot.references:
         return None
-    return base, own_window_test(center, snapshot, base, images)
+    verdict = own_window_test(center, snapshot, base, images)
+    return None if verdict.drift else (base, verdict)
 
 
 def own_window_test(center: DataCenter, snapshot: Snapshot, sha: str, images: np.ndarray) -> detectors.Verdict:

@@ -14,7 +14,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from mlcore.checkpoints import save_checkpoint
 from mlcore.contract import Decision, Reply, may_query
@@ -67,7 +66,7 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
                                 center.settings.seed, episode.id)
             if router.held_out_accuracy >= ROUTER_MIN_ACCURACY:  # only for inputs that carry the shift
                 origin = fit_input_adapter(start, center.as_images(train_x), train_y)
-                origin.adapter.route(torch.from_numpy(router.weight), router.bias)
+                origin.adapter.route(router.weight, router.bias)
         model = finetune(origin, train_x, train_y, center.dataset, center.splits, config.finetune,
                          center.settings.seed, episode.id)
         pseudo = pseudo_rows(center, model, data, config.finetune.pseudo_confidence)

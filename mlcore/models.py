@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -61,8 +62,8 @@ class InputAdapter(nn.Module):
             self.active.fill_(True)
         self.unroute()
 
-    def route(self, weight: torch.Tensor, bias: float) -> None:
-        """Warp only inputs whose flattened pixels score `x @ weight + bias > 0`."""
+    def route(self, weight: Any, bias: float) -> None:
+        """Warp only inputs whose flattened pixels score `x @ weight + bias > 0` (`weight`: a tensor or array)."""
         with torch.no_grad():
             self.route_weight.copy_(torch.as_tensor(weight, dtype=self.route_weight.dtype))
             self.route_bias.fill_(float(bias))

@@ -193,10 +193,10 @@ def test_an_episode_with_the_adapter_on_fits_it_and_records_it(digits, splits, s
     _, snapshot = center.parent_state({"state": out.checkpoint["state"]})
     current = center.model(snapshot.current)
     assert bool(current.adapter.active) and bool(current.adapter.routed) and fitted["routed"]
-    assert registry_router(state_dir, out.checkpoint["sha256"]) >= 0.95
+    assert registry["metrics"]["router_held_out_accuracy"] >= 0.95
     held = splits.evaluation
     clean_held = digits.images[held]
-    assert accuracy(current, clean_held, digits.labels[held]) > accuracy(base_model(state_dir, base), clean_held,
+    assert accuracy(current, clean_held, digits.labels[held]) > accuracy(base_model(base), clean_held,
                                                                           digits.labels[held]) - 0.05
     rows = splits.stream[:100]
     clean = digits.images[rows]
@@ -216,10 +216,6 @@ def test_an_episode_with_the_adapter_on_fits_it_and_records_it(digits, splits, s
     assert not back.metrics["retrained"] and back.metrics["accuracy_after"] > 0.9
 
 
-def registry_router(state_dir, sha):
-    return json.loads((state_dir / "registry" / f"{sha}.json").read_text())["metrics"]["router_held_out_accuracy"]
-
-
-def base_model(state_dir, base):
+def base_model(base):
     model, _ = load_checkpoint(base["checkpoint"], base["sha256"])
     return model
