@@ -60,9 +60,6 @@ def finetune(
 ADAPTER_STARTS = tuple(itertools.product((-30.0, -15.0, 0.0, 15.0, 30.0), ((1.0, 0.0), (-1.0, 1.0))))
 #: Adam steps for every start, then for the `ADAPTER_KEEP` best of them.
 ADAPTER_SCOUT_STEPS, ADAPTER_STEPS, ADAPTER_KEEP = 40, 110, 2
-#: The starts are told apart on at most this many of the rows, evenly spread (which basin a
-#: start is in shows on a few dozen rows); the finalists go on with all of them.
-ADAPTER_SCOUT_ROWS = 40
 ADAPTER_LR = 0.02
 
 
@@ -70,9 +67,8 @@ def fit_input_adapter(start: nn.Module, images: np.ndarray, labels: np.ndarray) 
     """A copy of `start` whose input adapter is fitted to the labelled rows; its weights frozen.
 
     Full-batch Adam on cross-entropy from each of `ADAPTER_STARTS` (and from the start's own
-    adapter, when it has one fitted) for a few steps on at most `ADAPTER_SCOUT_ROWS` of the
-    rows; the best few go on with all of them; the lowest training loss wins. Deterministic:
-    no sampling anywhere.
+    adapter, when it has one fitted) for a few steps; the best few go on; the lowest training
+    loss wins. Deterministic: no sampling anywhere.
     """
     if not hasattr(start, "adapter"):
         raise TypeError(f"{type(start).__name__} has no input adapter")
@@ -92,9 +88,7 @@ def fit_input_adapter(start: nn.Module, images: np.ndarray, labels: np.ndarray) 
         for parameter in fitted:
             parameter.requires_grad_(True)
         runs.append((model, torch.optim.Adam(fitted, lr=ADAPTER_LR)))
-    scout = torch.from_numpy(np.unique(np.linspace(0, len(x) - 1, min(len(x), ADAPTER_SCOUT_ROWS)).round().astype(np.int64)))
-    x_scout, y_scout = x[scout], y[scout]
-    scored = [(_descend(model, optimizer, x_scout, y_scout, ADAPTER_SCOUT_STEPS), k) for k, (model, optimizer) in enumerate(runs)]
+    scored = [(_descend(model, optimizer, x, y, ADAPTER_SCOUT_STEPS), k) for k, (model, optimizer) in enumerate(runs)]
     finalists = [k for _, k in sorted(scored)[:ADAPTER_KEEP]]
     _, best = min((_descend(*runs[k], x, y, ADAPTER_STEPS), k) for k in finalists)
     model = runs[best][0]
