@@ -196,7 +196,7 @@ def test_an_episode_with_the_adapter_on_fits_it_and_records_it(digits, splits, s
     assert registry["metrics"]["router_held_out_accuracy"] >= 0.95
     held = splits.evaluation
     clean_held = digits.images[held]
-    assert accuracy(current, clean_held, digits.labels[held]) > accuracy(base_model(base), clean_held,
+    assert accuracy(current, clean_held, digits.labels[held]) > accuracy(center.model(base["sha256"]), clean_held,
                                                                           digits.labels[held]) - 0.05
     rows = splits.stream[:100]
     clean = digits.images[rows]
@@ -214,8 +214,3 @@ def test_an_episode_with_the_adapter_on_fits_it_and_records_it(digits, splits, s
     back = run_round(center_over(state_dir, tuned, digits, splits), tuned, digits, splits,
                      {"id": "i02", "shift": []}, out.checkpoint)
     assert not back.metrics["retrained"] and back.metrics["accuracy_after"] > 0.9
-
-
-def base_model(base):
-    model, _ = load_checkpoint(base["checkpoint"], base["sha256"])
-    return model
