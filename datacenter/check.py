@@ -174,18 +174,23 @@ def monitor(center: DataCenter, snapshot: Snapshot, probabilities: np.ndarray, l
 
 
 def recognised(center: DataCenter, snapshot: Snapshot, images: np.ndarray) -> tuple[str, float] | None:
-    """(sha256, p-value) of the zoo model, other than the current one, to whose own window the
-    sample looks most alike, if the gate's p-value against that window is at least MIN_HOME_P.
+    """(sha256, p-value) of the zoo model to whose own window the sample looks most alike, if the
+    gate's p-value against that window is at least MIN_HOME_P.
 
     A model's own window is its outputs on the data it was fit to (the base: the held-out source
     split; an adapted model: the random sample of its episode, which no query touched), so a
     sample it does not tell apart from that window is its own data again: the model is as good
     here as it was there. A switch back then costs no label, instead of a harm test the new
     model would fail against the base model's clean accuracy and an episode that starts from it.
+
+    The current model counts too once a benign shift was adopted (the gate then watches the
+    adopted window, not its own): its own data coming back is adopted home, its own window
+    restored, instead of a harm test that spent 40 labels to call it benign.
     """
     config, best = center.settings.datacenter, None
     for entry in snapshot.zoo:
-        if entry.sha256 == snapshot.current or entry.sha256 not in snapshot.references:
+        own_watched = entry.sha256 == snapshot.current and snapshot.monitor_ref is None
+        if own_watched or entry.sha256 not in snapshot.references:
             continue
         verdict = own_window_test(center, snapshot, entry.sha256, images)
         if verdict.p_value >= max(MIN_HOME_P, config.alpha) and (best is None or verdict.p_value > best[1]):

@@ -134,6 +134,28 @@ def test_a_switch_back_is_recognised_and_costs_no_label(trained, settings, digit
     assert paid.metrics["flagged"] and paid.metrics["labels_used"] > 0
 
 
+def test_a_models_own_shift_back_after_a_benign_clean_spell_is_adopted_home_without_labels(
+        trained, settings, digits, splits):
+    """rotate 45 retrained, then clean data adopted as benign (the gate now watches the clean
+    window), then rotate 45 again: that is the current model's own data, so it is adopted home
+    with no label and its own window watched again (the fleet benchmark paid 40 labels here)."""
+    state_dir, base = trained
+    center = center_over(state_dir, settings, digits, splits)
+    rot = [{"name": "rotate", "degrees": 45}]
+    episode = run_round(center, settings, digits, splits, {"id": "home-a", "shift": rot}, base)
+    clean = run_round(center, settings, digits, splits, {"id": "home-b", "shift": []}, episode.checkpoint)
+    assert episode.metrics["retrained"] and clean.metrics["flagged"] and clean.metrics["decision"] == "benign"
+    assert clean.metrics["labels_used"] == 0 and clean.checkpoint["sha256"] == episode.checkpoint["sha256"]
+    assert center.store.load(clean.checkpoint["state"]).monitor_ref is not None
+    back = run_round(center, settings, digits, splits, {"id": "home-c", "shift": rot}, clean.checkpoint)
+    m = back.metrics
+    assert m["flagged"] and m["decision"] == "adopt" and m["labels_used"] == 0 and not m["retrained"]
+    assert back.checkpoint["sha256"] == episode.checkpoint["sha256"] and m["p_value_original"] >= 0.1
+    assert center.store.load(back.checkpoint["state"]).monitor_ref is None  # its own window again
+    again = run_round(center, settings, digits, splits, {"id": "home-d", "shift": rot}, back.checkpoint)
+    assert not again.metrics["flagged"] and again.metrics["labels_used"] == 0
+
+
 def test_ece_detector_spends_counted_labels(trained, settings, digits, splits):
     import dataclasses
     state_dir, base = trained
