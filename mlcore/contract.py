@@ -36,6 +36,7 @@ class Decision(str, enum.Enum):
     ADOPT = "adopt"  # a zoo model fits the new data as it is
     RETRAIN = "retrain"  # a fine-tuned model beat its start on held-back labels and replaced it
     ROLLED_BACK = "rolled_back"  # the episode ran but no fine-tuned model beat its start: the start is kept
+    UNRECOVERED = "unrecovered"  # flagged on data like a rolled-back episode's: not retried until the data changes
 
 
 @dataclass(frozen=True)

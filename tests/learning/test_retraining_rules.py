@@ -14,7 +14,7 @@ from datacenter.service import DataCenter
 from datacenter.state import EpisodeData, StateStore
 from edge.round_runner import EdgeRound
 from mlcore.contract import in_process
-from mlcore.frames import build_sample_frame
+from mlcore.frames import build_sample_frame, frame_features
 from mlcore.rounds import parse_round
 from mlcore.shifts import apply_image_shifts, parse_shift_list
 from mlcore.training import predict_proba
@@ -116,7 +116,43 @@ def test_stop_on_stall_ends_an_episode_whose_models_never_beat_the_start(trained
     assert spent[False][0] == min(edge.max_iterations, edge.label_budget // edge.query_size) > 2 and not spent[False][2]
 
 
-def frame(digits, ids, labelled=True, wrong=False):
-    """A sample frame of clean rows `ids`: labelled (wrongly: the next class) or not."""
+def test_a_flag_on_the_data_a_rolled_back_episode_failed_on_spends_no_labels(trained, settings, digits, splits, tmp_path):
+    """An episode on rotate-30 rows rolls back (every queried label wrong, so no fine-tune beats
+    the start). A fresh rotate-30 sample is then flagged but not retried (`unrecovered`, 0 labels),
+    where the same sample from the base state asks for harm-test labels; inverted rows, which the
+    episode never saw, still go to the harm test."""
+    state_dir, base = trained
+    finetune = dataclasses.replace(settings.datacenter.finetune, input_adapter=False, pseudo_confidence=0.0)
+    chosen = dataclasses.replace(settings, datacenter=dataclasses.replace(settings.datacenter, stop_agreement=1.0,
+                                                                          finetune=finetune))
+    root = tmp_path / "unrecovered"
+    shutil.copytree(state_dir, root)
+    center = DataCenter(chosen, digits, splits, StateStore(root))
+    rot = [{"name": "rotate", "degrees": 30}]
+    post, fresh = splits.stream[:100], splits.stream[200:300]
+    rotated = frame(digits, post, False, shift=rot)
+    right = predict_proba(center.model(base["sha256"]), center.as_images(frame_features(rotated))).argmax(1) == digits.labels[post]
+    post = np.concatenate([post[right][:10], post[~right], post[right][10:]])  # the labelled ones: rows the start gets right
+    reply = center.handle("prep_retraining", frame(digits, post[:10], shift=rot), frame(digits, post, False, shift=rot),
+                          {"state": base["state"], "round": "ur01"})
+    state, more, queries = reply.info["state"], reply.flag, iter(np.array_split(splits.stream[100:200], 10))
+    while more:
+        out = center.handle("retraining", frame(digits, next(queries), wrong=True, shift=rot), None,
+                            {"state": state, "round": "ur01"})
+        state, more = out.info["state"], out.flag
+    assert out.info["decision"] == "rolled_back" and out.sha256 == base["sha256"]
+    again = center.handle("normal", None, frame(digits, fresh, False, shift=rot), {"state": state, "round": "ur02"})
+    assert again.info["flagged"] and again.info["decision"] == "unrecovered" and not again.flag
+    assert again.info["labels_wanted"] == 0 and again.info["p_value_failed"] >= 0.1
+    from_base = center.handle("normal", None, frame(digits, fresh, False, shift=rot), {"state": base["state"], "round": "ur02"})
+    assert from_base.info["flagged"] and from_base.info["labels_wanted"] > 0
+    inverted = center.handle("normal", None, frame(digits, fresh, False, shift=[{"name": "invert"}]),
+                             {"state": state, "round": "ur03"})
+    assert inverted.info["flagged"] and inverted.info["decision"] != "unrecovered" and inverted.info["labels_wanted"] > 0
+
+
+def frame(digits, ids, labelled=True, wrong=False, shift=()):
+    """A sample frame of rows `ids`, shifted as `shift` says: labelled (wrongly: the next class) or not."""
     labels = (digits.labels[ids] + int(wrong)) % digits.n_classes if labelled else np.full(len(ids), -1)
-    return build_sample_frame(ids, digits.images[ids], labels, "st01", "none")
+    images = apply_image_shifts(digits.images[ids], parse_shift_list(list(shift)), np.random.default_rng(len(ids)))
+    return build_sample_frame(ids, images, labels, "st01", "none")
