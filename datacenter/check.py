@@ -104,7 +104,7 @@ def check(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any])
                                                     "from_peer": from_peer(fleet.entry(sha), metadata)})
     if source_like:
         return Reply(True, None, {**info, "decision": Decision.HARMFUL.value, "labels_wanted": 0})
-    failed = failed_episode_window(center, snapshot, images)
+    failed = failed_episode_window(center, snapshot, probabilities)
     if failed is not None:  # this model's episode on data like this ran to its end and nothing beat it
         return Reply(False, None, {**info, "decision": Decision.UNRECOVERED.value, "labels_wanted": 0,
                                    "p_value_failed": failed})
@@ -202,21 +202,21 @@ def recognised(center: DataCenter, snapshot: Snapshot, images: np.ndarray) -> tu
     return best
 
 
-def failed_episode_window(center: DataCenter, snapshot: Snapshot, images: np.ndarray) -> float | None:
+def failed_episode_window(center: DataCenter, snapshot: Snapshot, probabilities: np.ndarray) -> float | None:
     """The gate's p-value against the random sample of the episode that just rolled back, if it
     is at least MIN_HOME_P: the same data the current model's episode could not improve on.
 
-    An episode that rolls back spent its whole budget and no fine-tune beat the model on labels
-    it did not train on; opening another on the same data spends as much again for the same
-    answer (MNIST's rotate 15: 100 labels, 0.91 -> 0.91, twice). So the flag is reported
-    (`unrecovered`) without a label until the data moves away from that sample.
+    `probabilities`: the current model's outputs on the sample. An episode that rolls back spent
+    its whole budget and no fine-tune beat the model on labels it did not train on; opening
+    another on the same data spends as much again for the same answer (MNIST's rotate 15: 100
+    labels, 0.91 -> 0.91, twice). So the flag is reported (`unrecovered`) without a label until
+    the data moves away from that sample.
     """
     episode, data = snapshot.episode, snapshot.data
     if episode is None or data is None or episode.iterations == 0 or episode.best is not None:
         return None
-    model = center.model(snapshot.current)
-    window = predict_proba(model, center.as_images(data.post_x))
-    verdict = detectors.ks_softmax_test(window, predict_proba(model, images), center.settings.datacenter.alpha)
+    window = predict_proba(center.model(snapshot.current), center.as_images(data.post_x))
+    verdict = detectors.ks_softmax_test(window, probabilities, center.settings.datacenter.alpha)
     return float(verdict.p_value) if verdict.p_value >= max(MIN_HOME_P, center.settings.datacenter.alpha) else None
 
 
