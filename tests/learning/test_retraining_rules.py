@@ -116,7 +116,8 @@ def test_stop_on_stall_ends_an_episode_whose_models_never_beat_the_start(trained
     assert spent[False][0] == min(edge.max_iterations, edge.label_budget // edge.query_size) > 2 and not spent[False][2]
 
 
-def test_a_flag_on_the_data_a_rolled_back_episode_failed_on_spends_no_labels(trained, settings, digits, splits, tmp_path):
+def test_a_flag_on_the_data_a_rolled_back_episode_failed_on_spends_no_labels(trained, settings, digits, splits,
+                                                                             tmp_path):
     """An episode on rotate-30 rows rolls back (every queried label wrong, so no fine-tune beats
     the start). A fresh rotate-30 sample is then flagged but not retried (`unrecovered`, 0 labels),
     where the same sample from the base state asks for harm-test labels; inverted rows, which the
@@ -130,9 +131,9 @@ def test_a_flag_on_the_data_a_rolled_back_episode_failed_on_spends_no_labels(tra
     center = DataCenter(chosen, digits, splits, StateStore(root))
     rot = [{"name": "rotate", "degrees": 30}]
     post, fresh = splits.stream[:100], splits.stream[200:300]
-    rotated = frame(digits, post, False, shift=rot)
-    right = predict_proba(center.model(base["sha256"]), center.as_images(frame_features(rotated))).argmax(1) == digits.labels[post]
-    post = np.concatenate([post[right][:10], post[~right], post[right][10:]])  # the labelled ones: rows the start gets right
+    rotated = center.as_images(frame_features(frame(digits, post, False, shift=rot)))
+    right = predict_proba(center.model(base["sha256"]), rotated).argmax(1) == digits.labels[post]
+    post = np.concatenate([post[right][:10], post[~right], post[right][10:]])  # labelled: rows the start gets right
     reply = center.handle("prep_retraining", frame(digits, post[:10], shift=rot), frame(digits, post, False, shift=rot),
                           {"state": base["state"], "round": "ur01"})
     state, more, queries = reply.info["state"], reply.flag, iter(np.array_split(splits.stream[100:200], 10))
@@ -144,7 +145,8 @@ def test_a_flag_on_the_data_a_rolled_back_episode_failed_on_spends_no_labels(tra
     again = center.handle("normal", None, frame(digits, fresh, False, shift=rot), {"state": state, "round": "ur02"})
     assert again.info["flagged"] and again.info["decision"] == "unrecovered" and not again.flag
     assert again.info["labels_wanted"] == 0 and again.info["p_value_failed"] >= 0.1
-    from_base = center.handle("normal", None, frame(digits, fresh, False, shift=rot), {"state": base["state"], "round": "ur02"})
+    from_base = center.handle("normal", None, frame(digits, fresh, False, shift=rot),
+                              {"state": base["state"], "round": "ur02"})
     assert from_base.info["flagged"] and from_base.info["labels_wanted"] > 0
     inverted = center.handle("normal", None, frame(digits, fresh, False, shift=[{"name": "invert"}]),
                              {"state": state, "round": "ur03"})
