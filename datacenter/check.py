@@ -191,13 +191,13 @@ def recognised(center: DataCenter, snapshot: Snapshot, images: np.ndarray) -> tu
     adopted window, not its own): its own data coming back is adopted home, its own window
     restored, instead of a harm test that spent 40 labels to call it benign.
     """
-    config, best = center.settings.datacenter, None
+    best = None
     for entry in snapshot.zoo:
         own_watched = entry.sha256 == snapshot.current and snapshot.monitor_ref is None
         if own_watched or entry.sha256 not in snapshot.references:
             continue
         verdict = own_window_test(center, snapshot, entry.sha256, images)
-        if verdict.p_value >= max(MIN_HOME_P, config.alpha) and (best is None or verdict.p_value > best[1]):
+        if is_own_data(center, verdict.p_value) and (best is None or verdict.p_value > best[1]):
             best = (entry.sha256, float(verdict.p_value))
     return best
 
@@ -217,7 +217,13 @@ def failed_episode_window(center: DataCenter, snapshot: Snapshot, probabilities:
         return None
     window = predict_proba(center.model(snapshot.current), center.as_images(data.post_x))
     verdict = detectors.ks_softmax_test(window, probabilities, center.settings.datacenter.alpha)
-    return float(verdict.p_value) if verdict.p_value >= max(MIN_HOME_P, center.settings.datacenter.alpha) else None
+    return float(verdict.p_value) if is_own_data(center, verdict.p_value) else None
+
+
+def is_own_data(center: DataCenter, p_value: float) -> bool:
+    """A sample whose p-value against a window is this high is taken for that window's data again:
+    at least MIN_HOME_P, and never below the gate's alpha."""
+    return p_value >= max(MIN_HOME_P, center.settings.datacenter.alpha)
 
 
 def source_model(center: DataCenter, snapshot: Snapshot, images: np.ndarray) -> tuple[str, float] | None:
