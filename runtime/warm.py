@@ -89,7 +89,6 @@ def run(socket_path: str | None, module: str, argv: list[str], pid_file: str | N
         print(f"{module}: the warm server closed the connection before starting", file=sys.stderr)
         return 1
     child = json.loads(first)["pid"]
-    _write_pid(pid_file, child)
 
     def forward(signum: int, _frame: object) -> None:
         try:
@@ -99,6 +98,7 @@ def run(socket_path: str | None, module: str, argv: list[str], pid_file: str | N
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
+    _write_pid(pid_file, child)  # only now: whoever reads it may signal us, and the signal must reach the job
     last = reader.readline()
     if not last:
         print(f"{module}: the warm server went away while running", file=sys.stderr)
