@@ -59,7 +59,7 @@ def prepare(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
         child = Snapshot(key, round_id, "prep_retraining", start, snapshot.zoo, None, snapshot.references)
     else:
         data = pooled_rows(center, metadata, start, round_id, data)
-        episode = Episode(id=child_key, round=round_id, start=start)
+        episode = Episode(id=child_key, round=round_id, start=start, shift=str(post["shift"].iloc[0]))
         child = Snapshot(key, round_id, "prep_retraining", start, snapshot.zoo, episode, snapshot.references,
                          None, data)
     center.store.save(child_key, child)

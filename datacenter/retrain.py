@@ -24,7 +24,7 @@ from mlcore.training import accuracy, accuracy_of, predict_proba
 from .adaptation import ROUTER_MIN_ACCURACY, finetune, fit_input_adapter, fit_router
 from .errors import RequestError
 from .selection import likelihood
-from .state import EpisodeData, Snapshot, ZooEntry, state_key
+from .state import Episode, EpisodeData, Snapshot, ZooEntry, state_key
 
 if TYPE_CHECKING:
     from .service import DataCenter
@@ -37,24 +37,29 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
         raise RequestError("retraining needs an open episode: send prep_retraining first and pass its state")
     episode, seen = snapshot.episode, snapshot.data
     config, edge = center.settings.datacenter, center.settings.edge
-    new = center.sample_frame(query, "query_dataframe", labelled=True)
-    new_ids = new["id"].to_numpy(dtype=np.int64)
+    if query is None:  # the first fine-tune, on the check's uniform labels alone
+        require_first_fit(episode, seen)
+        new = None
+    else:
+        new = center.sample_frame(query, "query_dataframe", labelled=True)
+    new_ids = np.zeros(0, np.int64) if new is None else new["id"].to_numpy(dtype=np.int64)
     if np.isin(new_ids, seen.post_ids).any():
         raise RequestError("query_dataframe: queried rows must not come from the random sample (it stays an "
                            "unbiased reference and holds the validation labels)")
     if np.isin(new_ids, seen.ids).any():
         raise RequestError("query_dataframe repeats sample ids already labelled in this episode")
-    if not may_query(edge.label_budget - episode.labels_used, episode.iterations, query_size=len(new),
+    if not may_query(edge.label_budget - episode.labels_used, episode.iterations, query_size=len(new_ids),
                      max_iterations=edge.max_iterations):
-        raise RequestError(f"these {len(new)} labels are past the episode's budget (max_iterations="
+        raise RequestError(f"these {len(new_ids)} labels are past the episode's budget (max_iterations="
                            f"{edge.max_iterations}, label_budget={edge.label_budget}, used {episode.labels_used})")
     # Every model computation of an iteration holds the slot, not only the fine-tune: at most
     # `datacenter.trainings` of them compete with drift checks for the CPU and the GIL, however
     # many edges retrain at once (benchmarks/results/fleet.md: check p99 with 4 retraining edges).
     with center.training_queue.slot(metadata.get("edge_id")) as ticket:
         previous = center.model(snapshot.current)
-        new_x, new_y = frame_features(new), frame_labels(new)
-        prequential = accuracy_of(predict_proba(previous, center.as_images(new_x)), new_y)
+        new_x, new_y = (seen.x[:0], seen.y[:0]) if new is None else (frame_features(new), frame_labels(new))
+        # the current model's accuracy on the new labels before training on them (None: no new labels)
+        prequential = accuracy_of(predict_proba(previous, center.as_images(new_x)), new_y) if len(new_y) else None
         data = seen.with_labels(new_x, new_y, new_ids)
         start = center.model(episode.start)
         began = time.perf_counter()
@@ -83,8 +88,8 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
         current = sha if accepted else best
         post_x = center.as_images(data.post_x)
         agreement = float(np.mean(predict_proba(model, post_x).argmax(1) == predict_proba(previous, post_x).argmax(1)))
-        iterations, labels_used = episode.iterations + 1, episode.labels_used + len(new)
-        shift = str(new["shift"].iloc[0])
+        iterations, labels_used = episode.iterations + 1, episode.labels_used + len(new_ids)
+        shift = episode.shift or ("" if new is None else str(new["shift"].iloc[0]))  # "": an older state's episode
         metrics = {
             "source_eval_accuracy": accuracy(model, center.dataset.images[center.splits.evaluation],
                                              center.dataset.labels[center.splits.evaluation]),
@@ -124,6 +129,21 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
         "queue_wait": ticket.wait,  # seconds this request waited for a training slot (other edges' fine-tunes)
         "training_seconds": round(trained_for, 3),  # the fine-tune itself, in its slot (timing, not a result)
     })
+
+
+def require_first_fit(episode: Episode, seen: EpisodeData) -> None:
+    """A `retraining` request without a query frame: the episode's first fine-tune, on the uniform
+    labels the state check already paid for (prep_retraining kept half of them for training).
+
+    Only as the first iteration and only with such labels: later on, a request without new
+    labels would train the same model again.
+    """
+    if episode.iterations:
+        raise RequestError("query_dataframe is required after the episode's first iteration (only the first "
+                           "may train on the check's uniform labels alone)")
+    if not len(seen.training_rows()[1]):
+        raise RequestError("this episode holds no uniform training labels: the first retraining needs a "
+                           "query_dataframe")
 
 
 def adapter_summary(model: Any) -> dict[str, Any] | None:

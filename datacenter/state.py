@@ -59,6 +59,7 @@ class Episode:
     iterations: int = 0
     labels_used: int = 0
     best: str | None = None  # the model that does best on the held-back labels so far (None: start)
+    shift: str = ""  # the round's shift tag (from the random sample), for the registry and the zoo
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

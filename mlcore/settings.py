@@ -54,6 +54,7 @@ class EdgeSettings:
     max_iterations: int = 6
     label_budget: int = 60
     evaluation_size: int = 500  # held-out rows per round, with the round's shift: the reported accuracy
+    train_before_query: bool = True  # an episode's first fine-tune uses the check's uniform labels alone
 
 
 @dataclass(frozen=True)

@@ -176,7 +176,8 @@ def test_an_episode_with_the_adapter_on_fits_it_and_records_it(digits, splits, s
     outcomes = {}
     for on in (False, True):
         tuned = dataclasses.replace(settings, datacenter=dataclasses.replace(
-            settings.datacenter, finetune=dataclasses.replace(settings.datacenter.finetune, input_adapter=on)))
+            settings.datacenter, finetune=dataclasses.replace(settings.datacenter.finetune, input_adapter=on)),
+            edge=dataclasses.replace(settings.edge, max_iterations=4))  # the first fit and 3 query batches
         state_dir = tmp_path / f"adapter-{on}"
         base = train_base(tuned, digits, splits, StateStore(state_dir))
         out = run_round(center_over(state_dir, tuned, digits, splits), tuned, digits, splits,

@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
+from datacenter.errors import RequestError
 from datacenter.retrain import judge, pseudo_rows
 from datacenter.service import DataCenter
 from datacenter.state import EpisodeData, StateStore
@@ -151,6 +152,36 @@ def test_a_flag_on_the_data_a_rolled_back_episode_failed_on_spends_no_labels(tra
     inverted = center.handle("normal", None, frame(digits, fresh, False, shift=[{"name": "invert"}]),
                              {"state": state, "round": "ur03"})
     assert inverted.info["flagged"] and inverted.info["decision"] != "unrecovered" and inverted.info["labels_wanted"] > 0
+
+
+def test_the_first_retraining_may_train_on_the_check_labels_alone(trained, settings, digits, splits, tmp_path):
+    """A `retraining` request without a query frame is the episode's first fine-tune, on the half of
+    the uniform labels prep_retraining kept for training: no label spent. Only the first may do
+    that, and only when there are such labels."""
+    state_dir, base = trained
+    root = tmp_path / "first-fit"
+    shutil.copytree(state_dir, root)
+    center = DataCenter(settings, digits, splits, StateStore(root))
+    rot, post = [{"name": "rotate", "degrees": 30}], splits.stream[:100]
+    reply = center.handle("prep_retraining", frame(digits, post[:10], shift=rot), frame(digits, post, False, shift=rot),
+                          {"state": base["state"], "round": "ff01"})
+    assert reply.flag
+    first = center.handle("retraining", None, None, {"state": reply.info["state"], "round": "ff01"})
+    assert first.info["iteration"] == 1 and first.info["labels_used"] == 0 and first.info["prequential_accuracy"] is None
+    registry = json.loads((root / "registry" / f"{first.info['trained']}.json").read_text())
+    assert registry["metrics"]["train_labels"] == 5 and registry["shift"] == "none"  # the random frame's tag
+    with pytest.raises(RequestError, match="first iteration"):
+        center.handle("retraining", None, None, {"state": first.info["state"], "round": "ff01"})
+    second = center.handle("retraining", frame(digits, splits.stream[100:110], shift=rot), None,
+                           {"state": first.info["state"], "round": "ff01"})
+    assert second.info["iteration"] == 2 and second.info["labels_used"] == 10
+    label_free = dataclasses.replace(settings, datacenter=dataclasses.replace(settings.datacenter,
+                                                                              selection="label_free"))
+    center = DataCenter(label_free, digits, splits, StateStore(root))
+    unlabelled = center.handle("prep_retraining", None, frame(digits, post, False, shift=rot),
+                               {"state": base["state"], "round": "ff02"})
+    with pytest.raises(RequestError, match="no uniform training labels"):
+        center.handle("retraining", None, None, {"state": unlabelled.info["state"], "round": "ff02"})
 
 
 def frame(digits, ids, labelled=True, wrong=False, shift=()):
