@@ -41,7 +41,7 @@ def prepare(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
         if not np.isin(labelled["id"].to_numpy(), post["id"].to_numpy()).all():
             raise RequestError("query_dataframe: the labelled rows must be drawn from the random sample "
                                "(uniform labels validate the fine-tuned model)")
-    x, y, ids = uniform_rows(center, labelled)  # in the edge's labelling order
+    x, y, ids = labelled_rows(center, labelled)  # in the edge's labelling order
     images = center.as_images(x)
     data = episode_data(post, x, y, ids)
     snapshot = with_peer_models(center, snapshot, metadata)
@@ -99,8 +99,8 @@ def pooled_rows(center: DataCenter, metadata: dict[str, Any], start: str, round_
     return data
 
 
-def uniform_rows(center: DataCenter, labelled: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The uniform labelled rows as (features, labels, ids), in the frame's (the labelling) order."""
+def labelled_rows(center: DataCenter, labelled: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A labelled frame's rows as (features, labels, ids), in the frame's order; empty for None."""
     if labelled is None:
         return np.zeros((0, center.n_features), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
     return frame_features(labelled), frame_labels(labelled), labelled["id"].to_numpy(dtype=np.int64)

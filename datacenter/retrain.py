@@ -17,12 +17,13 @@ import numpy as np
 
 from mlcore.checkpoints import save_checkpoint
 from mlcore.contract import Decision, Reply, may_query
-from mlcore.frames import frame_digest, frame_features, frame_labels
+from mlcore.frames import frame_digest
 from mlcore.models import has_fitted_adapter
 from mlcore.training import accuracy, accuracy_of, predict_proba
 
 from .adaptation import ROUTER_MIN_ACCURACY, finetune, fit_input_adapter, fit_router
 from .errors import RequestError
+from .prepare import labelled_rows
 from .selection import likelihood
 from .state import Episode, EpisodeData, Snapshot, ZooEntry, state_key
 
@@ -39,10 +40,8 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
     config, edge = center.settings.datacenter, center.settings.edge
     if query is None:  # the first fine-tune, on the check's uniform labels alone
         require_first_fit(episode, seen)
-        new = None
-    else:
-        new = center.sample_frame(query, "query_dataframe", labelled=True)
-    new_ids = np.zeros(0, np.int64) if new is None else new["id"].to_numpy(dtype=np.int64)
+    new = None if query is None else center.sample_frame(query, "query_dataframe", labelled=True)
+    new_x, new_y, new_ids = labelled_rows(center, new)
     if np.isin(new_ids, seen.post_ids).any():
         raise RequestError("query_dataframe: queried rows must not come from the random sample (it stays an "
                            "unbiased reference and holds the validation labels)")
@@ -57,7 +56,6 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
     # many edges retrain at once (benchmarks/results/fleet.md: check p99 with 4 retraining edges).
     with center.training_queue.slot(metadata.get("edge_id")) as ticket:
         previous = center.model(snapshot.current)
-        new_x, new_y = (seen.x[:0], seen.y[:0]) if new is None else (frame_features(new), frame_labels(new))
         # the current model's accuracy on the new labels before training on them (None: no new labels)
         prequential = accuracy_of(predict_proba(previous, center.as_images(new_x)), new_y) if len(new_y) else None
         data = seen.with_labels(new_x, new_y, new_ids)

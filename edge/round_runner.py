@@ -175,7 +175,8 @@ class EdgeRound:
         if edge.train_before_query and self.uniform_labels >= 2 and edge.max_iterations > 0:
             # the first fine-tune on the uniform labels the check paid for: the first queries are
             # then chosen by a model that has seen the shift (and one query batch fewer is spent)
-            model, path, sha, more, reply = await self.iterate(None)
+            model, path, sha, reply = await self.iterate(None)
+            more = reply.flag
             iterations += 1
         while more and may_query(self.oracle.remaining - (len(self.random_rows) - self.uniform_labels), iterations,
                                  query_size=edge.query_size, max_iterations=edge.max_iterations):
@@ -187,13 +188,15 @@ class EdgeRound:
                                   embeddings=embed(model, self.batch.images) if needs_embedding else None)
             if len(rows) == 0:
                 break
-            model, path, sha, more, reply = await self.iterate(rows)
+            model, path, sha, reply = await self.iterate(rows)
+            more = reply.flag
             iterations += 1
         return model, path, sha, iterations, reply
 
-    async def iterate(self, rows: np.ndarray | None) -> tuple[nn.Module, str, str, bool, Reply]:
+    async def iterate(self, rows: np.ndarray | None) -> tuple[nn.Module, str, str, Reply]:
         """One `retraining` request with the labelled `rows` (None: none, the episode's first
-        fine-tune on the check's labels); keep the model it names. Returns it and whether more is needed."""
+        fine-tune on the check's labels); keep the model it names. Returns it and the reply,
+        whose flag says whether more is needed."""
         reply = await self.ask(Message.RETRAIN, None if rows is None else self.frame(rows, True), None)
         self.queue_wait += float(reply.info.get("queue_wait") or 0.0)
         self.training_seconds += float(reply.info.get("training_seconds") or 0.0)
@@ -204,7 +207,7 @@ class EdgeRound:
         log.info("round %s: retraining %s with %d labels -> %s (accepted: %s, more needed: %s)", self.spec.id,
                  reply.info.get("iteration"), self.oracle.labels_used, sha[:12], reply.info.get("accepted"),
                  reply.flag)
-        return model, path, sha, reply.flag, reply
+        return model, path, sha, reply
 
     async def run(self) -> RoundOutcome:
         """Check the model on this batch; if hurt, adopt a zoo model or run an episode."""
