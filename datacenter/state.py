@@ -123,6 +123,7 @@ class Snapshot:
     monitor_ref: np.ndarray | None = None  # a window adopted when a flagged shift was harmless
     data: EpisodeData | None = None  # the open episode's samples
     adopted_statistic: float | None = None  # KS distance to the model's own window when monitor_ref was adopted
+    unconfirmed: bool = False  # monitor_ref came from a harm test's benign call not yet confirmed (check.monitor)
 
     def reference(self, sha: str) -> np.ndarray:
         """A zoo model's own in-distribution window (used by label-free selection)."""
@@ -171,6 +172,7 @@ class Snapshot:
             "zoo": [e.to_dict() for e in self.zoo],
             "episode": self.episode.to_dict() if self.episode else None,
             "adopted_statistic": self.adopted_statistic,
+            "unconfirmed": self.unconfirmed,
             "arrays": sorted(self.arrays),
         }
 
@@ -245,6 +247,7 @@ class StateStore:
             zoo=tuple(ZooEntry(**e) for e in meta["zoo"]),
             episode=Episode(**meta["episode"]) if meta["episode"] else None,
             adopted_statistic=meta.get("adopted_statistic"),
+            unconfirmed=bool(meta.get("unconfirmed", False)),
             **Snapshot.typed_arrays(arrays),
         )
         self._remember(key, snapshot)

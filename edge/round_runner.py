@@ -251,6 +251,8 @@ class EdgeRound:
             "statistic": normal_info.get("statistic"), "p_value_original": normal_info.get("p_value_original"),
             "reference_accuracy": normal_info.get("reference_accuracy"),
             "harm_accuracy": normal_info.get("harm_accuracy"), "label_shift": bool(normal_info.get("label_shift")),
+            # the flag re-tests a shift adopted on one harm test (check.monitor)
+            "confirming": bool(normal_info.get("confirming")),
             # "label_free" when the DoC estimate of the tested model overruled a benign harm test
             "harm_signal": normal_info.get("harm_signal"), "estimate_candidate": normal_info.get("estimate_candidate"),
             "estimate_atc": normal_info.get("estimate_atc"), "estimate_doc": normal_info.get("estimate_doc"),

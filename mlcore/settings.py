@@ -82,6 +82,7 @@ class HarmCheckSettings:
     alpha: float = 0.05  # P(call a benign shift harmful)
     beta: float = 0.01  # P(call a harmful shift benign)
     label_free_drop: float = 0.04  # overrule a benign call when the DoC estimate is this far below the reference, unrefuted by the labels (1: off)
+    confirm: bool = True  # a benign call is tested once more, on fresh labels, when its shift is seen again and the model's own window still flags it
 
 
 @dataclass(frozen=True)

@@ -183,12 +183,58 @@ def test_a_benign_shift_costs_a_few_labels_and_no_training_a_harmful_one_is_retr
     assert 0 < m["labels_used"] == m["labels_check"] <= settings.datacenter.harm_check.max_labels
     assert m["harm_accuracy"] >= m["reference_accuracy"] - settings.datacenter.harm_check.harm
     assert first.checkpoint["state"] != base["state"] and first.checkpoint["sha256"] == base["sha256"]
+    assert not m["confirming"] and center.store.load(first.checkpoint["state"]).unconfirmed
+    # the same shift again: the model's own window still flags it, so the benign call is tested once more
     second = run_round(center, settings, digits, splits, {"id": "t02", "shift": contrast}, first.checkpoint)
-    assert not second.metrics["flagged"] and second.metrics["labels_used"] == 0
-    third = run_round(center, settings, digits, splits, {"id": "t03", "shift": [{"name": "rotate", "degrees": 30}]},
-                      second.checkpoint)
-    assert third.metrics["flagged"] and third.metrics["decision"] == "retrain" and third.metrics["retrained"]
-    assert third.metrics["accuracy_after"] > third.metrics["accuracy_before"] + 0.1  # held out
+    m = second.metrics
+    assert m["flagged"] and m["confirming"] and m["decision"] == "benign" and not m["retrained"]
+    assert 0 < m["labels_used"] == m["labels_check"] and not center.store.load(second.checkpoint["state"]).unconfirmed
+    # confirmed: the benign shift costs nothing more
+    third = run_round(center, settings, digits, splits, {"id": "t03", "shift": contrast}, second.checkpoint)
+    assert not third.metrics["flagged"] and third.metrics["labels_used"] == 0
+    fourth = run_round(center, settings, digits, splits, {"id": "t04", "shift": [{"name": "rotate", "degrees": 30}]},
+                       third.checkpoint)
+    assert fourth.metrics["flagged"] and fourth.metrics["decision"] == "retrain" and fourth.metrics["retrained"]
+    assert not fourth.metrics["confirming"]
+    assert fourth.metrics["accuracy_after"] > fourth.metrics["accuracy_before"] + 0.1  # held out
+
+
+def test_a_harmful_shift_that_passed_one_harm_test_is_caught_by_the_confirmation(trained, settings, digits, splits):
+    """A rotation that costs this model 10+ points, whose first 40 labelled rows happen to be all
+    right: the harm test calls it benign and its outputs are adopted. The next round of the same
+    rotation is flagged by the model's own window (`confirming`), tested on fresh labels and
+    retrained; without the confirmation it goes by unflagged."""
+    import dataclasses
+
+    from mlcore.checkpoints import load_checkpoint
+    from mlcore.seeding import rng_for
+    from mlcore.shifts import apply_image_shifts, parse_shift_list
+    from mlcore.training import predict_proba
+
+    state_dir, base = trained
+    rot = [{"name": "rotate", "degrees": 20}]
+    stream = splits.stream
+    shifted = apply_image_shifts(digits.images[stream], parse_shift_list(rot), rng_for(0, "confirm-test"))
+    model, _ = load_checkpoint(base["checkpoint"], base["sha256"])
+    right = predict_proba(model, shifted).argmax(1) == digits.labels[stream]
+    assert right.mean() < 0.85  # harmful for this model
+    lucky = np.flatnonzero(right)[:settings.datacenter.harm_check.max_labels]  # the labelled rows come first
+    order = np.concatenate([lucky, np.setdiff1d(np.arange(len(stream)), lucky)])[:settings.edge.random_sample]
+    ids = stream[order]
+    frame = build_sample_frame(ids, shifted[order].reshape(len(ids), -1), digits.labels[ids], "c01", "rotate20")
+    outcomes = {}
+    for confirm in (True, False):
+        harm = dataclasses.replace(harm_test_alone(settings).datacenter.harm_check, confirm=confirm)
+        chosen = dataclasses.replace(settings, datacenter=dataclasses.replace(settings.datacenter, harm_check=harm))
+        center = center_over(state_dir, chosen, digits, splits)
+        passed = center.handle("normal", None, frame, {"state": base["state"], "round": "c01"})
+        assert passed.info["decision"] == "benign" and not passed.flag
+        assert center.store.load(passed.info["state"]).unconfirmed  # recorded either way: the setting decides
+        outcomes[confirm] = run_round(center, chosen, digits, splits, {"id": "c02", "shift": rot},
+                                      {**base, "state": passed.info["state"]}).metrics
+    assert outcomes[True]["flagged"] and outcomes[True]["confirming"] and outcomes[True]["retrained"]
+    assert outcomes[True]["accuracy_after"] > outcomes[True]["accuracy_before"] + 0.05  # held out
+    assert not outcomes[False]["flagged"] and outcomes[False]["labels_used"] == 0
 
 
 def harm_test_alone(settings):
