@@ -24,6 +24,7 @@ from .auth import normalize_token
 from .blocks import RequestBlock, ResponseBlock, Scalar
 from .connection import JOIN_BELOW, ConversationProtocol, frame_size
 from .conversation import ClientConversation, ConnectionClosed, Event, ResponseReceived, _remote_error
+from .deadlines import DeadlineQueue
 from .errors import ConnectionLost
 from .limits import Limits
 
@@ -38,9 +39,10 @@ _REFUSED_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.EADDRNOTAVAIL}
 class _ClientProtocol(ConversationProtocol):
     """Hands the conversation's reply (or the reason there is none) to the waiting request."""
 
-    def __init__(self, limits: Limits, token: bytes | None) -> None:
+    def __init__(self, limits: Limits, token: bytes | None, reply_deadlines: DeadlineQueue) -> None:
         super().__init__()
         self.conversation = ClientConversation(now=self.loop.time(), limits=limits, token=token)
+        self.first_timers = reply_deadlines  # (its first deadline: the first reply's, now + the client's timeout)
         self._waiter: asyncio.Future[ResponseBlock] | None = None
 
     async def exchange(self, request: RequestBlock, timeout: float) -> ResponseBlock:
@@ -100,6 +102,9 @@ class AsyncClient:
         self._session: _ClientProtocol | None = None
         self._in_session = False
         self._lock: asyncio.Lock | None = None
+        # Deadlines of connects and of first replies, each now + a fixed timeout: in order,
+        # two queues (of the loop this client last connected on) serve them all.
+        self._deadlines: tuple[DeadlineQueue, DeadlineQueue] | None = None
 
     # ------------------------------------------------------------------ sessions
     async def __aenter__(self) -> "AsyncClient":
@@ -175,13 +180,17 @@ class AsyncClient:
     async def _connect(self, port: int) -> _ClientProtocol:
         """Connect, retrying refused connections with backoff for up to `retry_for` seconds."""
         loop = asyncio.get_running_loop()
+        if self._deadlines is None or self._deadlines[0].loop is not loop:
+            self._deadlines = (DeadlineQueue(loop), DeadlineQueue(loop))
+        connects, replies = self._deadlines
         deadline = time.monotonic() + self.retry_for
         delay = 0.02
         while True:
             try:
-                async with asyncio.timeout(self.connect_timeout):  # no Task of its own, as wait_for makes
+                # asyncio.timeout's contract, without a Task (as wait_for makes) or a loop timer of its own
+                with connects.timeout_at(loop.time() + self.connect_timeout):
                     _, conn = await loop.create_connection(
-                        lambda: _ClientProtocol(self.limits, self.token), self.host, port, ssl=self.ssl,
+                        lambda: _ClientProtocol(self.limits, self.token, replies), self.host, port, ssl=self.ssl,
                         server_hostname=self.server_hostname if self.ssl else None,
                     )
                 return conn

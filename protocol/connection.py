@@ -36,22 +36,33 @@ class ConversationProtocol(asyncio.BufferedProtocol):
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.peer = "?"
-        self.peer_address: Any = None  # as get_extra_info("peername") gave it
         self.bytes_sent = 0
         self.closed: asyncio.Future[None] = self.loop.create_future()
         self._reading = True
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Any = None  # what `cancel()`s the pending timer (a TimerHandle or a QueuedCall)
         self._timer_at: float | None = None
-        self._can_write = asyncio.Event()
-        self._can_write.set()
+        #: What arms the first timer: the loop, or a `DeadlineQueue` the owner shares between
+        #: its connections (a first deadline is almost never reached); later ones, the loop.
+        self.first_timers: Any = self.loop
+        self._can_write: asyncio.Event | None = None  # made when writing first pauses (large frames only)
         self._driving = self._drive_again = False
 
     # -- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        peer = self.peer_address = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+    @property
+    def peer_address(self) -> Any:
+        """As get_extra_info("peername") gives it (asked for only when needed)."""
+        return None if self.transport is None else self.transport.get_extra_info("peername")
+
+    @property
+    def peer(self) -> str:
+        """The peer's address, for log lines (formatted only when one is written)."""
+        if self.transport is None:
+            return "?"
+        peer = self.peer_address
+        return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.conversation.decoder.get_buffer()
@@ -64,22 +75,29 @@ class ConversationProtocol(asyncio.BufferedProtocol):
         self.conversation.receive_eof(self.loop.time())
         self.drive()
         # Keep our side open: a half-closed peer still gets its answer. TLS cannot half-close
-        # (asyncio warns when asked to), so there the answer must already be on its way.
-        return self.transport is None or self.transport.get_extra_info("sslcontext") is None
+        # (asyncio warns when asked to), so there the answer must already be on its way. Once
+        # closing (the drive closed it), "keep open" only made asyncio look for the reader its
+        # close removed (two KeyErrors and a repr, a connection); its own close() is a no-op.
+        transport = self.transport
+        return transport is None or (not transport.is_closing() and transport.get_extra_info("sslcontext") is None)
 
     def pause_writing(self) -> None:
+        if self._can_write is None:
+            self._can_write = asyncio.Event()
         self._can_write.clear()
         self.conversation.write_blocked(True, self.loop.time())
         self.drive()
 
     def resume_writing(self) -> None:
-        self._can_write.set()
+        if self._can_write is not None:
+            self._can_write.set()
         self.conversation.write_blocked(False, self.loop.time())
         self.drive()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.conversation.connection_lost()
-        self._can_write.set()
+        if self._can_write is not None:
+            self._can_write.set()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -143,7 +161,8 @@ class ConversationProtocol(asyncio.BufferedProtocol):
             if self._timer is not None:
                 self._timer.cancel()
             self._timer_at = deadline
-            self._timer = self.loop.call_at(deadline, self._on_timer)
+            self._timer = self.first_timers.call_at(deadline, self._on_timer)
+            self.first_timers = self.loop
 
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
@@ -196,7 +215,8 @@ class ConversationProtocol(asyncio.BufferedProtocol):
         if self.transport.is_closing():
             return False
         self.transport.write(pieces[0] if len(pieces) == 1 else b"".join(pieces))
-        await self._can_write.wait()
+        if self._can_write is not None:
+            await self._can_write.wait()
         return True
 
     # -- for subclasses
@@ -224,8 +244,9 @@ class ConversationProtocol(asyncio.BufferedProtocol):
                     and transport.get_extra_info("sslcontext") is None):
                 # A plain transport closed with nothing left to send: connection_lost is already
                 # on its way (the next turn of the loop), so no timer is needed (one a request
-                # on a new connection).
-                await asyncio.shield(self.closed)
+                # on a new connection), nor a shield (a turn of the loop more): `closed` has no
+                # other waiter, and connection_lost does not mind finding it cancelled.
+                await self.closed
                 return
             async with asyncio.timeout(timeout):
                 await asyncio.shield(self.closed)

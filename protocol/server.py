@@ -29,6 +29,7 @@ from .blocks import MESSAGE_TYPES, MessageType, RequestBlock, ResponseBlock
 from .codec import decode_request
 from .connection import ConversationProtocol, start_eagerly
 from .conversation import BodyBudget, ConnectionClosed, Event, RequestReceived, ServerConversation
+from .deadlines import DeadlineQueue
 from .errors import PeerError, ProtocolError, UsageError, describe
 from .loop import loop_name
 from .limits import (
@@ -148,6 +149,7 @@ class AsyncServer:
         self._workers: DaemonWorkers | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
+        self.first_deadlines: DeadlineQueue | None = None  # each connection's first: accept time + a fixed delay
         self.requests_served = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -161,6 +163,7 @@ class AsyncServer:
         # A restarted server refuses requests stamped before it started: no replays across restarts.
         self.replay_guard = ReplayGuard(self.max_clock_skew, not_before=time.time())
         self._workers = DaemonWorkers(self.worker_count)
+        self.first_deadlines = DeadlineQueue(self._loop)
         self._server = await self._loop.create_server(lambda: _ServerProtocol(self), self.host, self.port, backlog=512)
         self.port = self._server.sockets[0].getsockname()[1]
         try:
@@ -171,6 +174,7 @@ class AsyncServer:
             await self._shutdown()
         finally:
             self._workers.shutdown()
+            self.first_deadlines.close()
 
     async def wait_started(self) -> int:
         """Wait until the server listens; return the bound port (useful with port 0)."""
@@ -299,6 +303,8 @@ class _ServerProtocol(ConversationProtocol):
             budget=server.budget, idle_timeout=server.idle_timeout, frame_timeout=server.frame_timeout,
             auth_timeout=server.auth_timeout, write_timeout=server.write_timeout,
         )
+        if server.first_deadlines is not None:
+            self.first_timers = server.first_deadlines  # (a fresh connection's auth or idle deadline)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -315,7 +321,7 @@ class _ServerProtocol(ConversationProtocol):
             transport.pause_reading()
             self.loop.create_task(self._start_tls(transport))
             return
-        self.drive()
+        self.arm_timer(self.conversation.deadline)  # (all a drive() does for a fresh conversation)
 
     async def _start_tls(self, raw: asyncio.BaseTransport) -> None:
         try:

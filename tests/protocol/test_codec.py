@@ -465,6 +465,37 @@ def test_a_released_scratch_buffer_serves_the_next_decoder_without_stale_bytes()
     assert [decode_request(f).request_id for f in frames] == [second.request_id] and not new.in_frame
 
 
+def test_closed_conversations_are_freed_without_the_garbage_collector():
+    """A conversation and its decoder (whose head check is the conversation's method) were a
+    reference cycle: every connection left them for the collector, whose collections took
+    ~5% of a request on a new connection. Released, they go as soon as nothing refers to them."""
+    import gc
+    import weakref
+
+    from protocol.conversation import ClientConversation, ServerConversation
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for make in (ServerConversation, ClientConversation):
+            conversation = make(now=0.0)
+            conversation.receive_data(b"".join(bytes(p) for p in encode_request(RequestBlock("normal")))[:10], 0.0)
+            gone = weakref.ref(conversation)
+            conversation.connection_lost()
+            del conversation
+            assert gone() is None
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def test_a_released_decoder_checks_no_head_but_refuses_it():
+    decoder = FrameDecoder(head_check=lambda head: {"checked": True})
+    decoder.release()
+    with pytest.raises(PeerError):
+        decoder.head_check(None)
+
+
 def test_large_frames_are_written_in_slices_that_carry_the_head_with_the_body():
     import asyncio
 
