@@ -40,8 +40,15 @@ class DaemonWorkers:
             self._jobs.put(_STOP)
 
     def _work(self) -> None:
-        while (job := self._jobs.get()) is not _STOP:
+        while True:
+            job = self._jobs.get()
+            if job is _STOP:
+                return
             call_and_deliver(*job)
+            # Let go of the job before waiting for the next one: an idle worker that still held
+            # its last one kept that request alive (its frame's pooled receive buffer, the
+            # decoded DataFrames in the future's result) until the worker's next job.
+            del job
 
 
 def call_and_deliver(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], fn: Callable[..., Any],

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+import weakref
+
 import numpy as np
 import pandas as pd
 
 from protocol import FrameDecoder, RequestBlock, decode_request, encode_request
 from protocol import buffers
+from protocol.workers import DaemonWorkers
 
 
 def address(view: memoryview) -> int:
@@ -48,3 +53,51 @@ def test_a_decoded_frame_that_views_its_body_is_never_overwritten_by_the_next():
     third = decode_request(decoder.feed(wire[0])[0]).query_data  # may take the first's buffer now
     pd.testing.assert_frame_equal(second, frames[1])
     pd.testing.assert_frame_equal(third, frames[0])
+
+
+def _eventually(condition, wait: float = 10.0) -> bool:
+    """True once `condition()` holds, polled for up to `wait` s (a worker lets go of its job
+    just after handing its result to the loop, so the test may look a moment too early)."""
+    deadline = time.monotonic() + wait
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_an_idle_worker_keeps_nothing_of_its_last_job():
+    class Thing:
+        pass
+
+    workers = DaemonWorkers(2, name="test-worker")
+
+    async def one_job():
+        argument = Thing()
+        result = await workers.run(lambda arg: (arg, Thing()), argument)
+        return weakref.ref(argument), weakref.ref(result[1])
+
+    try:
+        refs = asyncio.run(one_job())
+        # No gc.collect(): nothing but the idle worker could still hold them, and it must not.
+        assert _eventually(lambda: refs[0]() is None and refs[1]() is None)
+    finally:
+        workers.shutdown()
+
+
+def _pool_free() -> bool:
+    """No pooled buffer is referred to by anyone but the pool."""
+    with buffers._lock:
+        return all(buffers._unused(i) for i in range(len(buffers._pool)))
+
+
+def test_a_large_request_decoded_in_a_worker_leaves_its_buffer_free_for_the_next(start_server):
+    rows = buffers.MIN_POOLED_BYTES // (64 * 4) + 1000  # pooled, and decoded in a worker thread
+    frame = pd.DataFrame({f"f{j}": np.full(rows, j, dtype=np.float32) for j in range(64)})
+    server = start_server()
+    assert server.ask("normal", query_data=frame).checkpoint == f"normal:{rows}"
+    pooled = buffers.pooled_bytes()
+    for _ in range(4):  # more requests than worker threads: each lands in the first one's buffer
+        assert _eventually(_pool_free)  # the request is over: neither the worker that decoded it nor anyone else holds it
+        assert server.ask("normal", query_data=frame).checkpoint == f"normal:{rows}"
+    assert buffers.pooled_bytes() == pooled
