@@ -956,8 +956,9 @@ def bounds_text(results: Results, sizes: dict[str, int], rates: dict[str, Rate],
                 "asyncio's transport (1 MiB slices with drain). The frame's float block is sent from the DataFrame's "
                 "memory, lands in a pooled receive buffer and stays there as a view; what is still fresh each request "
                 "is the decoded int and string columns (~40 MB). On this VM memory freed for about a second goes back "
-                "to the host and faults in again at 280-410 ms per 300 MB (45 ms when still resident): the slow "
-                "outliers in the interquartile range."
+                "to the host and faults in again at 280-410 ms per 300 MB (45 ms when still resident), so a request "
+                "that misses the pool is slow: until ece604c an idle worker thread kept its last request (and its "
+                "pooled buffer) alive, and a third to a half of the 1M-row requests took 560-930 ms."
             )
     lines.append(
         "- **vs Arrow Flight**: Flight's per-request cost is gRPC + from_pandas/to_pandas (~ms at 1k rows); at 1M rows "
