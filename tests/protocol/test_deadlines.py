@@ -19,67 +19,63 @@ def run(coro):
     return asyncio.run(coro)
 
 
+def with_queue(test):
+    """The test coroutine `test(loop, queue, ran)` as a plain test: run on a fresh loop with a
+    fresh DeadlineQueue and an empty list for the calls to record what ran."""
+    def plain():
+        async def main():
+            loop = asyncio.get_running_loop()
+            await test(loop, DeadlineQueue(loop), [])
+        run(main())
+    plain.__name__, plain.__doc__ = test.__name__, test.__doc__  # (not functools.wraps: pytest would ask for fixtures)
+    return plain
+
+
 # --------------------------------------------------------------------------- the queue
-def test_queued_calls_run_in_order_at_their_deadlines():
-    async def main():
-        loop = asyncio.get_running_loop()
-        queue, ran = DeadlineQueue(loop), []
-        start = loop.time()
-        for i, delay in enumerate((0.05, 0.05, 0.1)):
-            queue.call_at(start + delay, lambda i=i: ran.append((i, loop.time() - start)))
-        await asyncio.sleep(0.03)
-        assert ran == []
-        await asyncio.sleep(0.12)
-        assert [i for i, _ in ran] == [0, 1, 2]
-        assert all(at >= delay for (_, at), delay in zip(ran, (0.05, 0.05, 0.1)))
-        assert len(queue) == 0 and queue._timer is None  # nothing left: no loop timer either
-
-    run(main())
+@with_queue
+async def test_queued_calls_run_in_order_at_their_deadlines(loop, queue, ran):
+    start = loop.time()
+    for i, delay in enumerate((0.05, 0.05, 0.1)):
+        queue.call_at(start + delay, lambda i=i: ran.append((i, loop.time() - start)))
+    await asyncio.sleep(0.03)
+    assert ran == []
+    await asyncio.sleep(0.12)
+    assert [i for i, _ in ran] == [0, 1, 2]
+    assert all(at >= delay for (_, at), delay in zip(ran, (0.05, 0.05, 0.1)))
+    assert len(queue) == 0 and queue._timer is None  # nothing left: no loop timer either
 
 
-def test_a_cancelled_call_never_runs_and_the_rest_still_do():
-    async def main():
-        loop = asyncio.get_running_loop()
-        queue, ran = DeadlineQueue(loop), []
-        now = loop.time()
-        first = queue.call_at(now + 0.02, lambda: ran.append("first"))
-        queue.call_at(now + 0.04, lambda: ran.append("second"))
-        first.cancel()
-        first.cancel()  # twice is harmless, as with a TimerHandle
-        await asyncio.sleep(0.08)
-        assert ran == ["second"]
-
-    run(main())
+@with_queue
+async def test_a_cancelled_call_never_runs_and_the_rest_still_do(loop, queue, ran):
+    now = loop.time()
+    first = queue.call_at(now + 0.02, lambda: ran.append("first"))
+    queue.call_at(now + 0.04, lambda: ran.append("second"))
+    first.cancel()
+    first.cancel()  # twice is harmless, as with a TimerHandle
+    await asyncio.sleep(0.08)
+    assert ran == ["second"]
 
 
-def test_a_call_cancelled_by_one_due_in_the_same_batch_does_not_run():
-    async def main():
-        loop = asyncio.get_running_loop()
-        queue, ran = DeadlineQueue(loop), []
-        now = loop.time()
-        calls = {}
-        calls["a"] = queue.call_at(now + 0.02, lambda: (ran.append("a"), calls["b"].cancel()))
-        calls["b"] = queue.call_at(now + 0.02, lambda: ran.append("b"))
-        await asyncio.sleep(0.06)
-        assert ran == ["a"]
-
-    run(main())
+@with_queue
+async def test_a_call_cancelled_by_one_due_in_the_same_batch_does_not_run(loop, queue, ran):
+    now = loop.time()
+    calls = {}
+    calls["a"] = queue.call_at(now + 0.02, lambda: (ran.append("a"), calls["b"].cancel()))
+    calls["b"] = queue.call_at(now + 0.02, lambda: ran.append("b"))
+    await asyncio.sleep(0.06)
+    assert ran == ["a"]
 
 
-def test_a_deadline_out_of_order_gets_a_loop_timer_of_its_own():
-    async def main():
-        loop = asyncio.get_running_loop()
-        queue, ran = DeadlineQueue(loop), []
-        now = loop.time()
-        queue.call_at(now + 0.2, lambda: ran.append("late"))
-        early = queue.call_at(now + 0.02, lambda: ran.append("early"))
-        assert isinstance(early, asyncio.TimerHandle) and len(queue) == 1
-        await asyncio.sleep(0.06)
-        assert ran == ["early"]
-        await asyncio.sleep(0.2)
-        assert ran == ["early", "late"]
-
-    run(main())
+@with_queue
+async def test_a_deadline_out_of_order_gets_a_loop_timer_of_its_own(loop, queue, ran):
+    now = loop.time()
+    queue.call_at(now + 0.2, lambda: ran.append("late"))
+    early = queue.call_at(now + 0.02, lambda: ran.append("early"))
+    assert isinstance(early, asyncio.TimerHandle) and len(queue) == 1
+    await asyncio.sleep(0.06)
+    assert ran == ["early"]
+    await asyncio.sleep(0.2)
+    assert ran == ["early", "late"]
 
 
 def test_an_exception_in_a_callback_is_reported_and_later_calls_still_run():
@@ -99,16 +95,12 @@ def test_an_exception_in_a_callback_is_reported_and_later_calls_still_run():
     run(main())
 
 
-def test_close_drops_every_call():
-    async def main():
-        loop = asyncio.get_running_loop()
-        queue, ran = DeadlineQueue(loop), []
-        queue.call_at(loop.time() + 0.02, lambda: ran.append(1))
-        queue.close()
-        await asyncio.sleep(0.05)
-        assert ran == [] and queue._timer is None
-
-    run(main())
+@with_queue
+async def test_close_drops_every_call(loop, queue, ran):
+    queue.call_at(loop.time() + 0.02, lambda: ran.append(1))
+    queue.close()
+    await asyncio.sleep(0.05)
+    assert ran == [] and queue._timer is None
 
 
 # --------------------------------------------------------------------------- Timeout (asyncio.timeout's contract)
