@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import weakref
 
 import numpy as np
@@ -12,6 +11,8 @@ import pandas as pd
 from protocol import FrameDecoder, RequestBlock, decode_request, encode_request
 from protocol import buffers
 from protocol.workers import DaemonWorkers
+
+from test_defects import wait_for
 
 
 def address(view: memoryview) -> int:
@@ -55,17 +56,6 @@ def test_a_decoded_frame_that_views_its_body_is_never_overwritten_by_the_next():
     pd.testing.assert_frame_equal(third, frames[0])
 
 
-def _eventually(condition, wait: float = 10.0) -> bool:
-    """True once `condition()` holds, polled for up to `wait` s (a worker lets go of its job
-    just after handing its result to the loop, so the test may look a moment too early)."""
-    deadline = time.monotonic() + wait
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def test_an_idle_worker_keeps_nothing_of_its_last_job():
     class Thing:
         pass
@@ -80,7 +70,7 @@ def test_an_idle_worker_keeps_nothing_of_its_last_job():
     try:
         refs = asyncio.run(one_job())
         # No gc.collect(): nothing but the idle worker could still hold them, and it must not.
-        assert _eventually(lambda: refs[0]() is None and refs[1]() is None)
+        assert wait_for(lambda: refs[0]() is None and refs[1]() is None, 10.0)  # the worker lets go just after delivering
     finally:
         workers.shutdown()
 
@@ -98,6 +88,6 @@ def test_a_large_request_decoded_in_a_worker_leaves_its_buffer_free_for_the_next
     assert server.ask("normal", query_data=frame).checkpoint == f"normal:{rows}"
     pooled = buffers.pooled_bytes()
     for _ in range(4):  # more requests than worker threads: each lands in the first one's buffer
-        assert _eventually(_pool_free)  # the request is over: neither the worker that decoded it nor anyone else holds it
+        assert wait_for(_pool_free, 10.0)  # the request is over: neither the worker that decoded it nor anyone else holds it
         assert server.ask("normal", query_data=frame).checkpoint == f"normal:{rows}"
     assert buffers.pooled_bytes() == pooled
