@@ -63,13 +63,17 @@ def check(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any])
     images, labels = center.as_images(frame_features(frame)), frame_labels(frame)
     current = snapshot.current
     probabilities = predict_proba(center.model(current), images)
-    verdict, second, confirming = monitor(center, snapshot, probabilities, labels, metadata)
+    verdict, original, confirming = monitor(center, snapshot, probabilities, labels, metadata)
+    # what an adoption records: the distance to the model's own window (`Snapshot.adopted_statistic`),
+    # not to an adopted window or to the base's (a specialist's witness)
+    own_statistic = (verdict if original is None else original).statistic
     if not verdict.drift:
         verdict = specialist_watch(center, snapshot, images) or verdict
     source_probabilities, source_labels = center.source_view(current)
     info: dict[str, Any] = {
         "state": key, "flagged": verdict.drift, "detector": verdict.detector, "p_value": verdict.p_value,
-        "statistic": verdict.statistic, "current": current, "p_value_original": second,
+        "statistic": verdict.statistic, "current": current,
+        "p_value_original": None if original is None else original.p_value,
         "reference_accuracy": center.reference_accuracy(snapshot), "confirming": confirming,
         **{f"estimate_{name}": value for name, value in
            accuracy_estimates(source_probabilities, source_labels, probabilities).items()},
@@ -84,7 +88,7 @@ def check(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any])
     if source_like:  # back on the source, where this model's accuracy is known from labelled held-out rows
         fit = accuracy_of(source_probabilities, source_labels) >= info["reference_accuracy"] - config.harm_check.tolerance
         if fit:
-            child_key, child = adopt(center, key, snapshot, current, probabilities, verdict.statistic, frame, metadata)
+            child_key, child = adopt(center, key, snapshot, current, probabilities, own_statistic, frame, metadata)
             center.store.save(child_key, child)
             return Reply(False, None, {**info, "state": child_key, "decision": Decision.BENIGN.value, "labels_wanted": 0})
     fleet, home = snapshot, None
@@ -128,7 +132,7 @@ def check(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any])
         return Reply(False, None, {**info, "decision": "test", "labels_wanted": decision.wanted})
     if decision.outcome == "harmful":
         return Reply(True, None, {**info, "decision": Decision.HARMFUL.value, "labels_wanted": 0})
-    child_key, child = adopt(center, key, snapshot, candidate, probabilities, verdict.statistic, frame, metadata,
+    child_key, child = adopt(center, key, snapshot, candidate, probabilities, own_statistic, frame, metadata,
                              unconfirmed=not confirming)
     center.store.save(child_key, child)
     outcome = Decision.LABEL_SHIFT if weights is not None else Decision.BENIGN
@@ -158,9 +162,9 @@ def looks_hurt(estimate: float, reference_accuracy: float, decision: HarmDecisio
 
 
 def monitor(center: DataCenter, snapshot: Snapshot, probabilities: np.ndarray, labels: np.ndarray,
-            metadata: dict) -> tuple[detectors.Verdict, float | None, bool]:
+            metadata: dict) -> tuple[detectors.Verdict, detectors.Verdict | None, bool]:
     """The gate: the current window; after a benign adoption also the model's original window.
-    Returns (verdict, the original window's p-value or None, whether this flag is a confirmation).
+    Returns (verdict, the original window's verdict or None, whether this flag is a confirmation).
 
     The original window flags only when the data has moved significantly further from it than
     the shift that was adopted (its statistic exceeds the adopted one by the test's critical
@@ -181,12 +185,12 @@ def monitor(center: DataCenter, snapshot: Snapshot, probabilities: np.ndarray, l
     adopted = detect(center, snapshot.monitor_ref, probabilities, labels, metadata)
     original = detect(center, own, probabilities, labels, metadata)
     if adopted.drift or not original.drift:
-        return adopted, original.p_value, False
+        return adopted, original, False
     margin = critical_distance(len(own), len(probabilities), center.settings.datacenter.alpha / own.shape[1])
     if original.statistic > (snapshot.adopted_statistic or 0.0) + margin:
-        return original, original.p_value, False
+        return original, original, False
     confirming = snapshot.unconfirmed and center.settings.datacenter.harm_check.confirm
-    return (original if confirming else adopted), original.p_value, confirming
+    return (original if confirming else adopted), original, confirming
 
 
 def recognised(center: DataCenter, snapshot: Snapshot, images: np.ndarray) -> tuple[str, float] | None:

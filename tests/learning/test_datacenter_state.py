@@ -237,6 +237,40 @@ def test_a_harmful_shift_that_passed_one_harm_test_is_caught_by_the_confirmation
     assert not outcomes[False]["flagged"] and outcomes[False]["labels_used"] == 0
 
 
+def test_a_shift_adopted_on_top_of_an_adopted_one_is_measured_from_the_models_own_window(
+        trained, settings, digits, splits):
+    """Contrast x0.5 adopted and confirmed, then x0.4, flagged against the adopted window and
+    benign too: the second adoption records the sample's distance to the model's own window
+    (what `monitor` compares the own window's statistic with), not to the adopted window. Stored
+    from the adopted window (0.28 against 0.69 here), the own window's statistic exceeded it by
+    more than the margin every round: x0.4 was flagged twice more, and the third look retrained."""
+    from datacenter.detectors import ks_softmax_test
+
+    state_dir, base = trained
+    settings = harm_test_alone(settings)
+    center = center_over(state_dir, settings, digits, splits)
+    out = base
+    for i, factor in enumerate((0.5, 0.5, 0.4)):
+        out = run_round(center, settings, digits, splits, {"id": f"x0{i}", "shift": [{"name": "contrast", "factor": factor}]},
+                        out.checkpoint if i else base)
+        assert out.metrics["flagged"] and out.metrics["decision"] == "benign" and out.checkpoint["sha256"] == base["sha256"]
+    snapshot = center.store.load(out.checkpoint["state"])
+    sample = center.store.load(snapshot.parent)  # the state the x0.4 sample was checked against
+    assert sample.monitor_ref is not None and snapshot.unconfirmed
+    # the distance the adoption recorded, recomputed: the x0.4 sample's outputs (the adopted window)
+    # against the model's own window, and not against the x0.5 window it was flagged by
+    own = ks_softmax_test(sample.references[sample.current], snapshot.monitor_ref, settings.datacenter.alpha)
+    adopted = ks_softmax_test(sample.monitor_ref, snapshot.monitor_ref, settings.datacenter.alpha)
+    assert snapshot.adopted_statistic == pytest.approx(own.statistic) and own.statistic > adopted.statistic + 0.2
+    # the same shift again: flagged once, as the confirmation of a call resting on one test; then quiet
+    again = run_round(center, settings, digits, splits, {"id": "x03", "shift": [{"name": "contrast", "factor": 0.4}]},
+                      out.checkpoint)
+    assert again.metrics["flagged"] and again.metrics["confirming"] and again.metrics["decision"] == "benign"
+    last = run_round(center, settings, digits, splits, {"id": "x04", "shift": [{"name": "contrast", "factor": 0.4}]},
+                     again.checkpoint)
+    assert not last.metrics["flagged"] and last.metrics["labels_used"] == 0
+
+
 def harm_test_alone(settings):
     """`settings` with the label-free overrule of a benign harm test turned off."""
     import dataclasses
