@@ -770,20 +770,32 @@ class _Flatbuffer:
 
 
 class _Message:
-    """One encapsulated message; a record batch's nodes and buffers also as flat lists of
-    Python ints (`node_list`: length, null count, ...; `buffer_list`: offset, length, ...)."""
+    """One encapsulated message; a record batch's nodes and buffers also as flat int64
+    arrays (`node_array`: length, null count, ...; `buffer_array`: offset, length, ...) and
+    as the same flat lists of Python ints (`node_list`, `buffer_list`). A large header's
+    lists are made only when asked for (`lists()`: ~3 us at 67 columns); a small header
+    read fast has lists and no arrays."""
 
     __slots__ = ("kind", "start", "end", "body_start", "body_len", "rows", "nodes", "buffers", "dictionary_id",
-                 "node_list", "buffer_list")
+                 "node_list", "buffer_list", "node_array", "buffer_array")
 
     def __init__(self, kind: int, start: int, end: int, body_start: int, body_len: int) -> None:
         self.kind, self.start, self.end, self.body_start, self.body_len = kind, start, end, body_start, body_len
         self.rows, self.nodes, self.buffers, self.dictionary_id = 0, None, None, None
         self.node_list: list[int] = []
         self.buffer_list: list[int] = []
+        self.node_array: np.ndarray = _NO_VALUES
+        self.buffer_array: np.ndarray = _NO_VALUES
+
+    def lists(self) -> tuple[list[int], list[int]]:
+        """`node_list` and `buffer_list`, made from the arrays if not yet there."""
+        if self.node_list is None:
+            self.node_list, self.buffer_list = self.node_array.tolist(), self.buffer_array.tolist()
+        return self.node_list, self.buffer_list
 
 
-_SMALL_HEADER = 64
+_NO_VALUES = np.empty(0, np.int64)
+_NO_VALUES.flags.writeable = False
 
 
 def _record_batch_header(fb: _Flatbuffer, position: int | None, message: _Message) -> None:
@@ -797,20 +809,56 @@ def _record_batch_header(fb: _Flatbuffer, position: int | None, message: _Messag
     message.rows = fb.scalar(table, 0, "<q")
     message.nodes = fb.structs(table, 1)
     message.buffers = fb.structs(table, 2)
-    message.node_list = message.nodes.ravel().tolist()
-    message.buffer_list = message.buffers.ravel().tolist()
-    nodes, buffers, body_len = message.nodes, message.buffers, message.body_len
-    if len(nodes) + len(buffers) <= _SMALL_HEADER:  # the same checks on Python ints (numpy costs ~1 us a call)
-        _check_batch_values(message.rows, message.node_list, message.buffer_list, body_len)
-        return
-    if message.rows < 0 or (len(nodes) and ((nodes[:, 1] < 0) | (nodes[:, 1] > nodes[:, 0])).any()):
-        raise PeerError("negative or inconsistent Arrow lengths")
+    message.node_array, message.buffer_array = message.nodes.ravel(), message.buffers.ravel()
+    if len(message.node_array) + len(message.buffer_array) > _NUMPY_CHECK_ABOVE:
+        message.node_list = message.buffer_list = None  # (made when asked for)
+    else:
+        message.node_list, message.buffer_list = message.node_array.tolist(), message.buffer_array.tolist()
+    _check_batch(message)
+
+
+#: Above this many int64 values in a header's nodes and buffers, numpy checks them (~1 us a
+#: call, ~8 calls) faster than the Python loops over their lists, and the lists are made
+#: only when asked for.
+_NUMPY_CHECK_ABOVE = 96
+_INT64_MAX = (1 << 63) - 1
+
+
+def _check_batch(batch: _Message) -> None:
+    """`_check_batch_values` on a small header's lists, or the same checks on a large one's
+    int64 arrays; any doubt, and every refusal, goes to the lists' check (whose messages
+    are the ones raised)."""
+    if batch.node_list is not None and len(batch.node_list) + len(batch.buffer_list) <= _NUMPY_CHECK_ABOVE:
+        _check_batch_values(batch.rows, batch.node_list, batch.buffer_list, batch.body_len)
+    elif not _batch_arrays_ok(batch.rows, batch.node_array, batch.buffer_array, batch.body_len):
+        _check_batch_values(batch.rows, *batch.lists(), batch.body_len)
+
+
+def _batch_arrays_ok(rows: int, nodes: np.ndarray, buffers: np.ndarray, body_len: int) -> bool:
+    """True only when `_check_batch_values` passes for these values (flat int64 arrays):
+    0 <= null count <= length for every node; every buffer offset and length in
+    [0, body_len], offsets 8-byte aligned, offset + length <= body_len, sum of lengths <= body_len."""
+    if rows < 0:
+        return False
+    if len(nodes):
+        lengths, nulls = nodes[0::2], nodes[1::2]
+        if int(_MIN(nodes)) < 0 or int(_MAX(np.subtract(nulls, lengths))) > 0:  # (no overflow: all >= 0)
+            return False
     if len(buffers):
-        # every offset and length in [0, body_len] first, so that the sums cannot overflow
-        if (buffers < 0).any() or (buffers > body_len).any() or (buffers[:, 0] & 7).any():
-            raise PeerError("Arrow buffers must start at 8-byte aligned offsets inside the body")
-        if (buffers[:, 0] + buffers[:, 1] > body_len).any() or int(buffers[:, 1].sum()) > body_len:
-            raise PeerError("Arrow buffers do not fit in the bytes received")
+        offsets, sizes = buffers[0::2], buffers[1::2]
+        if int(_MAX(buffers.view(_UINT64))) > body_len:  # negative values are huge as uint64
+            return False
+        if int(_OR(offsets)) & 7 or int(_MAX(np.add(offsets, sizes))) > body_len:  # (no overflow: all <= body_len)
+            return False
+        if len(sizes) * body_len > _INT64_MAX:  # pragma: no cover - an int64 sum could overflow: exact one
+            return sum(sizes.tolist()) <= body_len
+        if int(_SUM(sizes)) > body_len:
+            return False
+    return True
+
+
+_MIN, _MAX, _OR, _SUM = np.minimum.reduce, np.maximum.reduce, np.bitwise_or.reduce, np.add.reduce
+_INT64S, _UINT64 = np.dtype("<i8"), np.dtype("<u8")
 
 
 def _check_batch_values(rows: int, node_list: list[int], buffer_list: list[int], body_len: int) -> None:
@@ -837,7 +885,8 @@ class _BatchTemplate:
     it outside those fields is read with a few slices instead of a flatbuffer walk. Both
     readings give the same values (a test checks it), and anything else takes the walk."""
 
-    __slots__ = ("size", "nodes", "buffers", "fixed", "nodes_struct", "buffers_struct")
+    __slots__ = ("size", "nodes", "buffers", "fixed", "nodes_struct", "buffers_struct", "node_values", "values",
+                 "large")
 
     def __init__(self, node_count: int, buffer_count: int) -> None:
         template = _record_batch_layout(0, [0] * (2 * node_count), [0] * (2 * buffer_count), 0)
@@ -850,18 +899,26 @@ class _BatchTemplate:
         self.fixed = [(a, b, template[a:b]) for a, b in regions]
         self.nodes_struct = struct.Struct(f"<{2 * node_count}q")
         self.buffers_struct = struct.Struct(f"<{2 * buffer_count}q")
+        # nodes, the 8 bytes between the vectors (padding, the buffers' count) and buffers: one int64 array
+        self.node_values, self.values = 2 * node_count, 2 * node_count + 1 + 2 * buffer_count
+        self.large = 2 * (node_count + buffer_count) > _NUMPY_CHECK_ABOVE  # read as arrays, not lists
 
-    def read(self, view: memoryview, pos: int) -> tuple[int, int, list[int], list[int]] | None:
-        """(body length, rows, nodes, buffers) of the header at `pos`, None if it is not ours."""
+    def read(self, view: memoryview, pos: int) -> tuple[int, int, Any, Any, np.ndarray, np.ndarray] | None:
+        """(body length, rows, nodes, buffers) of the header at `pos`, None if it is not ours:
+        nodes and buffers as flat lists (then no arrays) for a small header, as flat int64
+        arrays (then None for the lists) for a large one, as `_Message` holds them."""
         if len(view) - pos < self.size:
             return None
         header = bytes(view[pos : pos + self.size])
         for a, b, expected in self.fixed:
             if header[a:b] != expected:
                 return None
-        return (_INT64.unpack_from(header, 32)[0], _INT64.unpack_from(header, 64)[0],
-                list(self.nodes_struct.unpack_from(header, self.nodes)),
-                list(self.buffers_struct.unpack_from(header, self.buffers)))
+        body_len, rows = _INT64.unpack_from(header, 32)[0], _INT64.unpack_from(header, 64)[0]
+        if self.large:
+            values = np.frombuffer(header, _INT64S, count=self.values, offset=self.nodes)
+            return body_len, rows, None, None, values[: self.node_values], values[self.node_values + 1 :]
+        return (body_len, rows, list(self.nodes_struct.unpack_from(header, self.nodes)),
+                list(self.buffers_struct.unpack_from(header, self.buffers)), _NO_VALUES, _NO_VALUES)
 
 
 def _split_fast(view: memoryview) -> tuple["_Plan", _Message] | None:
@@ -874,22 +931,32 @@ def _split_fast(view: memoryview) -> tuple["_Plan", _Message] | None:
     marker, length = _PREFIX.unpack_from(view, 0)
     if marker != _CONTINUATION or length <= 0 or 8 + length > total:
         return None
-    plan = _PLANS.get(bytes(view[: 8 + length]))
-    if plan is None or plan.template is None:
-        return None
+    global _LAST_PLAN
+    key, last = bytes(view[: 8 + length]), _LAST_PLAN  # (one read: threads may decode at once)
+    if key == last[0]:  # the last schema again: compared, not hashed (~1 us for 67 columns)
+        plan = last[1]
+    else:
+        plan = _PLANS.get(key)
+        if plan is None or plan.template is None:
+            return None
+        _LAST_PLAN = (key, plan)
     pos = 8 + length
     read = plan.template.read(view, pos)
     if read is None:
         return None
-    body_len, rows, node_list, buffer_list = read
+    body_len, rows, node_list, buffer_list, node_array, buffer_array = read
     body_start = pos + plan.template.size
     if body_len < 0 or body_len % 8 or body_start + body_len + 8 != total:
         return None
     if bytes(view[total - 8 :]) != _EOS:
         return None
-    _check_batch_values(rows, node_list, buffer_list, body_len)
+    if node_list is not None:  # (a small header: checked on its lists, as `_check_batch` would)
+        _check_batch_values(rows, node_list, buffer_list, body_len)
     batch = _Message(_RECORD_BATCH, pos, body_start + body_len, body_start, body_len)
     batch.rows, batch.node_list, batch.buffer_list = rows, node_list, buffer_list
+    if node_list is None:
+        batch.node_array, batch.buffer_array = node_array, buffer_array
+        _check_batch(batch)
     return plan, batch
 
 
@@ -1096,8 +1163,12 @@ class _Plan:
         self.node_count = sum(len(lay) for lay in layouts)
         self.buffer_count = sum(sum(lay) for lay in layouts)
         # Null-free fixed-width columns, read together: for each numpy dtype, the positions
-        # and the indices of node and first (validity) buffer of its columns.
-        self.fixed: dict[str, tuple[np.dtype, list[int], list[int], list[int], np.ndarray]] = {}
+        # and the indices of node and first (validity) buffer of its columns, and for groups
+        # of `_GATHER_FROM` columns or more (`_Decoder.fixed_at_stride`): where their nodes
+        # and their (validity length, value offset, value length) sit in the flat int64
+        # nodes and buffers, and their nodes' bytes when each is (rows, no nulls).
+        self.fixed: dict[str, tuple[np.dtype, list[int], list[int], list[int], np.ndarray,
+                                    tuple[np.ndarray, np.ndarray, bytes] | None]] = {}
         # The others, one at a time: (position, first node, first buffer, how to read it).
         self.others: list[tuple[int, int, int, str]] = []
         groups: dict[str, list[tuple[int, int, int]]] = {}
@@ -1118,12 +1189,19 @@ class _Plan:
             node, buf = node + len(layout), buf + sum(layout)
         for tag, members in groups.items():
             positions, nodes, bufs = (list(m) for m in zip(*members))
-            self.fixed[tag] = (np.dtype(tag), positions, nodes, bufs, np.array(positions, dtype=np.intp))
+            gather = None
+            if len(members) >= _GATHER_FROM:
+                node_take = (2 * np.array(nodes, dtype=np.intp)[:, None] + np.arange(2)).ravel()
+                buffer_take = (2 * np.array(bufs, dtype=np.intp)[:, None] + np.arange(1, 4)).ravel()
+                node_bytes = np.array([self.rows, 0] * len(members), dtype=_INT64S).tobytes()
+                gather = (node_take, buffer_take, node_bytes)
+            self.fixed[tag] = (np.dtype(tag), positions, nodes, bufs, np.array(positions, dtype=np.intp), gather)
         self.template = (_BatchTemplate(self.node_count, self.buffer_count)
                          if self.names and not self.dictionary else None)
 
 
 _PLANS: dict[bytes, _Plan] = {}
+_LAST_PLAN: tuple[bytes, Any] = (b"", None)  # the schema message last read fast, and its plan (which has a template)
 _MAX_CACHED_SCHEMA_BYTES = 64 << 10  # 256 plans of at most 64 KiB of schema each
 
 
@@ -1141,19 +1219,29 @@ def _plan(buffer: pa.Buffer, message: _Message) -> _Plan:
 
 class _Decoder:
     """Columns of one record batch, read straight from the checked buffer descriptors
-    (`batch.node_list` / `batch.buffer_list`: flat lists of Python ints)."""
+    (`batch.node_list` / `batch.buffer_list`: flat lists of Python ints, or for a large
+    header whose lists were not made, slices of `batch.node_array` / `batch.buffer_array`)."""
 
     def __init__(self, buffer: pa.Buffer, raw: np.ndarray, view: memoryview, batch: _Message, *,
-                 adopt: bool = False) -> None:
+                 adopt: bool = False, columns: int = 0) -> None:
         self.buffer, self.raw, self.view, self.batch = buffer, raw, view, batch
         self.adopt = adopt  # one large block may still become a view of `raw` (then False)
         self.start = batch.body_start
-        self.nodes, self.buffers = batch.node_list, batch.buffer_list
+        if batch.node_list is None and columns > _SLICED_COLUMNS:  # cheaper than slicing the arrays
+            batch.lists()
+        self.nodes, self.buffers = batch.node_list, batch.buffer_list  # None: read slices of the arrays
         self.node, self.buf = 0, 0
 
     def _take(self, count: int) -> tuple[list[int], list[int]]:
         """The next node (length, null count) and its `count` buffers (offset, length, ...)."""
         nodes, buffers = self.nodes, self.buffers
+        if nodes is None:  # a large header's arrays: the same slices, as lists
+            nodes, buffers = self.batch.node_array, self.batch.buffer_array
+            if 2 * self.node >= len(nodes) or 2 * (self.buf + count) > len(buffers):
+                raise PeerError("Arrow record batch has fewer nodes or buffers than its schema")
+            node, bufs = nodes[2 * self.node : 2 * self.node + 2], buffers[2 * self.buf : 2 * (self.buf + count)]
+            self.node, self.buf = self.node + 1, self.buf + count
+            return node.tolist(), bufs.tolist()
         if 2 * self.node >= len(nodes) or 2 * (self.buf + count) > len(buffers):
             raise PeerError("Arrow record batch has fewer nodes or buffers than its schema")
         node, bufs = nodes[2 * self.node : 2 * self.node + 2], buffers[2 * self.buf : 2 * (self.buf + count)]
@@ -1270,7 +1358,13 @@ class _Decoder:
         """All null-free columns of one numpy dtype as one fresh (columns, rows) block, with
         a single strided copy when they sit at a constant stride in the body (as this
         encoder writes them). Columns with a validity bitmap go the slow, checked way."""
-        dtype, positions, node_index, buffer_index, position_array = plan.fixed[tag]
+        dtype, positions, node_index, buffer_index, position_array, gather = plan.fixed[tag]
+        if gather is not None and rows == plan.rows and len(self.batch.node_array):
+            block = self.fixed_at_stride(dtype, rows, gather)
+            if block is not None:
+                return [(block, position_array)]
+        if self.nodes is None:
+            self.nodes, self.buffers = self.batch.lists()
         nodes, buffers, start = self.nodes, self.buffers, self.start
         itemsize = dtype.itemsize
         need = rows * itemsize
@@ -1293,22 +1387,73 @@ class _Decoder:
             position_array = position_array[kept]
         count, first = len(offsets), offsets[0]
         step = offsets[1] - first if count > 1 else need
-        if rows and step > 0 and offsets == list(range(first, first + count * step, step)):
-            if step == need:  # one contiguous region
-                block = np.frombuffer(self.raw, dtype, count=count * rows, offset=first).reshape(count, rows)
-                if self.adopt and 2 * block.nbytes >= self.raw.nbytes:
-                    self.adopt = False  # a view of the frame's own buffer; every other column is a copy
-                else:
-                    block = block.copy()
+        if rows and step == need and (count == 1 or offsets == list(range(first, first + count * step, step))):
+            block = np.frombuffer(self.raw, dtype, count=count * rows, offset=first).reshape(count, rows)
+            if self.adopt and 2 * block.nbytes >= self.raw.nbytes:
+                self.adopt = False  # a view of the frame's own buffer; every other column is a copy
             else:
-                block = np.ndarray((count, rows), dtype, buffer=self.raw, offset=first,
-                                   strides=(step, itemsize)).copy()
+                block = block.copy()
+        elif rows and step > 0 and offsets == list(range(first, first + count * step, step)):
+            block = self._strided_block(dtype, rows, count, first, step)
         else:
             block = np.empty((count, rows), dtype)
             for j, offset in enumerate(offsets):
                 block[j] = np.frombuffer(self.raw, dtype, count=rows, offset=offset)
         out.append((block, position_array))
         return out
+
+    def fixed_at_stride(self, dtype: np.dtype, rows: int, gather: tuple[np.ndarray, np.ndarray, bytes]) -> np.ndarray | None:
+        """`fixed_block`'s common case in a few numpy calls on the flat int64 nodes and buffers:
+        every column of the group `rows` long without nulls, without a validity bitmap, its
+        values exactly rows * itemsize bytes, at a constant stride > 0 in the body. None for
+        anything else, which the per-column loop then reads or refuses (naming the column)."""
+        node_take, buffer_take, node_bytes = gather
+        if not rows or self.batch.node_array.take(node_take).tobytes() != node_bytes:
+            return None
+        found = self.batch.buffer_array.take(buffer_take)  # (validity length, value offset, value length) a column
+        count, need = len(found) // 3, rows * dtype.itemsize
+        first = int(found[1])
+        step = int(found[4]) - first if count > 1 else need
+        # (offsets past the body cannot match, and are not computed: no int64 overflow below)
+        if step <= 0 or first + (count - 1) * step > self.batch.body_len:
+            return None
+        if found.tobytes() != _stride_bytes(count, first, step, need):
+            return None
+        return self._strided_block(dtype, rows, count, self.start + first, step)
+
+    def _strided_block(self, dtype: np.dtype, rows: int, count: int, first: int, step: int) -> np.ndarray:
+        """The (count, rows) block of the columns whose values start at `first` in `raw`,
+        `step` bytes apart (> 0): one copy (or, when adopted, a view of `raw`)."""
+        if step == rows * dtype.itemsize:  # one contiguous region
+            block = np.frombuffer(self.raw, dtype, count=count * rows, offset=first).reshape(count, rows)
+            if self.adopt and 2 * block.nbytes >= self.raw.nbytes:
+                self.adopt = False  # a view of the frame's own buffer; every other column is a copy
+                return block
+            return block.copy()
+        return np.ndarray((count, rows), dtype, buffer=self.raw, offset=first, strides=(step, dtype.itemsize)).copy()
+
+
+#: A decoder reads up to this many columns (besides the fixed-width groups) from slices of
+#: a large header's arrays, more from its lists (made once, ~3 us at 67 columns).
+_SLICED_COLUMNS = 8
+#: `fixed_block` gathers the descriptors of groups of at least this many columns with numpy.
+_GATHER_FROM = 4
+_STRIDE_BYTES: dict[tuple[int, int, int, int], bytes] = {}
+
+
+def _stride_bytes(count: int, first: int, step: int, need: int) -> bytes:
+    """(0, first + j * step, need) for j < count, as little-endian int64 bytes, cached for the
+    last few layouts: what `fixed_at_stride` expects of its columns' buffers."""
+    key = (count, first, step, need)
+    data = _STRIDE_BYTES.get(key)
+    if data is None:
+        values = np.zeros((count, 3), dtype=_INT64S)
+        values[:, 1] = first + step * np.arange(count, dtype=np.int64)
+        values[:, 2] = need
+        if len(_STRIDE_BYTES) >= 64:
+            _STRIDE_BYTES.clear()
+        data = _STRIDE_BYTES[key] = values.tobytes()
+    return data
 
 
 _MAX_ASCII_ROWS = 4096  # above this, pyarrow's C++ string conversion wins over slicing in Python
@@ -1449,9 +1594,13 @@ def _decode(data: Any, adopt: bool = False) -> pd.DataFrame:
             raise PeerError(f"Arrow stream declares {rows} rows but holds {batch.rows}")
         if dictionaries or plan.dictionary:
             return _decode_with_pyarrow(buffer, plan)
-    if len(batch.node_list) != 2 * plan.node_count or len(batch.buffer_list) != 2 * plan.buffer_count:
+    if batch.node_list is None:  # (a large header: its arrays)
+        counts = len(batch.node_array), len(batch.buffer_array)
+    else:
+        counts = len(batch.node_list), len(batch.buffer_list)
+    if counts != (2 * plan.node_count, 2 * plan.buffer_count):
         raise PeerError("Arrow record batch has the wrong number of nodes or buffers for its schema")
-    decoder = _Decoder(buffer, raw, view, batch, adopt=adopt and raw.flags.writeable)
+    decoder = _Decoder(buffer, raw, view, batch, adopt=adopt and raw.flags.writeable, columns=len(plan.others))
     pieces: list[tuple[Any, np.ndarray]] = []
     names, tags, types = plan.names, plan.tags, plan.types
     for pos, node, buf, kind in plan.others:

@@ -403,8 +403,7 @@ def test_fast_header_reading_equals_the_flatbuffer_walk(frame):
     assert fast is not None
     plan, fast_batch = fast
     assert (fast_batch.rows, fast_batch.body_start, fast_batch.body_len) == (batch.rows, batch.body_start, batch.body_len)
-    assert fast_batch.node_list == batch.nodes.ravel().tolist()
-    assert fast_batch.buffer_list == batch.buffers.ravel().tolist()
+    assert fast_batch.lists() == (batch.nodes.ravel().tolist(), batch.buffers.ravel().tolist())
 
 
 def test_record_batch_header_template_equals_the_hand_written_layout():
@@ -551,3 +550,139 @@ def test_sample_frame_cells_are_rows_of_one_fresh_block():
     assert cells[4].tolist() == [16, 17, 18, 19]
     frame.at[1, "x"] = np.full(4, 7, np.float64)  # one foreign cell: still the cells' values, in float32
     assert frame_features(frame)[1].tolist() == [7] * 4 and frame_features(frame).dtype == np.float32
+
+
+# ------------------------------------------------------------------ wide headers read as int64 arrays
+def wide_stream(rows: int, frame: pd.DataFrame | None = None) -> tuple[bytearray, int, int]:
+    """An encoded benchmark frame (67 columns: a header read as arrays), its schema decoded once
+    (so that the fast reading applies), and where its nodes and buffers start."""
+    stream = bytearray(encode_dataframe(benchmark_frame(rows) if frame is None else frame))
+    decode_dataframe(bytes(stream))
+    nodes_at = 8 + struct.unpack_from("<i", stream, 4)[0] + 88
+    return stream, nodes_at, nodes_at + 16 * 67 + 8
+
+
+# benchmark_frame: id (node 0, buffers 0-1), label Int64 (node 1, buffers 2-3), path (node 2, buffers 4-6),
+# then f<j>: node 3 + j, validity buffer 7 + 2 j, values buffer 8 + 2 j
+def f_node(j: int) -> int:
+    return 3 + j
+
+
+def f_values(j: int) -> int:
+    return 8 + 2 * j
+
+
+@pytest.mark.parametrize("order", ["two_swapped", "reversed"])
+def test_float_columns_out_of_stride_decode_as_sent(order):
+    from protocol import dataframes as D
+
+    frame = benchmark_frame(50)
+    stream, _, buffers_at = wide_stream(50, frame)
+    offsets = [struct.unpack_from("<q", stream, buffers_at + 16 * f_values(j))[0] for j in range(64)]
+    moved = list(range(64))
+    if order == "two_swapped":
+        moved[0], moved[1] = 1, 0
+    else:
+        moved.reverse()  # a constant stride, but negative
+    for j in range(64):
+        struct.pack_into("<q", stream, buffers_at + 16 * f_values(j), offsets[moved[j]])
+    fast = D._split_fast(memoryview(bytes(stream)))
+    assert fast is not None and fast[1].node_list is None  # read fast, as arrays
+    expected = frame.copy()
+    for j in range(64):
+        expected[f"f{j}"] = frame[f"f{moved[j]}"].to_numpy()
+    pd.testing.assert_frame_equal(decode_dataframe(bytes(stream)), expected)
+
+
+def test_a_float_column_with_an_all_valid_bitmap_decodes_as_sent():
+    frame = benchmark_frame(7)  # (28 bytes a float column, padded to 32: room for one more byte)
+    frame.loc[0, "id"] = -1  # eight 0xff bytes in the body: a bitmap of 7 valid rows
+    stream, _, buffers_at = wide_stream(7, frame)
+    id_values = struct.unpack_from("<q", stream, buffers_at + 16 * 1)[0]
+    struct.pack_into("<qq", stream, buffers_at + 16 * (f_values(5) - 1), id_values, 1)  # f5's validity buffer
+    pd.testing.assert_frame_equal(decode_dataframe(bytes(stream)), frame)
+
+
+@pytest.mark.parametrize("change", ["short", "nulls", "small_buffer"])
+def test_a_bad_float_column_among_many_is_refused_by_name(change):
+    rows = 40
+    stream, nodes_at, buffers_at = wide_stream(rows)
+    if change == "short":
+        struct.pack_into("<q", stream, nodes_at + 16 * f_node(5), rows - 1)
+    elif change == "nulls":
+        struct.pack_into("<q", stream, nodes_at + 16 * f_node(5) + 8, 1)
+    else:
+        struct.pack_into("<q", stream, buffers_at + 16 * f_values(5) + 8, 4 * rows - 4)
+    with pytest.raises(PeerError, match="column 'f5'"):
+        decode_dataframe(bytes(stream))
+
+
+@pytest.mark.parametrize("change, message", [
+    ("offset_past_the_body", "inside the body"), ("negative_offset", "inside the body"),
+    ("misaligned_offset", "aligned"), ("negative_length", "inside the body"), ("overflowing_end", "inside the body"),
+    ("end_past_the_body", "fit"), ("overlapping_buffers", "fit"), ("null_count_above_length", "inconsistent"),
+    ("negative_null_count", "inconsistent"), ("negative_length_and_null_count", "inconsistent"),
+])
+def test_wide_headers_are_checked_like_small_ones(change, message):
+    from protocol import dataframes as D
+
+    stream, nodes_at, buffers_at = wide_stream(16)
+    body_len = struct.unpack_from("<q", stream, nodes_at - 88 + 8 + 24)[0]
+    at = buffers_at + 16 * f_values(9)
+    if change == "offset_past_the_body":
+        struct.pack_into("<q", stream, at, body_len + 8)
+    elif change == "negative_offset":
+        struct.pack_into("<q", stream, at, -8)
+    elif change == "misaligned_offset":
+        struct.pack_into("<q", stream, at, struct.unpack_from("<q", stream, at)[0] + 4)
+    elif change == "negative_length":
+        struct.pack_into("<q", stream, at + 8, -64)
+    elif change == "overflowing_end":
+        struct.pack_into("<qq", stream, at, 1 << 62, 1 << 62)
+    elif change == "end_past_the_body":
+        struct.pack_into("<qq", stream, at, body_len - 8, 64)
+    elif change == "overlapping_buffers":  # each inside the body, together larger than it
+        struct.pack_into("<qq", stream, at, 0, body_len)
+    elif change == "null_count_above_length":
+        struct.pack_into("<q", stream, nodes_at + 16 * f_node(9) + 8, 17)
+    elif change == "negative_null_count":
+        struct.pack_into("<q", stream, nodes_at + 16 * f_node(9) + 8, -1)
+    else:
+        struct.pack_into("<qq", stream, nodes_at + 16 * f_node(9), -5, -3)
+    with pytest.raises(PeerError, match=message):  # read fast
+        D._split_fast(memoryview(bytes(stream)))
+    with pytest.raises(PeerError, match=message):  # the flatbuffer walk
+        D._split_messages(memoryview(bytes(stream)))
+    with pytest.raises(PeerError, match=message):
+        decode_dataframe(bytes(stream))
+
+
+def test_header_checks_on_arrays_agree_with_the_checks_on_lists():
+    from protocol import dataframes as D
+
+    rng = np.random.default_rng(3)
+    body_len = 4096
+    odd = [-1, -8, -(1 << 63), (1 << 63) - 1, 1 << 62, body_len, body_len + 8, body_len - 8, 4, 3, 0]
+    agreed = refused = 0
+    for trial in range(3000):
+        nn, nb = int(rng.integers(1, 80)), int(rng.integers(1, 160))
+        lengths = rng.integers(0, 100, nn)
+        nodes = np.stack([lengths, rng.integers(0, lengths + 1)], axis=1).ravel()
+        sizes = rng.integers(0, 4, nb) * 8
+        buffers = np.stack([8 * rng.integers(0, (body_len - 32) // 8, nb), sizes], axis=1).ravel()
+        for _ in range(int(rng.integers(0, 3))):  # a few odd values in either
+            target = nodes if rng.random() < 0.4 else buffers
+            target[rng.integers(0, len(target))] = odd[rng.integers(0, len(odd))]
+        if trial % 7 == 0:  # sizes each inside the body, summing past it
+            buffers[1::2] = body_len // 8
+            buffers[0::2] = 0
+        rows = -1 if trial % 101 == 0 else 16
+        try:
+            D._check_batch_values(rows, nodes.tolist(), buffers.tolist(), body_len)
+            expected = True
+        except PeerError:
+            expected = False
+        assert D._batch_arrays_ok(rows, nodes, buffers, body_len) is expected, (nodes.tolist(), buffers.tolist())
+        agreed += expected
+        refused += not expected
+    assert agreed > 300 and refused > 300  # both outcomes well covered
