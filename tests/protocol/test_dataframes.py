@@ -603,6 +603,18 @@ def test_a_float_column_with_an_all_valid_bitmap_decodes_as_sent():
     pd.testing.assert_frame_equal(decode_dataframe(bytes(stream)), frame)
 
 
+def test_a_validity_bitmap_that_disagrees_with_its_null_count_is_refused():
+    """pyarrow believes the declared null count over the bitmap: row 2 marked null under a null
+    count of 0 was read as its value."""
+    frame = benchmark_frame(7)
+    frame.loc[0, "id"] = -5  # 0xfb then 0xff...: a bitmap with row 2 null
+    stream, _, buffers_at = wide_stream(7, frame)
+    id_values = struct.unpack_from("<q", stream, buffers_at + 16 * 1)[0]
+    struct.pack_into("<qq", stream, buffers_at + 16 * (f_values(5) - 1), id_values, 1)  # f5's validity buffer
+    with pytest.raises(PeerError, match="null count does not match the validity bitmap"):
+        decode_dataframe(bytes(stream))
+
+
 @pytest.mark.parametrize("change", ["short", "nulls", "small_buffer"])
 def test_a_bad_float_column_among_many_is_refused_by_name(change):
     rows = 40
