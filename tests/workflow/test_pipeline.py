@@ -44,6 +44,12 @@ def test_default_scenario_runs_and_summarizes(finished_run: Workdir) -> None:
     assert by_round["r02"]["retrained"] == "True"
     assert float(by_round["r02"]["accuracy_after"]) > float(by_round["r02"]["accuracy_before"])
     assert by_round["r01"]["labels_used"] == "0", "monitoring a clean round must spend no labels"
+    # the decision of each round, and each label-free estimate's error against the held-out truth
+    assert by_round["r01"]["decision"] == "stable" and by_round["r02"]["decision"] == "retrain"
+    for row in rows:
+        for name in ("atc", "doc"):
+            assert float(row[f"estimate_{name}_error"]) == pytest.approx(
+                float(row[f"estimate_{name}"]) - float(row["accuracy_before"]), abs=2e-4)
     for name in ("accuracy.svg", "labels.svg", "fleet_accuracy.svg", "queue_wait.svg"):
         assert (finished_run.path / "results/plots" / name).read_text().lstrip().startswith("<?xml")
     for round_id in by_round:

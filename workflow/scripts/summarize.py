@@ -18,11 +18,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 COLUMNS = ["edge", "round", "shift", "flagged", "decision", "accuracy_before", "accuracy_after", "accuracy_after_in_sample",
-           "estimate_atc", "estimate_doc", "retrained", "labels_used", "pooled_labels", "from_peer", "queue_wait", "checkpoint", "sha256"]
+           "estimate_atc", "estimate_doc", "estimate_atc_error", "estimate_doc_error", "retrained", "labels_used", "pooled_labels", "from_peer", "queue_wait", "checkpoint", "sha256"]
 
 
 def _rounded(value) -> float | None:
     return None if value is None else round(float(value), 4)
+
+
+def _error(estimate, truth) -> float | None:
+    """estimate - truth (positive: the estimate flatters the model), None without both."""
+    return None if estimate is None or truth is None else round(float(estimate) - float(truth), 4)
 
 
 def read_rows(edges: list[str], metrics_files: list[str], checkpoint_files: list[str]) -> list[dict]:
@@ -41,6 +46,9 @@ def read_rows(edges: list[str], metrics_files: list[str], checkpoint_files: list
             "accuracy_after_in_sample": _rounded(metrics["accuracy_after_in_sample"]),
             "estimate_atc": _rounded(metrics.get("estimate_atc")),  # label-free, information only
             "estimate_doc": _rounded(metrics.get("estimate_doc")),
+            # how far each was from the truth it estimates (the held-out accuracy before): its error, round by round
+            "estimate_atc_error": _error(metrics.get("estimate_atc"), metrics["accuracy_before"]),
+            "estimate_doc_error": _error(metrics.get("estimate_doc"), metrics["accuracy_before"]),
             "retrained": bool(metrics["retrained"]),
             "labels_used": int(metrics["labels_used"]),
             # a fleet sharing its zoo: another edge's labels of this round trained on too; the start came from another edge
