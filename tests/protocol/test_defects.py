@@ -559,7 +559,9 @@ def test_k_long_error_message_is_truncated(start_server):
         running.ask("prep_retraining")
     assert info.value.code == "callback_error"
     assert "eeee" in info.value.message
-    assert len(info.value.message) <= 4096 + 100
+    # the server's text cut to max_error_chars, after the client's "server error (code): " prefix
+    sent = info.value.message.split(": ", 1)[1]
+    assert len(sent) == protocol.limits.DEFAULT_MAX_ERROR_CHARS
 
 
 # --------------------------------------------------------------------------- n. old-API surprises
