@@ -18,7 +18,7 @@ import pandas as pd
 from . import metadata as md
 from .auth import ReplayGuard, body_mac, head_mac, new_nonce, verify_mac
 from .blocks import RESERVED_EXTRA_KEYS, RequestBlock, ResponseBlock, _checked_request
-from .dataframes import decode_dataframe, encode_dataframe_parts
+from .dataframes import decode_dataframe, encode_dataframe_parts, object_cells
 from .errors import AuthenticationError, LimitExceeded, PeerError, ProtocolError, UsageError
 from .frame import ALIGN, FLAG_MAC, HEADER, KIND_REQUEST, KIND_RESPONSE, MAGIC, VERSION, Head, Header, RawFrame, padded
 from .limits import Limits
@@ -247,6 +247,22 @@ def decode_request(raw: RawFrame, *, token: bytes | None = None, replay_guard: R
         meta.get("round"),
         dict(meta.get("extra") or {}),
     )
+
+
+def decodes_quickly(raw: RawFrame, max_bytes: int, max_cells: int) -> bool:
+    """Whether a request whose head was checked is cheap to decode: at most `max_bytes` of body
+    whose DataFrames make at most `max_cells` Python objects in all, by schemas seen before
+    (`dataframes.object_cells`); a schema not seen yet says no."""
+    if raw.checked is None or raw.header.body_len > max_bytes:
+        return False
+    cells, offset = 0, 0
+    for _, length in raw.checked["sections"]:
+        found = object_cells(raw.body[offset : offset + length])
+        if found is None:
+            return False
+        cells += found
+        offset += padded(length)
+    return cells <= max_cells
 
 
 def decode_response(raw: RawFrame, *, token: bytes | None = None, limits: Limits | None = None) -> ResponseBlock:

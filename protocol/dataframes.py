@@ -921,10 +921,9 @@ class _BatchTemplate:
                 list(self.buffers_struct.unpack_from(header, self.buffers)), _NO_VALUES, _NO_VALUES)
 
 
-def _split_fast(view: memoryview) -> tuple["_Plan", _Message] | None:
-    """A schema seen (and checked) before, one record batch in this encoder's own layout and
-    the end-of-stream marker: the common case, read without walking the flatbuffers. The
-    same checks as `_split_messages` apply; None means: take the general path."""
+def _known_plan(view: memoryview) -> tuple["_Plan", int] | None:
+    """The plan of the stream's schema message and where the next message starts, if that
+    schema was seen (and checked) before and its plan has a fast-read template; else None."""
     total = len(view)
     if total < 16:
         return None
@@ -934,13 +933,38 @@ def _split_fast(view: memoryview) -> tuple["_Plan", _Message] | None:
     global _LAST_PLAN
     key, last = bytes(view[: 8 + length]), _LAST_PLAN  # (one read: threads may decode at once)
     if key == last[0]:  # the last schema again: compared, not hashed (~1 us for 67 columns)
-        plan = last[1]
-    else:
-        plan = _PLANS.get(key)
-        if plan is None or plan.template is None:
-            return None
-        _LAST_PLAN = (key, plan)
-    pos = 8 + length
+        return last[1], 8 + length
+    plan = _PLANS.get(key)
+    if plan is None or plan.template is None:
+        return None
+    _LAST_PLAN = (key, plan)
+    return plan, 8 + length
+
+
+def object_cells(data: Any) -> int | None:
+    """An upper bound on the Python objects decoding this stream makes (rows times its columns
+    that are not plain numpy ones: strings, arrays, nullable and categorical columns), read
+    from its schema if that was decoded before; None when it is not known.
+
+    Decoding costs one copy of the bytes plus ~0.1 us an object: a server may decode a small
+    body on its event loop only when both are small (400 KB of width-1 array cells are 400k
+    objects, 51 ms). Nothing is validated here; `decode_dataframe` does that."""
+    view = memoryview(data)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    known = _known_plan(view)
+    return None if known is None else known[0].rows * len(known[0].others)
+
+
+def _split_fast(view: memoryview) -> tuple["_Plan", _Message] | None:
+    """A schema seen (and checked) before, one record batch in this encoder's own layout and
+    the end-of-stream marker: the common case, read without walking the flatbuffers. The
+    same checks as `_split_messages` apply; None means: take the general path."""
+    known = _known_plan(view)
+    if known is None:
+        return None
+    plan, pos = known
+    total = len(view)
     read = plan.template.read(view, pos)
     if read is None:
         return None

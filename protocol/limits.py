@@ -56,10 +56,13 @@ DEFAULT_TLS_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_MAX_CONNECTIONS = 128
 #: Bytes of frame bodies buffered at once across all connections of a server.
 DEFAULT_MAX_BUFFERED_BYTES = 2 << 30
-#: Bodies up to this size are decoded on the event loop, larger ones in a worker thread.
-#: Decode time is bounded by the bytes received: compressed Arrow bodies and dictionary
-#: deltas are refused, so no column is larger than the body it came in, and the decoder
-#: makes one copy of each buffer plus one Python object a row for str/array columns. At
-#: 512 KiB that is well under a millisecond (a 1,000-row x 67-column frame, 0.3 MB, decodes
-#: in ~0.25 ms), less than a hop to a worker thread and back costs on a loaded loop.
+#: Bodies up to this size, whose DataFrames make at most DEFAULT_DECODE_INLINE_CELLS Python
+#: objects (known from a schema decoded before: `dataframes.object_cells`), are decoded on the
+#: event loop, the others in a worker thread. Decode time is the bytes received (compressed
+#: Arrow bodies and dictionary deltas are refused, so no column is larger than the body it came
+#: in, and each buffer is copied once) plus ~0.1 us an object (one a row for str and array
+#: columns): a 1,000-row x 67-column frame, 0.3 MB and 1,000 objects, decodes in ~0.05 ms,
+#: less than a hop to a worker thread and back (~0.05 ms on an idle loop, more on a loaded
+#: one); 0.4 MB of width-1 array cells, 400k objects, took 51 ms and go to a worker.
 DEFAULT_DECODE_INLINE_BYTES = 512 * 1024
+DEFAULT_DECODE_INLINE_CELLS = 4096

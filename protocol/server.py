@@ -26,14 +26,14 @@ from typing import Any, Callable, Collection
 
 from .auth import DEFAULT_MAX_SKEW_SECONDS, ReplayGuard, normalize_token
 from .blocks import MESSAGE_TYPES, MessageType, RequestBlock, ResponseBlock
-from .codec import decode_request
+from .codec import decode_request, decodes_quickly
 from .connection import ConversationProtocol, start_eagerly
 from .conversation import BodyBudget, ConnectionClosed, Event, RequestReceived, ServerConversation
 from .deadlines import DeadlineQueue
 from .errors import PeerError, ProtocolError, UsageError, describe
 from .loop import loop_name
 from .limits import (
-    DEFAULT_AUTH_TIMEOUT, DEFAULT_DECODE_INLINE_BYTES, DEFAULT_FRAME_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_AUTH_TIMEOUT, DEFAULT_DECODE_INLINE_BYTES, DEFAULT_DECODE_INLINE_CELLS, DEFAULT_FRAME_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_TLS_HANDSHAKE_TIMEOUT, DEFAULT_WRITE_TIMEOUT, Limits,
 )
@@ -275,8 +275,8 @@ class AsyncServer:
         return await self._workers.run(self.callback, *args)
 
     async def decode(self, event: RequestReceived) -> RequestBlock:
-        """Decode a request's body in a worker thread (`_serve` decodes small ones on the loop:
-        see `DEFAULT_DECODE_INLINE_BYTES`)."""
+        """Decode a request's body in a worker thread (`_serve` decodes small ones of few objects
+        on the loop: `codec.decodes_quickly`)."""
         assert self._workers is not None
         return await self._workers.run(
             functools.partial(decode_request, event.frame, token=self.token, limits=self.limits))
@@ -362,7 +362,7 @@ class _ServerProtocol(ConversationProtocol):
         try:
             try:
                 frame = event.frame
-                if frame.header.body_len <= DEFAULT_DECODE_INLINE_BYTES:  # bounded work: on the loop
+                if decodes_quickly(frame, DEFAULT_DECODE_INLINE_BYTES, DEFAULT_DECODE_INLINE_CELLS):  # on the loop
                     request = decode_request(frame, token=server.token, limits=server.limits)
                 else:
                     request = await server.decode(event)

@@ -122,17 +122,20 @@ def request_meta(**fields) -> dict:
 
 # --------------------------------------------------------------------------- a. no decode that can block the loop
 def test_a_large_body_is_decoded_off_the_loop_and_a_small_one_on_it(start_server, monkeypatch):
-    """Bodies up to DEFAULT_DECODE_INLINE_BYTES are decoded on the event loop (their decode
-    is bounded by the bytes received: no hop to a thread), larger ones in a worker. Here a
-    large body's decode is made to take 1.5 s: a handshake sent meanwhile on another
-    connection must still be answered at once. (Fails if large bodies are decoded inline.)"""
-    from protocol.limits import DEFAULT_DECODE_INLINE_BYTES
+    """Bodies up to DEFAULT_DECODE_INLINE_BYTES whose DataFrames make at most
+    DEFAULT_DECODE_INLINE_CELLS Python objects, by a schema decoded before, are decoded on the
+    event loop (no hop to a thread); the others in a worker. Here a large body's decode is made
+    to take 1.5 s: a handshake sent meanwhile on another connection must still be answered at
+    once. A small body of 100k one-byte array cells (100k objects) goes to a worker too, also
+    once its schema is known, and a small plain one only the first time its schema is seen.
+    (Fails if large bodies, or small ones of many objects, are decoded inline.)"""
+    from protocol.limits import DEFAULT_DECODE_INLINE_BYTES, DEFAULT_DECODE_INLINE_CELLS
 
-    decoded_in: dict[int, int] = {}  # body length -> thread that decoded it
+    decoded_in: list[tuple[int, int]] = []  # (body length, thread that decoded it), in order
     real_decode = protocol.server.decode_request
 
     def slow_for_large(frame, **kwargs):
-        decoded_in[frame.header.body_len] = threading.get_ident()
+        decoded_in.append((frame.header.body_len, threading.get_ident()))
         if frame.header.body_len > DEFAULT_DECODE_INLINE_BYTES:
             time.sleep(1.5)
         return real_decode(frame, **kwargs)
@@ -148,6 +151,8 @@ def test_a_large_body_is_decoded_off_the_loop_and_a_small_one_on_it(start_server
     rows = DEFAULT_DECODE_INLINE_BYTES // 8 + 1000  # one int64 column: just over the threshold
     large = pd.DataFrame({"x": np.arange(rows, dtype=np.int64)})
     small = pd.DataFrame({"x": np.arange(10, dtype=np.int64)})
+    cells = pd.DataFrame({"a": list(np.arange(100_000, dtype=np.uint8).reshape(-1, 1))})  # array[uint8], width 1
+    assert len(cells) > DEFAULT_DECODE_INLINE_CELLS
 
     async def scenario() -> float:
         client = AsyncClient(server.port, timeout=10)
@@ -159,18 +164,43 @@ def test_a_large_body_is_decoded_off_the_loop_and_a_small_one_on_it(start_server
         answered = time.monotonic() - asked
         assert await big == (False, f"normal:{rows}")
         assert time.monotonic() - started >= 1.5  # the slow decode did run
-        assert await client.send_data("normal", small) == (False, "normal:10")
+        for frame in (small, small, cells, cells):
+            assert await client.send_data("normal", frame) == (False, f"normal:{len(frame)}")
         return answered
 
     answered = asyncio.run(scenario())
     assert answered < 0.75, f"a handshake waited {answered:.2f} s behind a large body's decode"
-    handshake, small_body, large_body = sorted(decoded_in)  # body lengths of the three requests
-    assert handshake == 0 < small_body <= DEFAULT_DECODE_INLINE_BYTES < large_body
-    for length, thread in decoded_in.items():
-        if length > DEFAULT_DECODE_INLINE_BYTES:
-            assert thread != loop_thread[0], "a large body was decoded on the event loop"
-        else:
-            assert thread == loop_thread[0], f"a body of {length} bytes was sent to a worker thread"
+    lengths = [length for length, _ in decoded_in]
+    on_loop = [thread == loop_thread[0] for _, thread in decoded_in]
+    assert lengths[0] > DEFAULT_DECODE_INLINE_BYTES and lengths[1] == 0  # the large body, the handshake
+    assert lengths[4] == lengths[5] <= DEFAULT_DECODE_INLINE_BYTES  # the cells, a small body
+    assert on_loop == [False, True,  # the large body in a worker, the handshake on the loop
+                       False, True,  # the small body: its schema first seen in a worker, then on the loop
+                       False, False]  # 100k objects: in a worker, schema known or not
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4"])
+def test_a_compressed_section_over_a_socket_is_refused_before_it_is_inflated(server, codec):
+    """A request whose query_data section is a compressed Arrow stream of 400 MB of zeros (a few
+    KB with zstd): answered `bad_frame` at once, with nothing inflated, and the server serves on."""
+    import pyarrow as pa
+
+    rows = 50_000_000  # 400 MB once decompressed
+    schema = pa.schema([pa.field("a", pa.int64(), metadata={b"driftloop.dtype": b"int64"})],
+                       metadata={b"driftloop.rows": str(rows).encode()})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, schema, options=pa.ipc.IpcWriteOptions(compression=codec)) as writer:
+        writer.write_batch(pa.record_batch([pa.nulls(rows, pa.int64()).fill_null(0)], schema=schema))
+    bomb = sink.getvalue().to_pybytes()
+    assert len(bomb) * 200 < 8 * rows  # (zstd: a few KB; lz4: 1.6 MB)
+    body = pad(bomb)
+    meta = request_meta(sections=[{"name": "query_data", "length": len(bomb)}])
+    before, started = rss_bytes(), time.monotonic()
+    replies = split_frames(server.raw_exchange(raw_frame(meta, body_len=len(body)) + body))
+    took = time.monotonic() - started
+    assert [r["error"]["code"] for r in replies] == ["bad_frame"] and "compressed" in replies[0]["error"]["message"]
+    assert took < 1.0 and rss_bytes() - before < 32 * MiB  # (the server runs in this process)
+    assert server.ask("handshake") == (False, "handshake:None")
 
 
 # --------------------------------------------------------------------------- b. memory before authentication
