@@ -563,6 +563,60 @@ def test_i_drain_timeout_bounds_exit(tmp_path):
         proc.stderr.close()
 
 
+# --------------------------------------------------------------------------- j. replays: by time, and across a restart
+def test_j_a_replayed_request_is_refused_while_fresh_and_as_stale_after_the_window(start_server):
+    """Over a socket, the same signed bytes twice: the second is a replay. Once the skew window
+    (1 s here) has passed, the nonce is forgotten (expiry by time) and the bytes are refused as
+    too old, not served again."""
+    running = start_server(token=TOKEN, max_clock_skew=1.0)
+    signed = request_bytes("handshake", token=TOKEN.encode())
+    first, replay = (split_frames(running.raw_exchange(signed)) for _ in range(2))
+    assert first[0]["error"] is None
+    assert replay[0]["error"]["code"] == "auth_failed" and "replayed" in replay[0]["error"]["message"]
+    time.sleep(1.3)
+    late = split_frames(running.raw_exchange(signed))
+    assert late[0]["error"]["code"] == "auth_failed" and "replayed" not in late[0]["error"]["message"]
+    running.assert_serving(token=TOKEN)
+
+
+def test_j_a_request_signed_before_a_restart_is_refused_by_the_restarted_server(start_server):
+    """The replay cache lives in memory: a restarted server with the same token refuses every
+    request stamped before it started (docs/protocol.md §4), inside the skew window or not."""
+    before = start_server(token=TOKEN)
+    signed = request_bytes("handshake", token=TOKEN.encode())  # stamped now, before the restart
+    assert split_frames(before.raw_exchange(signed))[0]["error"] is None
+    time.sleep(0.1)
+    after = start_server(token=TOKEN)  # a fresh server (its cache empty), the same token, inside the 300 s window
+    refused = split_frames(after.raw_exchange(signed))
+    assert refused[0]["error"]["code"] == "auth_failed"
+    assert "before this server started" in refused[0]["error"]["message"]
+    after.assert_serving(token=TOKEN)
+
+
+# --------------------------------------------------------------------------- l. DataFrames, over a socket
+def test_l_array_cells_past_row_1000_and_fixed_offset_time_zones_arrive_as_sent(start_server):
+    """What the server's callback receives: an array column whose element type widens after row
+    1,000 (300 used to arrive as 44) and fixed-offset time zones (sent, then refused on arrival)."""
+    import datetime as dt
+
+    received: list[pd.DataFrame] = []
+
+    def keep(message_type, query_dataframe, random_dataframe):
+        received.append(query_dataframe)
+        return False, "kept"
+
+    running = start_server(callback=keep)
+    cells = [np.array([i % 100, -(i % 100)], np.int8) for i in range(1001)] + [np.array([300, -200], np.int64)]
+    when = pd.date_range("2024-03-30", periods=len(cells), freq="min", tz=dt.timezone(dt.timedelta(hours=-5, minutes=-30)))
+    sent = pd.DataFrame({"x": cells, "t": when})
+    sent.loc[2, "t"] = pd.NaT
+    assert running.ask("normal", sent) == (False, "kept")
+    got = received[0]
+    assert got["x"].iloc[-1].tolist() == [300, -200]
+    assert all(np.array_equal(a, b) for a, b in zip(got["x"], cells))
+    pd.testing.assert_series_equal(got["t"], sent["t"])
+
+
 # --------------------------------------------------------------------------- k. replies the client accepts
 def oversized(message_type, query_dataframe, random_dataframe):
     if message_type == "normal":
