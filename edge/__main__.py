@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         from protocol import AsyncClient, ProtocolError, read_port_file, read_token_file, run
+        from protocol.loop import chosen_loop
         from protocol.tls import client_context
 
         settings = load_settings(args.config)
@@ -147,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         peers = tuple(read_previous(path, "--peers")["state"] for path in args.peers)
         round_ = EdgeRound(settings, dataset, splits, spec, previous, protocol_exchange(client), store,
                            edge_id=args.edge_id, peers=peers)
-        log.info("edge %s round %s: batch of %d, shift %s, data center at %s:%d (TLS %s)", args.edge_id, spec.id,
-                 len(round_.batch.ids), spec.tag, host, port, "on" if tls else "off")
+        log.info("edge %s round %s: batch of %d, shift %s, data center at %s:%d (TLS %s), %s loop", args.edge_id,
+                 spec.id, len(round_.batch.ids), spec.tag, host, port, "on" if tls else "off", chosen_loop())
         try:
             outcome = run(run_with_client(round_, client))
         except ProtocolError as exc:

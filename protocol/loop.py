@@ -23,6 +23,11 @@ def run(main: Awaitable[T], *, use_uvloop: bool = True) -> T:
         return runner.run(main)  # type: ignore[arg-type]
 
 
+def chosen_loop(use_uvloop: bool = True) -> str:
+    """The loop `run` would use: "uvloop" or "asyncio" (for the command lines' logs)."""
+    return "uvloop" if use_uvloop and loop_factory() is not None else "asyncio"
+
+
 def loop_name() -> str:
     loop: Any = asyncio.get_running_loop()
     return type(loop).__module__.split(".")[0]

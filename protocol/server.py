@@ -167,8 +167,8 @@ class AsyncServer:
         self._server = await self._loop.create_server(lambda: _ServerProtocol(self), self.host, self.port, backlog=512)
         self.port = self._server.sockets[0].getsockname()[1]
         try:
-            log.info("listening on %s:%d (auth=%s, tls=%s)", self.host, self.port, "token" if self.token else "none",
-                     "on" if self.ssl else "off")
+            log.info("listening on %s:%d (auth=%s, tls=%s, loop=%s)", self.host, self.port,
+                     "token" if self.token else "none", "on" if self.ssl else "off", loop_name())
             self._started.set()
             await self._stop.wait()
             await self._shutdown()

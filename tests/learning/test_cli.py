@@ -1,6 +1,7 @@
 """The two command lines as the workflow calls them: real processes, a real server, real rounds."""
 
 import hashlib
+import importlib.util
 import json
 import os
 import signal
@@ -72,6 +73,9 @@ def test_train_serve_rounds_restart(workdir):
         assert "decision=retrain " in second.stdout
     finally:
         assert stop(server) == 0
+    # both command lines run on uvloop when it is installed (the README's install commands add it)
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    assert f"{loop} loop" in first.stderr and f"loop={loop})" in server.stderr.read()
     out = workdir / "results/rounds/r02"
     checkpoint = json.loads((out / "checkpoint.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
