@@ -86,3 +86,34 @@ def test_a_cnn_learns_mnist_from_a_small_subset(mnist):
     seconds = time.perf_counter() - started
     held_out = accuracy(model, mnist.images[splits.evaluation], mnist.labels[splits.evaluation])
     assert held_out >= 0.85, f"held-out accuracy {held_out:.3f} after {seconds:.1f} s"
+
+
+@needs_mnist
+def test_a_harmful_mnist_round_runs_through_the_production_loop(mnist, tmp_path):
+    """config/mnist.yaml's settings (a smaller subset and fewer base epochs, for CI's time: ~15 s),
+    the CNN base trained by the data center, then one round of rotated digits through the edge
+    and the data center in process: flagged, tested on uniform labels, retrained, and better on
+    held-out rows of the shift; a clean round after it goes back to the base for no label."""
+    import dataclasses
+
+    from datacenter.base import train_base
+    from datacenter.state import StateStore
+    from round_helpers import center_over, run_round
+
+    settings = load_settings(CONFIG)
+    settings = dataclasses.replace(settings, dataset=dataclasses.replace(settings.dataset, subset=4000),
+                                   model=dataclasses.replace(settings.model, epochs=5))
+    splits = split_dataset(mnist, settings.dataset, settings.seed)
+    base = train_base(settings, mnist, splits, StateStore(tmp_path / "dc"))
+    assert base["metrics"]["eval_accuracy"] > 0.9
+    center = center_over(tmp_path / "dc", settings, mnist, splits)
+    rotated = run_round(center, settings, mnist, splits, {"id": "r01", "shift": [{"name": "rotate", "degrees": 40}]}, base)
+    m = rotated.metrics  # (seed 0: 0.44 -> 0.75 held out, 10 check labels + 50 queried)
+    assert m["flagged"] and m["decision"] == "retrain" and m["retrained"]
+    assert 0 < m["labels_check"] <= settings.datacenter.harm_check.max_labels
+    assert 0 < m["labels_queried"] <= settings.edge.label_budget
+    assert m["accuracy_after"] > m["accuracy_before"] + 0.2  # held out, with the round's shift
+    # back to clean digits: the base model is recognised and adopted, no label spent
+    clean = run_round(center, settings, mnist, splits, {"id": "r02", "shift": []}, rotated.checkpoint)
+    assert clean.metrics["decision"] == "adopt" and clean.metrics["labels_used"] == 0
+    assert clean.checkpoint["sha256"] == base["sha256"] and clean.metrics["accuracy_after"] > 0.9
