@@ -271,6 +271,23 @@ def test_a_shift_adopted_on_top_of_an_adopted_one_is_measured_from_the_models_ow
     assert not last.metrics["flagged"] and last.metrics["labels_used"] == 0
 
 
+def test_a_pure_label_prior_shift_is_reweighted_not_retrained(trained, settings, digits, splits):
+    """Only the class mix moves (digits 0-4 alone; the pixels of each class as before): the
+    gate flags the outputs, the label-shift test (BBSE) explains them by the priors, and the
+    model is re-weighted (a new checkpoint, its weights untouched) instead of retrained; the
+    harm test runs on the re-weighted model. Held out with the round's priors it does better."""
+    state_dir, base = trained
+    center = center_over(state_dir, settings, digits, splits)
+    out = run_round(center, settings, digits, splits,
+                    {"id": "p02", "shift": [{"name": "label_prior", "classes": [0, 1, 2, 3, 4]}]}, base)
+    m = out.metrics
+    assert m["flagged"] and m["decision"] == "label_shift" and m["label_shift"]
+    assert not m["retrained"] and m["iterations"] == 0 and m["labels_queried"] == 0
+    assert 0 < m["labels_used"] == m["labels_check"] <= settings.datacenter.harm_check.max_labels
+    assert out.checkpoint["sha256"] != base["sha256"]  # the re-weighted model
+    assert m["accuracy_after"] > m["accuracy_before"]  # (0.945 -> 0.984 here)
+
+
 def harm_test_alone(settings):
     """`settings` with the label-free overrule of a benign harm test turned off."""
     import dataclasses
