@@ -239,15 +239,6 @@ class ConversationProtocol(asyncio.BufferedProtocol):
         try:
             if self.closed.done():
                 return
-            transport = self.transport
-            if (transport is not None and transport.is_closing() and not transport.get_write_buffer_size()
-                    and transport.get_extra_info("sslcontext") is None):
-                # A plain transport closed with nothing left to send: connection_lost is already
-                # on its way (the next turn of the loop), so no timer is needed (one a request
-                # on a new connection), nor a shield (a turn of the loop more): `closed` has no
-                # other waiter, and connection_lost does not mind finding it cancelled.
-                await self.closed
-                return
             async with asyncio.timeout(timeout):
                 await asyncio.shield(self.closed)
         except asyncio.TimeoutError:
