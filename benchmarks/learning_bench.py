@@ -352,6 +352,9 @@ def scenario_figures(world: World, records: list[dict]) -> dict:
         "benign_retrained": sum(r["retrained"] for r in benign),
         "harmful": len(harmful), "harmful_missed": sum((not r["flagged"]) or r["decision"] in HARMLESS for r in harmful),
         "harmful_share": mean_or_none([r["after"] / world.ceiling(r["shift"]) for r in harmful]),
+        # the same target round by round: a harmful round rolled back (or left unrecovered) at its
+        # degraded accuracy is neither missed nor adopted, but it shows here
+        "harmful_shares": [r["after"] / world.ceiling(r["shift"]) for r in harmful],
         "flagged_harmful": len(flagged_harmful),
         "adopted_harmless": sum(r["decision"] in HARMLESS for r in flagged_harmful),
         "final": records[-1]["after"], "clean_end": world.held_out(final, []), "clean_start": world.clean_start,
@@ -581,6 +584,8 @@ def report(results: list[dict], fa_results: list[dict], args, notes: list[str], 
             flagged = sum(fig(scenario, "default", "flagged_harmful"))
             adopted = sum(fig(scenario, "default", "adopted_harmless"))
             forgetting = mean_or_none(fig(scenario, "default", "forgetting"))
+            shares = [x for per_seed in fig(scenario, "default", "harmful_shares") for x in (per_seed or [])]
+            below = sum(x < 0.95 for x in shares)
             if scenario == "default scenario":
                 legacy_labels, default_labels = mean_or_none(fig(scenario, "legacy", "labels")), mean_or_none(fig(scenario, "default", "labels"))
                 ratio = None if not legacy_labels else default_labels / legacy_labels
@@ -597,8 +602,9 @@ def report(results: list[dict], fa_results: list[dict], args, notes: list[str], 
                  f"({sum(fig(scenario, 'default', 'benign'))} benign rounds)",
                  verdict(None if not benign_labels else mean_or_none(benign_labels) <= 15 and benign_retrained == 0)),
                 (f"{scenario}: no harmful round missed", f"{missed} of {n_harm}", verdict(missed == 0 if n_harm else None)),
-                (f"{scenario}: harmful rounds ≥ 95% of the ceiling after", "n/a" if share is None else f"{share:.3f}",
-                 verdict(None if share is None else share >= 0.95)),
+                (f"{scenario}: harmful rounds ≥ 95% of the ceiling after", "n/a" if share is None else
+                 f"{share:.3f} on average; round by round {below} of {len(shares)} below 0.95 (lowest "
+                 f"{min(shares):.3f})", verdict(None if share is None else below == 0)),  # (each round: the words)
                 (f"{scenario}: flagged harmful rounds adopted as harmless ≤ 1%", f"{adopted} of {flagged}",
                  verdict(None if not flagged else adopted / flagged <= 0.01)),
                 (f"{scenario}: forgetting ≤ 3 points", "n/a" if forgetting is None else f"{100 * forgetting:.1f} "
