@@ -974,13 +974,10 @@ def _split_fast(view: memoryview) -> tuple["_Plan", _Message] | None:
         return None
     if bytes(view[total - 8 :]) != _EOS:
         return None
-    if node_list is not None:  # (a small header: checked on its lists, as `_check_batch` would)
-        _check_batch_values(rows, node_list, buffer_list, body_len)
     batch = _Message(_RECORD_BATCH, pos, body_start + body_len, body_start, body_len)
     batch.rows, batch.node_list, batch.buffer_list = rows, node_list, buffer_list
-    if node_list is None:
-        batch.node_array, batch.buffer_array = node_array, buffer_array
-        _check_batch(batch)
+    batch.node_array, batch.buffer_array = node_array, buffer_array
+    _check_batch(batch)
     return plan, batch
 
 
@@ -1259,18 +1256,14 @@ class _Decoder:
     def _take(self, count: int) -> tuple[list[int], list[int]]:
         """The next node (length, null count) and its `count` buffers (offset, length, ...)."""
         nodes, buffers = self.nodes, self.buffers
-        if nodes is None:  # a large header's arrays: the same slices, as lists
+        arrays = nodes is None  # a large header's arrays: the same slices, returned as lists
+        if arrays:
             nodes, buffers = self.batch.node_array, self.batch.buffer_array
-            if 2 * self.node >= len(nodes) or 2 * (self.buf + count) > len(buffers):
-                raise PeerError("Arrow record batch has fewer nodes or buffers than its schema")
-            node, bufs = nodes[2 * self.node : 2 * self.node + 2], buffers[2 * self.buf : 2 * (self.buf + count)]
-            self.node, self.buf = self.node + 1, self.buf + count
-            return node.tolist(), bufs.tolist()
         if 2 * self.node >= len(nodes) or 2 * (self.buf + count) > len(buffers):
             raise PeerError("Arrow record batch has fewer nodes or buffers than its schema")
         node, bufs = nodes[2 * self.node : 2 * self.node + 2], buffers[2 * self.buf : 2 * (self.buf + count)]
         self.node, self.buf = self.node + 1, self.buf + count
-        return node, bufs
+        return (node.tolist(), bufs.tolist()) if arrays else (node, bufs)
 
     def _array(self, arrow_type: pa.DataType) -> pa.Array:
         counts = _layout(arrow_type)
@@ -1417,13 +1410,7 @@ class _Decoder:
             position_array = position_array[kept]
         count, first = len(offsets), offsets[0]
         step = offsets[1] - first if count > 1 else need
-        if rows and step == need and (count == 1 or offsets == list(range(first, first + count * step, step))):
-            block = np.frombuffer(self.raw, dtype, count=count * rows, offset=first).reshape(count, rows)
-            if self.adopt and 2 * block.nbytes >= self.raw.nbytes:
-                self.adopt = False  # a view of the frame's own buffer; every other column is a copy
-            else:
-                block = block.copy()
-        elif rows and step > 0 and offsets == list(range(first, first + count * step, step)):
+        if rows and step > 0 and offsets == list(range(first, first + count * step, step)):
             block = self._strided_block(dtype, rows, count, first, step)
         else:
             block = np.empty((count, rows), dtype)
