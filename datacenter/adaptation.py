@@ -20,7 +20,7 @@ from mlcore.datasets import Dataset, Splits
 from mlcore.models import has_fitted_adapter
 from mlcore.seeding import rng_for
 from mlcore.settings import FinetuneSettings
-from mlcore.training import train_model
+from mlcore.training import predict_proba, train_model
 
 
 def replay_indices(splits: Splits, count: int, seed: int, episode: str) -> np.ndarray:
@@ -156,3 +156,52 @@ def _logistic(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
     fit = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000).fit((x - mean) / scale, y)
     weight = fit.coef_[0] / scale
     return weight, float(fit.intercept_[0] - weight @ mean)
+
+
+@dataclass(frozen=True)
+class Adapted:
+    """An episode iteration's model and what went into it (for the registry)."""
+
+    model: nn.Module
+    router: Router | None  # None: the input adapter is off
+    pseudo_labels: int  # unlabelled rows self-training added
+
+
+def adapt(start: nn.Module, train_x: np.ndarray, train_y: np.ndarray, sample_x: np.ndarray, unlabelled_x: np.ndarray,
+          dataset: Dataset, splits: Splits, settings: FinetuneSettings, seed: int, episode: str) -> Adapted:
+    """The model an episode iteration trains from its start, on its labelled rows so far.
+
+    With `settings.input_adapter`, a router is fitted on the episode's rows (`sample_x`, the
+    random sample, and `train_x`) against source rows; if it tells them apart, the start's
+    input adapter is fitted to the labels first. Then a fine-tune (`finetune`), and with
+    `settings.pseudo_confidence` > 0 a second one from the same origin with the rows of
+    `unlabelled_x` (never labelled, never held back) that the first predicts that confidently.
+    Rows are flat features; a pure function of its inputs (the data center's `retrain` and
+    benchmarks/finetune_bench.py both call it).
+    """
+    shape = dataset.image_shape
+    origin, router = start, None
+    if settings.input_adapter:  # undo what of the shift an affine map of the input can, then fine-tune
+        router = fit_router(np.concatenate([sample_x, train_x]), dataset, splits, seed, episode)
+        if router.held_out_accuracy >= ROUTER_MIN_ACCURACY:  # only for inputs that carry the shift
+            origin = fit_input_adapter(start, train_x.reshape(len(train_x), *shape), train_y)
+            origin.adapter.route(router.weight, router.bias)
+    model = finetune(origin, train_x, train_y, dataset, splits, settings, seed, episode)
+    pseudo = confident_rows(model, unlabelled_x, shape, settings.pseudo_confidence)
+    if pseudo is not None:  # self-training: once more from the origin, the confident predictions added
+        model = finetune(origin, np.concatenate([train_x, pseudo[0]]), np.concatenate([train_y, pseudo[1]]),
+                         dataset, splits, settings, seed, episode)
+    return Adapted(model, router, 0 if pseudo is None else len(pseudo[1]))
+
+
+def confident_rows(model: nn.Module, x: np.ndarray, shape: tuple[int, ...],
+                   confidence: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """The rows of `x` that `model` predicts at least `confidence` sure, with that prediction as
+    their label (None: off, no rows, or none so sure)."""
+    if confidence <= 0.0 or not len(x):
+        return None
+    probabilities = predict_proba(model, x.reshape(len(x), *shape))
+    sure = probabilities.max(1) >= confidence
+    if not sure.any():
+        return None
+    return x[sure], probabilities.argmax(1)[sure].astype(np.int64)

@@ -21,7 +21,7 @@ from mlcore.frames import frame_digest
 from mlcore.models import has_fitted_adapter
 from mlcore.training import accuracy, accuracy_of, predict_proba
 
-from .adaptation import ROUTER_MIN_ACCURACY, finetune, fit_input_adapter, fit_router
+from .adaptation import adapt
 from .errors import RequestError
 from .prepare import labelled_rows
 from .selection import likelihood
@@ -62,20 +62,9 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
         start = center.model(episode.start)
         began = time.perf_counter()
         train_x, train_y, _ = data.training_rows()
-        origin = start  # the fine-tune's: the episode's start, its input adapter fitted first if on
-        router = None
-        if config.finetune.input_adapter:  # undo what of the shift an affine map of the input can, then fine-tune
-            router = fit_router(np.concatenate([data.post_x, train_x]), center.dataset, center.splits,
-                                center.settings.seed, episode.id)
-            if router.held_out_accuracy >= ROUTER_MIN_ACCURACY:  # only for inputs that carry the shift
-                origin = fit_input_adapter(start, center.as_images(train_x), train_y)
-                origin.adapter.route(router.weight, router.bias)
-        model = finetune(origin, train_x, train_y, center.dataset, center.splits, config.finetune,
-                         center.settings.seed, episode.id)
-        pseudo = pseudo_rows(center, model, data, config.finetune.pseudo_confidence)
-        if pseudo is not None:  # self-training: once more from the start, the confident predictions added
-            model = finetune(origin, np.concatenate([train_x, pseudo[0]]), np.concatenate([train_y, pseudo[1]]),
-                             center.dataset, center.splits, config.finetune, center.settings.seed, episode.id)
+        adapted = adapt(start, train_x, train_y, data.post_x, unlabelled_rows(data), center.dataset, center.splits,
+                        config.finetune, center.settings.seed, episode.id)
+        model, router = adapted.model, adapted.router
         trained_for = time.perf_counter() - began
         _, sha = save_checkpoint(model, center.model_spec(), center.store.checkpoints)
         center._models.setdefault(sha, model)
@@ -94,7 +83,7 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
             "prequential_accuracy": prequential, "agreement_with_previous": agreement,
             "validation_accuracy": new_score[0], "validation_labels": int(len(data.val_y)), "accepted": accepted,
             "train_labels": int(len(data.y)), "pooled_labels": data.pooled, "replay": int(config.finetune.replay),
-            "pseudo_labels": 0 if pseudo is None else int(len(pseudo[1])),
+            "pseudo_labels": adapted.pseudo_labels,
             "input_adapter": adapter_summary(model),
             "router_held_out_accuracy": None if router is None else round(router.held_out_accuracy, 4),
         }
@@ -181,21 +170,12 @@ def validation_score(center: DataCenter, sha: str, data: EpisodeData) -> tuple[f
     return accuracy_of(probabilities, data.val_y), likelihood(probabilities, data.val_y)
 
 
-def pseudo_rows(center: DataCenter, model: Any, data: EpisodeData,
-                confidence: float) -> tuple[np.ndarray, np.ndarray] | None:
-    """Rows of the random sample that carry no label and are not held back, with `model`'s
-    prediction as their label where it is at least `confidence` sure (None: off, or no such row).
+def unlabelled_rows(data: EpisodeData) -> np.ndarray:
+    """Rows of the random sample that carry no label and are not held back: self-training's pool.
 
     The held-back uniform rows never get a pseudo-label: validation stays on rows the new
     model was not fit to in any way.
     """
-    if confidence <= 0.0 or not len(data.post_x):
-        return None
     # by content: the held-back rows carry no ids (and a training row's bytes are its sample row's)
     labelled = {row.tobytes() for row in np.concatenate([data.val_x, data.x])}
-    free = np.asarray([row.tobytes() not in labelled for row in data.post_x], dtype=bool)
-    probabilities = predict_proba(model, center.as_images(data.post_x[free]))
-    sure = probabilities.max(1) >= confidence
-    if not sure.any():
-        return None
-    return data.post_x[free][sure], probabilities.argmax(1)[sure].astype(np.int64)
+    return data.post_x[np.asarray([row.tobytes() not in labelled for row in data.post_x], dtype=bool)]

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from datacenter.errors import RequestError
-from datacenter.retrain import judge, pseudo_rows
+from datacenter.adaptation import confident_rows
+from datacenter.retrain import judge, unlabelled_rows
 from datacenter.service import DataCenter
 from datacenter.state import EpisodeData, StateStore
 from edge.round_runner import EdgeRound
@@ -52,13 +53,15 @@ def test_pseudo_labels_come_only_from_unlabelled_rows_and_confident_predictions(
     center = DataCenter(settings, digits, splits, StateStore(state_dir))
     model = center.model(base["sha256"])
     data = rotated_episode(digits, splits)
-    assert pseudo_rows(center, model, data, 0.0) is None  # off
-    loose = pseudo_rows(center, model, data, 0.5)
-    strict = pseudo_rows(center, model, data, 0.99)
-    assert loose is not None and 0 < len(loose[1]) <= len(data.post_x) - 20
+    pool = unlabelled_rows(data)
+    assert len(pool) == len(data.post_x) - 20  # the 20 uniform rows (trained on or held back) are left out
+    assert not {row.tobytes() for row in pool} & {row.tobytes() for row in np.concatenate([data.val_x, data.x])}
+    shape = digits.image_shape
+    assert confident_rows(model, pool, shape, 0.0) is None  # off
+    loose = confident_rows(model, pool, shape, 0.5)
+    strict = confident_rows(model, pool, shape, 0.99)
+    assert loose is not None and 0 < len(loose[1]) <= len(pool)
     assert strict is None or len(strict[1]) < len(loose[1])
-    taken = {row.tobytes() for row in loose[0]}
-    assert not taken & {row.tobytes() for row in np.concatenate([data.val_x, data.x])}  # held-back and labelled rows never
     probabilities = predict_proba(model, center.as_images(loose[0]))
     assert (probabilities.max(1) >= 0.5).all() and (probabilities.argmax(1) == loose[1]).all()
 
