@@ -24,16 +24,18 @@ from mlcore.training import predict_proba
 NAN = (math.nan, math.nan)
 
 
-@pytest.mark.parametrize("new, best, start, expected", [
-    ((0.8, -0.5), (0.8, -0.3), (0.6, -1.0), (True, True)),  # ties the best on accuracy: the newer (more labels) wins
-    ((0.6, -0.1), (0.8, -0.3), (0.6, -1.0), (False, True)),  # less accurate than the best so far: kept out
-    ((0.6, -1.1), (0.6, -1.0), (0.6, -1.0), (False, False)),  # the best is the start and the new one is not better
-    ((0.6, -0.9), (0.6, -1.0), (0.6, -1.0), (True, True)),  # same accuracy as the start, more likely: better
-    ((1.0, -0.2), (0.8, -0.5), (0.6, -1.0), (True, True)),
-    (NAN, NAN, NAN, (True, True)),  # no held-back labels: nothing to judge by
+@pytest.mark.parametrize("new, best, start, held_back, expected", [
+    ((0.8, -0.5), (0.8, -0.3), (0.6, -1.0), 5, (True, True)),  # ties the best on accuracy: the newer (more labels) wins
+    ((0.5, -0.9), (1.0, -0.1), (0.0, -5.0), 2, (True, True)),  # one held-back label fewer right: noise, the newer wins
+    ((0.6, -0.1), (0.8, -0.3), (0.6, -1.0), 10, (False, True)),  # two labels fewer right than the best: kept out
+    ((0.0, -3.0), (1.0, -0.1), (0.0, -5.0), 2, (False, True)),  # both held-back labels wrong where the best had both
+    ((0.6, -1.1), (0.6, -1.0), (0.6, -1.0), 5, (False, False)),  # the best is the start and the new one is not better
+    ((0.6, -0.9), (0.6, -1.0), (0.6, -1.0), 5, (True, True)),  # same accuracy as the start, more likely: better
+    ((1.0, -0.2), (0.8, -0.5), (0.6, -1.0), 5, (True, True)),
+    (NAN, NAN, NAN, 0, (True, True)),  # no held-back labels: nothing to judge by
 ])
-def test_judge_keeps_the_model_trained_on_more_labels_unless_it_is_worse(new, best, start, expected):
-    assert judge(new, best, start) == expected
+def test_judge_keeps_the_model_trained_on_more_labels_unless_it_is_worse(new, best, start, held_back, expected):
+    assert judge(new, best, start, held_back) == expected
 
 
 def rotated_episode(digits, splits, n_post=60, n_uniform=20):
