@@ -20,7 +20,9 @@ from mlcore.frames import frame_digest, frame_features, frame_labels
 from mlcore.training import embed, predict_proba
 
 from . import selection
+from .check import looks_hurt
 from .errors import RequestError
+from .estimates import doc_estimate
 from .harm_test import HarmDecision
 from .peers import from_peer, peer_snapshots, with_peer_models
 from .state import Episode, EpisodeData, Snapshot, state_key
@@ -50,7 +52,7 @@ def prepare(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
     start = snapshot.zoo[best].sha256
     child_key = state_key(key, round_id, "prep_retraining",
                           frame_digest(post) + frame_digest(labelled) + str(metadata.get("peers") or ""))
-    verdict = fits_as_is(center, snapshot, start, images, y, len(data.post_ids))
+    verdict = fits_as_is(center, snapshot, start, images, y, center.as_images(data.post_x))
     if verdict.outcome == "more":  # another model may fit as it is: the harm test wants more uniform labels
         return Reply(False, None, {"state": key, "decision": "test", "labels_wanted": verdict.wanted,
                                    "sha256": start, "selection": method})
@@ -115,13 +117,27 @@ def episode_data(post: Any, x: np.ndarray, y: np.ndarray, ids: np.ndarray) -> Ep
 
 
 def fits_as_is(center: DataCenter, snapshot: Snapshot, start: str, images: np.ndarray, labels: np.ndarray,
-               sample_size: int) -> HarmDecision:
-    """The harm test of another zoo model on all the uniform labels: benign means adopt it untrained."""
+               sample: np.ndarray) -> HarmDecision:
+    """The harm test of another zoo model on all the uniform labels: benign means adopt it untrained.
+
+    The same test as the state check's, label-free overrule included (`check.looks_hurt`): the
+    model was chosen because it fit these very labels best, so a benign call on them flatters it
+    (digits mixed scenario, seed 0: a rotate-15 model adopted for rotate 30 at 0.839 held out);
+    its DoC estimate on the random sample (`sample`) does not share that bias.
+    """
     if start == snapshot.current or len(labels) < 2 or not center.settings.datacenter.harm_check.enabled:
         return HarmDecision("harmful", 0, float("nan"), 0.0, 0)  # nothing to adopt: train
-    predicted = predict_proba(center.model(start), images).argmax(1)
-    verdict = center.harm_test(snapshot).decide(predicted == labels)
-    return verdict if verdict.wanted <= sample_size else dataclasses.replace(verdict, outcome="harmful")
+    model = center.model(start)
+    verdict = center.harm_test(snapshot).decide(predict_proba(model, images).argmax(1) == labels)
+    if verdict.wanted > len(sample):
+        return dataclasses.replace(verdict, outcome="harmful")
+    if verdict.outcome == "benign":
+        source_probabilities, source_labels = center.source_view(start)
+        estimate = doc_estimate(source_probabilities, source_labels, predict_proba(model, sample))
+        if looks_hurt(estimate, center.reference_accuracy(snapshot), verdict,
+                      center.settings.datacenter.harm_check.label_free_drop):
+            return dataclasses.replace(verdict, outcome="harmful")
+    return verdict
 
 
 def transferability(center: DataCenter, sha: str, snapshot: Snapshot, post_x: np.ndarray, images: np.ndarray,

@@ -11,6 +11,7 @@ import pytest
 
 from datacenter.errors import RequestError
 from datacenter.adaptation import confident_rows
+from datacenter.prepare import fits_as_is
 from datacenter.retrain import judge, unlabelled_rows
 from datacenter.service import DataCenter
 from datacenter.state import EpisodeData, StateStore
@@ -194,3 +195,34 @@ def frame(digits, ids, labelled=True, wrong=False, shift=()):
     labels = (digits.labels[ids] + int(wrong)) % digits.n_classes if labelled else np.full(len(ids), -1)
     images = apply_image_shifts(digits.images[ids], parse_shift_list(list(shift)), np.random.default_rng(len(ids)))
     return build_sample_frame(ids, images, labels, "st01", "none")
+
+
+def test_a_zoo_model_chosen_on_the_check_labels_is_not_adopted_where_its_label_free_estimate_says_hurt(
+        trained, settings, digits, splits):
+    """prep_retraining's adopt-as-is test is the state check's, label-free overrule included: the
+    zoo model it tests was chosen because it fit these very labels best, so 38 of 40 right can
+    flatter it. Here the labels are picked that way (38 the base model gets right, 2 it gets wrong)
+    from a noisy sample on which its DoC estimate is 0.89 (reference 0.96): not adopted. The same
+    labels on clean data (estimate 0.95) adopt it, and so does the noisy sample with the overrule off."""
+    state_dir, base = trained
+    center = DataCenter(settings, digits, splits, StateStore(state_dir))
+    root = center.store.load(base["state"])
+    other = center.reweighted(base["sha256"], np.array([1.2] + [1.0] * 9))  # the current model: not the one tested
+    snapshot = dataclasses.replace(root, current=other)
+    model = center.model(base["sha256"])
+    rows = splits.stream[:100]
+
+    def verdict(shift, drop):
+        sample = apply_image_shifts(digits.images[rows], parse_shift_list(shift), np.random.default_rng(0))
+        right = predict_proba(model, sample).argmax(1) == digits.labels[rows]
+        chosen = np.concatenate([np.flatnonzero(right)[:38], np.flatnonzero(~right)[:2]])
+        tuned = dataclasses.replace(center.settings, datacenter=dataclasses.replace(
+            center.settings.datacenter, harm_check=dataclasses.replace(center.settings.datacenter.harm_check,
+                                                                       label_free_drop=drop)))
+        judged = DataCenter(tuned, digits, splits, center.store)
+        return fits_as_is(judged, snapshot, base["sha256"], sample[chosen], digits.labels[rows][chosen], sample)
+
+    noisy = [{"name": "noise", "sigma": 0.2}]
+    assert verdict(noisy, 1.0).outcome == "benign"  # the labels alone: 38 of 40 right
+    assert verdict(noisy, 0.04).outcome == "harmful"
+    assert verdict([], 0.04).outcome == "benign"
