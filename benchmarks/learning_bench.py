@@ -516,7 +516,7 @@ def report(results: list[dict], fa_results: list[dict], args, notes: list[str], 
     seeds = [r["seed"] for r in results]
     n = len(results)
     cmd = "python benchmarks/learning_bench.py" + (f" --dataset {args.dataset}" if args.dataset != "digits" else "") + \
-          f" --seeds {args.seeds}" + (" --quick" if args.quick else "") + (f" --jobs {args.jobs}" if args.jobs > 1 else "") + \
+          f" --seeds {args.seeds}" + (f" --first-seed {args.first_seed}" if args.first_seed else "") + (" --quick" if args.quick else "") + (f" --jobs {args.jobs}" if args.jobs > 1 else "") + \
           (f" --parts {args.parts}" if args.parts.upper() != "ABCD" else "") + \
           (f" --scenarios {args.scenarios}" if args.scenarios != "default,mixed" else "")
     intro = [f"# Learning benchmark ({args.dataset}, held-out accuracy, through the production loop)", "",
@@ -754,6 +754,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=("digits", "mnist"), default="digits")
     parser.add_argument("--seeds", type=int, default=None, help="worlds for parts A, C, D (default: 3 digits, 1 mnist)")
+    parser.add_argument("--first-seed", type=int, default=0, help="parts A, C, D run seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--false-alarm-worlds", type=int, default=None, help="extra worlds for part B only")
     parser.add_argument("--stable-rounds", type=int, default=None, help="clean rounds per world in part B")
     parser.add_argument("--gate-draws", type=int, default=None, help="clean samples per world for the gate alone in part B")
@@ -788,9 +789,10 @@ def main(argv: list[str] | None = None) -> int:
                "gate_draws": args.gate_draws if args.gate_draws is not None else (50 if args.quick else 500),
                "strategies": ("margin", "uniform") if args.quick else tuple(STRATEGIES),
                "selections": ("likelihood", "logme") if args.quick else SELECTIONS}
-    jobs = tasks(raw, list(range(args.seeds)), extra, args.quick, options)
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    jobs = tasks(raw, seeds, extra, args.quick, options)
     started = time.monotonic()
-    print(f"learning bench: {args.dataset}, seeds {list(range(args.seeds))} + {extra} part-B worlds, "
+    print(f"learning bench: {args.dataset}, seeds {seeds} + {extra} part-B worlds, "
           f"{len(jobs)} tasks on {args.jobs} process(es)", file=sys.stderr)
     if args.jobs > 1:
         with concurrent.futures.ProcessPoolExecutor(args.jobs) as pool:
