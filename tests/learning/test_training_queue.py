@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-import datacenter.retrain
+import datacenter.adaptation
 from datacenter.queue import TrainingQueue
 from datacenter.server import make_server
 from datacenter.service import DataCenter
@@ -182,7 +182,7 @@ def test_two_edges_train_in_turn_while_checks_are_answered(trained, settings, di
     assert all(outcome.metrics["retrained"] for outcome in expected.values())
 
     center = DataCenter(settings, digits, splits, StateStore(state_dir))
-    real_finetune, lock = datacenter.retrain.finetune, threading.Lock()
+    real_finetune, lock = datacenter.adaptation.finetune, threading.Lock()
     active, peak, calls = [0], [0], []
     training, checks_done = threading.Event(), threading.Event()
     gate: dict[str, bool] = {}
@@ -206,7 +206,7 @@ def test_two_edges_train_in_turn_while_checks_are_answered(trained, settings, di
             with lock:
                 active[0] -= 1
 
-    monkeypatch.setattr(datacenter.retrain, "finetune", finetune)
+    monkeypatch.setattr(datacenter.adaptation, "finetune", finetune)
 
     async def run_edge(edge):
         async with AsyncClient(port, edge_id=edge) as client:
