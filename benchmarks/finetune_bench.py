@@ -75,7 +75,7 @@ def run_seed(job: tuple) -> list[dict]:
             y = world.dataset.labels[rows]
             sample, pool = x[:SAMPLE], np.arange(SAMPLE, BATCH)
             order = rng.permutation(pool)  # uniform labels, nested: the first k of one order
-            ceiling = world.ceiling(shift)
+            ceiling, before = world.ceiling(shift), world.held_out(world.base_model, shift)
             for k in labels:
                 chosen = np.sort(order[:k])
                 for name in recipes:
@@ -85,7 +85,7 @@ def run_seed(job: tuple) -> list[dict]:
                     after = world.held_out(adapted.model, shift)
                     out.append({"seed": seed, "shift": tag, "labels": k, "recipe": name, "after": after,
                                 "ceiling": ceiling, "share": after / ceiling, "clean": world.held_out(adapted.model, []),
-                                "before": world.held_out(world.base_model, shift), "pseudo": adapted.pseudo_labels,
+                                "before": before, "pseudo": adapted.pseudo_labels,
                                 "seconds": time.monotonic() - began})
         print(f"  seed {seed}: {len(out)} fits in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     return out

@@ -27,7 +27,7 @@ def _rounded(value) -> float | None:
 
 def _error(estimate, truth) -> float | None:
     """estimate - truth (positive: the estimate flatters the model), None without both."""
-    return None if estimate is None or truth is None else round(float(estimate) - float(truth), 4)
+    return None if estimate is None or truth is None else _rounded(float(estimate) - float(truth))
 
 
 def read_rows(edges: list[str], metrics_files: list[str], checkpoint_files: list[str]) -> list[dict]:
