@@ -67,7 +67,7 @@ MNIST_FALLBACK = {"dataset": {"name": "mnist", "subset": 6000}}
 
 # the closest reproduction of the code before issue 10 (that code is gone): every flag retrains
 LEGACY = {"datacenter": {"harm_check": {"enabled": False}, "label_shift": False, "selection": "logme", "leep_prior": 1.0,
-                         "finetune": {"input_adapter": False}},
+                         "finetune": {"input_adapter": False}, "stop_query_accuracy": None},
           "edge": {"train_before_query": False}}
 POLICIES = {"legacy": LEGACY, "default": {}}
 
@@ -533,7 +533,7 @@ def report(results: list[dict], fa_results: list[dict], args, notes: list[str], 
              "accuracy on the distribution it was fit to: clean for the base, the round's shift for a model retrained "
              f"or adopted in a round), **benign** at {BENIGN_DROP * 100:.0f} points or less, *mild* in between "
              "(counted in neither). Legacy = `datacenter.harm_check.enabled: false, label_shift: false, selection: "
-             "logme, leep_prior: 1.0, finetune.input_adapter: false`, `edge.train_before_query: false`: the old code is gone, this is the closest reproduction with today's settings "
+             "logme, leep_prior: 1.0, finetune.input_adapter: false, stop_query_accuracy: null`, `edge.train_before_query: false`: the old code is gone, this is the closest reproduction with today's settings "
              "(every flag opens an episode).", ""]
     lines: list[str] = []
     targets: list[tuple[str, str, str]] = []

@@ -98,10 +98,11 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
             kept = {e.sha256 for e in zoo}
             references = {z: w for z, w in references.items() if z in kept} | {sha: predict_proba(model, post_x)}
     converged = iterations >= 2 and agreement >= config.stop_agreement
+    answered = iterations >= 2 and answers_queries(prequential, config.stop_query_accuracy)
     # from the second iteration on, a model trained on more labels still does not beat the start
     stalled = config.stop_on_stall and iterations >= 2 and not beats_start
     more = may_query(edge.label_budget - labels_used, iterations, query_size=edge.query_size,
-                     max_iterations=edge.max_iterations) and not converged and not stalled
+                     max_iterations=edge.max_iterations) and not converged and not answered and not stalled
     child_key = state_key(key, str(metadata.get("round", episode.round)), "retraining", frame_digest(new))
     child = Snapshot(key, episode.round, "retraining", current, zoo,
                      replace(episode, iterations=iterations, labels_used=labels_used,
@@ -111,11 +112,23 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
     return center.checkpoint_reply(more, current, {
         "state": child_key, "sha256": current, "more_needed": more, "iteration": iterations,
         "labels_used": labels_used, "prequential_accuracy": prequential, "agreement": agreement,
-        "converged": converged, "stalled": stalled, "accepted": accepted, "beats_start": beats_start, "trained": sha, "decision": outcome.value,
+        "converged": converged, "answered": answered, "stalled": stalled, "accepted": accepted, "beats_start": beats_start, "trained": sha, "decision": outcome.value,
         "validation_accuracy": new_score[0], "best_validation_accuracy": max(new_score, best_score)[0],
         "queue_wait": ticket.wait,  # seconds this request waited for a training slot (other edges' fine-tunes)
         "training_seconds": round(trained_for, 3),  # the fine-tune itself, in its slot (timing, not a result)
     })
+
+
+def answers_queries(prequential: float | None, threshold: float | None) -> bool:
+    """Did the model entering this iteration already get the newly queried rows right?
+
+    The queries are the rows it was least sure of (margin sampling by default), labelled before
+    it trained on them: a held-out test on the hardest rows of the batch, at no extra label
+    (Zhu et al. 2008's minimum-error stop). Where it gets them right, more of the same rows teach
+    little: inverted digits were at 0.97-0.98 of the ceiling after 10-20 queries and spent 10-20
+    more, each batch 10 of 10 right (benchmarks/results/learning.md).
+    """
+    return threshold is not None and prequential is not None and prequential >= threshold
 
 
 def require_first_fit(episode: Episode, seen: EpisodeData) -> None:

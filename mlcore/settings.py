@@ -96,6 +96,7 @@ class DatacenterSettings:
     label_shift: bool = True  # on a flag, test whether a label-prior shift explains it (BBSE) and re-weight
     leep_prior: float = 0.0  # pseudo-samples per class mapped to itself in LEEP (0 = the paper's LEEP)
     stop_agreement: float = 0.98  # stop an episode when two successive models agree this much
+    stop_query_accuracy: float | None = 0.9  # stop an episode when the model got this share of a query batch right before training on it (None: off)
     recognise_zoo: bool = True  # on a flag, adopt a zoo model whose own window the sample matches (no labels)
     stop_on_stall: bool = False  # stop an episode when a model of its 2nd iteration or later still does not beat its start
     mmd_permutations: int = 200

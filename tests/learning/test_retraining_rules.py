@@ -190,6 +190,34 @@ def test_the_first_retraining_may_train_on_the_check_labels_alone(trained, setti
         center.handle("retraining", None, None, {"state": unlabelled.info["state"], "round": "ff02"})
 
 
+def test_an_episode_stops_once_the_model_already_gets_its_queries_right(trained, settings, digits, splits, tmp_path):
+    """A query batch the model entering the iteration already gets right (prequential accuracy at
+    least stop_query_accuracy) ends the episode once it is trained on; a batch it gets wrong does
+    not, and with the stop off (None) neither does a right one."""
+    state_dir, base = trained
+    rot, post, pool = [{"name": "rotate", "degrees": 30}], splits.stream[:100], splits.stream[100:300]
+    outcome = {}
+    for threshold, kind in ((0.9, "right"), (0.9, "wrong"), (None, "right")):
+        chosen = dataclasses.replace(settings, datacenter=dataclasses.replace(
+            settings.datacenter, stop_agreement=1.0, stop_query_accuracy=threshold))
+        root = tmp_path / f"{threshold}-{kind}"
+        shutil.copytree(state_dir, root)
+        center = DataCenter(chosen, digits, splits, StateStore(root))
+        reply = center.handle("prep_retraining", frame(digits, post[:10], shift=rot),
+                              frame(digits, post, False, shift=rot), {"state": base["state"], "round": "sq01"})
+        first = center.handle("retraining", None, None, {"state": reply.info["state"], "round": "sq01"})
+        assert first.flag and not first.info["answered"]  # no queries yet: nothing to answer
+        images = center.as_images(frame_features(frame(digits, pool, False, shift=rot)))
+        right = predict_proba(center.model(first.sha256), images).argmax(1) == digits.labels[pool]
+        ids = (pool[right] if kind == "right" else pool[~right])[:10]
+        second = center.handle("retraining", frame(digits, ids, shift=rot), None,
+                               {"state": first.info["state"], "round": "sq01"})
+        outcome[threshold, kind] = (second.info["prequential_accuracy"], second.info["answered"], second.flag)
+    assert outcome[0.9, "right"] == (1.0, True, False)
+    assert outcome[0.9, "wrong"] == (0.0, False, True)
+    assert outcome[None, "right"] == (1.0, False, True)
+
+
 def frame(digits, ids, labelled=True, wrong=False, shift=()):
     """A sample frame of rows `ids`, shifted as `shift` says: labelled (wrongly: the next class) or not."""
     labels = (digits.labels[ids] + int(wrong)) % digits.n_classes if labelled else np.full(len(ids), -1)
