@@ -54,7 +54,7 @@ def test_harm_test_defaults_match_the_exact_operating_characteristic():
     # right (truncation at p0): 88% of unhurt rounds, while a 10-point drop passes 9% of the time,
     # a 15-point drop 2% (a midpoint rule let the 10-point drop through one time in five)
     benign, _, labels = simulate(test, 0.97, seed=6)
-    assert 0.85 <= benign <= 0.92 and labels == pytest.approx(40, abs=0.5)
+    assert 0.85 <= benign <= 0.92 and 38 <= labels < 40  # curtailed: a round that cannot pass stops early
     assert 0.05 < test.operating_characteristic(0.87)[0] < 0.12
     assert test.operating_characteristic(0.82)[0] < 0.025
 
@@ -83,18 +83,48 @@ def test_harm_test_steps_and_limits():
     early = test.decide(np.array([False, False, False, False, True, True, True]))
     assert early.outcome == "harmful" and early.labels == early.wanted == 5
     assert early.log_ratio == pytest.approx(4 * math.log(0.13 / 0.05) + math.log(0.87 / 0.95))
-    # three are not enough (2.69), and later correct labels do not undo a decision
-    assert test.decide(np.array([False, False, False, True, True])).outcome == "more"
-    # at the cap: 38/40 = 0.95 >= p0 is benign, 37/40 = 0.925 is harmful
-    for errors, outcome in ((2, "benign"), (3, "harmful")):
+    # three are not enough for Wald's limit (2.69) but doom the truncated test (37 of 40 right
+    # at best): curtailed; two are neither, and later correct labels do not undo a decision
+    doomed = test.decide(np.array([False, False, False, True, True]))
+    assert (doomed.outcome, doomed.labels) == ("harmful", 5) and doomed.log_ratio < test.upper
+    assert test.decide(np.array([False, False, True, True, True])).outcome == "more"
+    # at the cap 38/40 = 0.95 >= p0 is benign; a third error dooms it at once (37/40 < p0 at best)
+    for errors, outcome, labels in ((2, "benign", 40), (3, "harmful", 30)):
         stream = np.ones(40, dtype=bool)
-        stream[np.arange(errors) * 10 + 9] = False  # spread out, so no boundary settles it early
+        stream[np.arange(errors) * 10 + 9] = False  # spread out, so no Wald limit settles it early
         decision = test.decide(stream)
-        assert (decision.outcome, decision.labels) == (outcome, 40)
+        assert (decision.outcome, decision.labels) == (outcome, labels)
     assert HarmTest(0.999, tolerance=0.0).p0 == 0.995 and HarmTest(0.05).p1 == 0.01
     assert HarmTest(0.2, tolerance=0.0, harm=0.19).p1 < HarmTest(0.2, tolerance=0.0, harm=0.19).p0
     with pytest.raises(ValueError):
         HarmTest(0.97, tolerance=0.1, harm=0.1)
+
+
+def uncurtailed(test: HarmTest, correct: np.ndarray) -> tuple[str, int]:
+    """The truncated SPRT without curtailment, written out plainly: (outcome, labels used)."""
+    for seen in test.boundaries():
+        hits = int(correct[:seen].sum())
+        ratio = hits * math.log(test.p1 / test.p0) + (seen - hits) * math.log((1 - test.p1) / (1 - test.p0))
+        if ratio >= test.upper:
+            return "harmful", int(seen)
+        if ratio <= test.lower:
+            return "benign", int(seen)
+    return ("benign" if hits / seen >= test.truncation_accuracy else "harmful"), int(seen)
+
+
+@pytest.mark.parametrize("reference, max_labels", [(0.97, 40), (0.99, 40), (0.9, 60), (0.97, 400)])
+def test_curtailment_changes_no_decision_and_only_saves_labels(reference, max_labels):
+    test = HarmTest(reference, max_labels=max_labels)
+    rng = np.random.default_rng(11)
+    saved = 0
+    for accuracy in (reference, reference - 0.03, reference - 0.06, reference - 0.12):
+        for _ in range(300):
+            stream = rng.random(max_labels) < accuracy
+            decision = test.decide(stream)
+            outcome, labels = uncurtailed(test, stream)
+            assert decision.outcome == outcome and decision.labels <= labels
+            saved += decision.labels < labels
+    assert saved > 0  # some calls did stop before the plain test would have
 
 
 def test_harm_test_from_settings():
