@@ -103,6 +103,7 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
     stalled = config.stop_on_stall and iterations >= 2 and not beats_start
     more = may_query(edge.label_budget - labels_used, iterations, query_size=edge.query_size,
                      max_iterations=edge.max_iterations) and not converged and not answered and not stalled
+    stopped = None if more else stop_reason(converged, answered, stalled)
     child_key = state_key(key, str(metadata.get("round", episode.round)), "retraining", frame_digest(new))
     child = Snapshot(key, episode.round, "retraining", current, zoo,
                      replace(episode, iterations=iterations, labels_used=labels_used,
@@ -112,11 +113,17 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
     return center.checkpoint_reply(more, current, {
         "state": child_key, "sha256": current, "more_needed": more, "iteration": iterations,
         "labels_used": labels_used, "prequential_accuracy": prequential, "agreement": agreement,
-        "converged": converged, "answered": answered, "stalled": stalled, "accepted": accepted, "beats_start": beats_start, "trained": sha, "decision": outcome.value,
+        "converged": converged, "answered": answered, "stalled": stalled, "stopped": stopped, "accepted": accepted, "beats_start": beats_start, "trained": sha, "decision": outcome.value,
         "validation_accuracy": new_score[0], "best_validation_accuracy": max(new_score, best_score)[0],
         "queue_wait": ticket.wait,  # seconds this request waited for a training slot (other edges' fine-tunes)
         "training_seconds": round(trained_for, 3),  # the fine-tune itself, in its slot (timing, not a result)
     })
+
+
+def stop_reason(converged: bool, answered: bool, stalled: bool) -> str:
+    """Why an episode ends, for the round's metrics: the first rule that holds, else the budget
+    (edge.max_iterations or edge.label_budget)."""
+    return "converged" if converged else "answered" if answered else "stalled" if stalled else "budget"
 
 
 def answers_queries(prequential: float | None, threshold: float | None) -> bool:

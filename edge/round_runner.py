@@ -219,7 +219,7 @@ class EdgeRound:
         checked = await self.check()
         normal_info = dict(checked.info)
         decision = str(normal_info.get("decision") or (Decision.HARMFUL.value if checked.flag else Decision.STABLE.value))
-        iterations, selection_info, labels_check = 0, {}, self.oracle.labels_used
+        iterations, selection_info, labels_check, episode_stop = 0, {}, self.oracle.labels_used, None
         if checked.sha256 is not None:
             model, path, sha = self.load(checked.sha256)
         if checked.flag:
@@ -230,6 +230,8 @@ class EdgeRound:
             if prepared.flag:
                 model, path, sha, iterations, last = await self.episode(model, path, sha)
                 decision = str(last.info.get("decision")) if last is not None else Decision.ROLLED_BACK.value
+                # the data center's reason; None: the edge ran out of rows or labels to query
+                episode_stop = None if last is None else last.info.get("stopped")
         retrained = decision == Decision.RETRAIN.value
         from_peer = bool(selection_info.get("from_peer") or normal_info.get("from_peer"))
         probs_after = predict_proba(model, self.batch.images)
@@ -247,7 +249,7 @@ class EdgeRound:
             "flagged": bool(normal_info.get("flagged", checked.flag)), "retrained": retrained,
             "labels_used": self.oracle.labels_used, "labels_check": labels_check,
             "labels_uniform": self.uniform_labels, "labels_queried": int(len(self.queried_rows)),
-            "iterations": iterations, "detector": normal_info.get("detector"), "p_value": normal_info.get("p_value"),
+            "iterations": iterations, "episode_stop": episode_stop, "detector": normal_info.get("detector"), "p_value": normal_info.get("p_value"),
             "statistic": normal_info.get("statistic"), "p_value_original": normal_info.get("p_value_original"),
             "reference_accuracy": normal_info.get("reference_accuracy"),
             "harm_accuracy": normal_info.get("harm_accuracy"), "label_shift": bool(normal_info.get("label_shift")),

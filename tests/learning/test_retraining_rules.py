@@ -87,6 +87,7 @@ def test_an_episode_with_self_training_records_it_is_deterministic_and_helps_on_
                                                      tmp_path / f"{copy}-edge").run())))
     (root, first), (_, second) = outcomes
     assert first.checkpoint["sha256"] == second.checkpoint["sha256"] and first.metrics["retrained"]
+    assert first.metrics["episode_stop"] in ("converged", "answered", "budget")  # why it ended, recorded
     assert first.metrics["accuracy_after"] > first.metrics["accuracy_before"] + 0.1
     entries = [json.loads(p.read_text()) for p in (root / "registry").glob("*.json")]
     adapted = [e for e in entries if e.get("kind") == "adapted" and e.get("round") == "pl01"]
@@ -116,11 +117,12 @@ def test_stop_on_stall_ends_an_episode_whose_models_never_beat_the_start(trained
             out = center.handle("retraining", frame(digits, ids, wrong=True), None, {"state": state, "round": "st01"})
             state, more = out.info["state"], out.flag
             seen.append(out.info["beats_start"])
-        spent[stall] = (len(seen), out.info["decision"], out.info["stalled"])
+        spent[stall] = (len(seen), out.info["decision"], out.info["stalled"], out.info["stopped"])
         assert not any(seen[1:])
-    assert spent[True] == (2, "rolled_back", True)
+    assert spent[True] == (2, "rolled_back", True, "stalled")
     edge = chosen.edge
     assert spent[False][0] == min(edge.max_iterations, edge.label_budget // edge.query_size) > 2 and not spent[False][2]
+    assert spent[False][3] == "budget"
 
 
 def test_a_flag_on_the_data_a_rolled_back_episode_failed_on_spends_no_labels(trained, settings, digits, splits,
@@ -212,10 +214,11 @@ def test_an_episode_stops_once_the_model_already_gets_its_queries_right(trained,
         ids = (pool[right] if kind == "right" else pool[~right])[:10]
         second = center.handle("retraining", frame(digits, ids, shift=rot), None,
                                {"state": first.info["state"], "round": "sq01"})
-        outcome[threshold, kind] = (second.info["prequential_accuracy"], second.info["answered"], second.flag)
-    assert outcome[0.9, "right"] == (1.0, True, False)
-    assert outcome[0.9, "wrong"] == (0.0, False, True)
-    assert outcome[None, "right"] == (1.0, False, True)
+        outcome[threshold, kind] = (second.info["prequential_accuracy"], second.info["answered"], second.flag,
+                                    second.info["stopped"])
+    assert outcome[0.9, "right"] == (1.0, True, False, "answered")
+    assert outcome[0.9, "wrong"] == (0.0, False, True, None)
+    assert outcome[None, "right"] == (1.0, False, True, None)
 
 
 def frame(digits, ids, labelled=True, wrong=False, shift=()):
