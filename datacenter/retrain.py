@@ -71,7 +71,8 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
         best = episode.best or episode.start
         new_score, best_score = validation_score(center, sha, data), validation_score(center, best, data)
         start_score = best_score if best == episode.start else validation_score(center, episode.start, data)
-        accepted, beats_start = judge(new_score, best_score, start_score, len(data.val_y))
+        accepted, beats_start = judge(new_score, None if best == episode.start else best_score, start_score,
+                                      len(data.val_y))
         current = sha if accepted else best
         post_x = center.as_images(data.post_x)
         agreement = float(np.mean(predict_proba(model, post_x).argmax(1) == predict_proba(previous, post_x).argmax(1)))
@@ -170,26 +171,36 @@ def adapter_summary(model: Any) -> dict[str, Any] | None:
 WORSE_BY_LABELS = 2
 
 
-def judge(new: tuple[float, float], best: tuple[float, float], start: tuple[float, float],
+def judge(new: tuple[float, float], best: tuple[float, float] | None, start: tuple[float, float],
           held_back: int) -> tuple[bool, bool]:
-    """(accepted, beats_start) for a model trained on more labels than the best so far.
+    """(accepted, beats_start) for a model trained on more labels than the best so far (None:
+    no fine-tune of the episode has beaten the start yet).
 
     Scores are (accuracy, mean log-likelihood) on the `held_back` uniform labels, often only 2
-    to 10 of them: one label is 10-50 points of accuracy. So the newest model must beat the
-    episode's start (accuracy, then likelihood: the roll-back guard), and then replaces the
-    best so far unless it is wrong on `WORSE_BY_LABELS` more of those labels: one label is
-    noise, and the newer model was trained on all the labels of the best and more. (Requiring
-    it to beat the best kept the first fine-tune in most episodes while later ones were 5-10
-    points better on held-out data; requiring it to tie still kept an early model that got 2
-    of 2 held-back labels right through every later iteration, in episodes whose check had
-    stopped at 5 labels: inverted digits ended at 0.88 held out after 60 labels.)
+    to 12 of them: one label is 8-50 points of accuracy. Until a fine-tune beats the start
+    (accuracy, then likelihood), the newest must (the roll-back guard). After that, the newest
+    replaces the best so far unless it is wrong on `WORSE_BY_LABELS` more of those labels than
+    the best or than the start: one label is noise, and the newer model was trained on all the
+    labels of the best and more. The start is held to the same tolerance, not beaten again: it
+    was chosen because it fit these very labels best, so its score there flatters it (mixed
+    scenario, seed 2, thicker strokes: the start got 12 of 12 right at 0.80 held out; two later
+    fine-tunes got 11, at 0.94 and 0.96 held out, and were turned away, keeping 0.88).
+    (Requiring the newest to beat the best kept the first fine-tune in most episodes while later
+    ones were 5-10 points better on held-out data; requiring it to tie still kept an early model
+    that got 2 of 2 held-back labels right through every later iteration, in episodes whose
+    check had stopped at 5 labels: inverted digits ended at 0.88 held out after 60 labels.)
     NaN scores (no held-back labels) accept.
     """
     if math.isnan(new[0]):
         return True, True
     beats_start = new > start
-    worse_by = round((best[0] - new[0]) * held_back)  # labels the best gets right and the new one not, net
-    return beats_start and worse_by < WORSE_BY_LABELS, beats_start
+    if best is None:
+        return beats_start, beats_start
+
+    def worse_by(other: tuple[float, float]) -> int:  # labels the other gets right and the new one not, net
+        return round((other[0] - new[0]) * held_back)
+
+    return worse_by(best) < WORSE_BY_LABELS and worse_by(start) < WORSE_BY_LABELS, beats_start
 
 
 def validation_score(center: DataCenter, sha: str, data: EpisodeData) -> tuple[float, float]:

@@ -30,9 +30,11 @@ NAN = (math.nan, math.nan)
     ((0.5, -0.9), (1.0, -0.1), (0.0, -5.0), 2, (True, True)),  # one held-back label fewer right: noise, the newer wins
     ((0.6, -0.1), (0.8, -0.3), (0.6, -1.0), 10, (False, True)),  # two labels fewer right than the best: kept out
     ((0.0, -3.0), (1.0, -0.1), (0.0, -5.0), 2, (False, True)),  # both held-back labels wrong where the best had both
-    ((0.6, -1.1), (0.6, -1.0), (0.6, -1.0), 5, (False, False)),  # the best is the start and the new one is not better
-    ((0.6, -0.9), (0.6, -1.0), (0.6, -1.0), 5, (True, True)),  # same accuracy as the start, more likely: better
+    ((0.6, -1.1), None, (0.6, -1.0), 5, (False, False)),  # nothing beat the start yet and the new one does not
+    ((0.6, -0.9), None, (0.6, -1.0), 5, (True, True)),  # same accuracy as the start, more likely: better
     ((1.0, -0.2), (0.8, -0.5), (0.6, -1.0), 5, (True, True)),
+    ((11 / 12, -0.3), (1.0, -0.2), (1.0, -0.25), 12, (True, False)),  # a start that fit these labels: 1 worse is noise
+    ((10 / 12, -0.3), (11 / 12, -0.2), (1.0, -0.25), 12, (False, False)),  # 2 worse than the start: no drift down
     (NAN, NAN, NAN, 0, (True, True)),  # no held-back labels: nothing to judge by
 ])
 def test_judge_keeps_the_model_trained_on_more_labels_unless_it_is_worse(new, best, start, held_back, expected):
