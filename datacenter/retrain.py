@@ -134,9 +134,9 @@ def answers_queries(prequential: float | None, threshold: float | None) -> bool:
     The queries are the rows it was least sure of (margin sampling by default), labelled before
     it trained on them: a held-out test on the hardest rows of the batch, at no extra label
     (Zhu et al. 2008's minimum-error stop). Where it gets them right, more of the same rows teach
-    little: on inverted digits the default scenario's episodes were at 0.98-1.0 of the ceiling
-    after 10-20 queries, then spent 10-20 more on batches the model already got 10 of 10 right
-    (benchmarks/results/learning.md, twelfth session).
+    little: rotate-15 episodes ran on for 20 more labels on batches 9-10 of 10 right, within 2
+    points of where they ended (benchmarks/results/learning.md, twelfth session). Its blind spot
+    is confident errors, which no query batch shows; the held-back labels still judge the model.
     """
     return threshold is not None and prequential is not None and prequential >= threshold
 
