@@ -102,9 +102,10 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
     answered = iterations >= 2 and answers_queries(prequential, config.stop_query_accuracy)
     # from the second iteration on, a model trained on more labels still does not beat the start
     stalled = config.stop_on_stall and iterations >= 2 and not beats_start
-    more = may_query(edge.label_budget - labels_used, iterations, query_size=edge.query_size,
-                     max_iterations=edge.max_iterations) and not converged and not answered and not stalled
-    stopped = None if more else stop_reason(converged, answered, stalled)
+    stopped = stop_reason(converged, answered, stalled,
+                          may_query(edge.label_budget - labels_used, iterations, query_size=edge.query_size,
+                                    max_iterations=edge.max_iterations))
+    more = stopped is None
     child_key = state_key(key, str(metadata.get("round", episode.round)), "retraining", frame_digest(new))
     child = Snapshot(key, episode.round, "retraining", current, zoo,
                      replace(episode, iterations=iterations, labels_used=labels_used,
@@ -122,10 +123,14 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
     })
 
 
-def stop_reason(converged: bool, answered: bool, stalled: bool) -> str:
-    """Why an episode ends, for the round's metrics: the first rule that holds, else the budget
-    (edge.max_iterations or edge.label_budget)."""
-    return "converged" if converged else "answered" if answered else "stalled" if stalled else "budget"
+def stop_reason(converged: bool, answered: bool, stalled: bool, budget_left: bool) -> str | None:
+    """Why an episode ends (the first rule that holds; "budget": edge.max_iterations or
+    edge.label_budget allow no more queries), or None while it goes on."""
+    for reason, holds in (("converged", converged), ("answered", answered), ("stalled", stalled),
+                          ("budget", not budget_left)):
+        if holds:
+            return reason
+    return None
 
 
 def answers_queries(prequential: float | None, threshold: float | None) -> bool:
