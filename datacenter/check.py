@@ -12,9 +12,10 @@
 4. The harm test: a truncated SPRT on uniformly drawn labels of the random sample (the edge
    labels the first `labels_wanted` rows of the frame and asks again). Benign: the candidate
    and its outputs here are adopted (`benign` or `label_shift`), no training; harmful: the
-   flag stands and the edge opens an episode with those labels. A benign call is overruled
+   flag stands and the edge opens an episode with those labels. A benign call is disputed
    when the label-free (DoC) estimate is more than `harm_check.label_free_drop` below the
-   reference and the labels do not contradict it (`looks_hurt`).
+   reference and the labels do not contradict it (`looks_hurt`): the test then runs on to
+   `harm_check.disputed_labels` labels, and they decide (`harm_decision`).
 
 Each request is answered from the frame alone (the labels so far travel in it), so the test
 needs no state of its own between requests.
@@ -32,13 +33,14 @@ from scipy import stats
 from mlcore.contract import Decision, Reply
 from mlcore.frames import frame_digest, frame_features, frame_labels
 from mlcore.models import is_specialist
+from mlcore.settings import HarmCheckSettings
 from mlcore.seeding import rng_for
 from mlcore.training import accuracy_of, predict_proba
 
 from . import detectors
 from .errors import RequestError
 from .estimates import accuracy_estimates, doc_estimate
-from .harm_test import HarmDecision
+from .harm_test import HarmDecision, HarmTest
 from .label_shift import bbse_weights, confusion_matrix, weighted_ks_test
 from .peers import from_peer, with_peer_models
 from .state import Snapshot, ZooEntry, state_key
@@ -48,7 +50,7 @@ if TYPE_CHECKING:
 
 #: Class weights this close to 1 everywhere are no label shift (the flag has another cause).
 MIN_PRIOR_CHANGE = 0.2
-#: The harm test's labels overrule the label-free estimate when their number right would be
+#: The harm test's labels refute the label-free estimate when their number right would be
 #: this unlikely (one-sided binomial) at the estimated accuracy.
 LABELS_CONTRADICT = 0.05
 #: A zoo model's own data again needs more than "not flagged" (p >= alpha): adopting it costs no
@@ -117,18 +119,16 @@ def check(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any])
         candidate = center.reweighted(current, weights)
         probabilities = predict_proba(center.model(candidate), images)
     known = labels >= 0  # the labelled rows come first in the frame, in the edge's random order
-    decision = center.harm_test(snapshot).decide(probabilities[known].argmax(1) == labels[known])
     estimate = doc_estimate(source_probabilities, source_labels, probabilities)  # the candidate's, label-free
+    decision, disputed = harm_decision(center.harm_test(snapshot), probabilities[known].argmax(1) == labels[known],
+                                       estimate, config.harm_check)
     info.update(labels_check=decision.labels, harm_accuracy=decision.accuracy if decision.labels else None,
-                harm_log_ratio=decision.log_ratio, label_shift=weights is not None, estimate_candidate=estimate)
-    if decision.outcome == "benign" and looks_hurt(estimate, info["reference_accuracy"], decision,
-                                                   config.harm_check.label_free_drop):
-        decision = dataclasses.replace(decision, outcome="harmful")
-        info["harm_signal"] = "label_free"
+                harm_log_ratio=decision.log_ratio, label_shift=weights is not None, estimate_candidate=estimate,
+                disputed=disputed)
     if decision.outcome == "more":
         if decision.wanted > len(frame):
             raise RequestError(f"the harm test wants {decision.wanted} labelled rows but the random sample has "
-                               f"{len(frame)} (harm_check.max_labels must not exceed edge.random_sample)")
+                               f"{len(frame)} (harm_check.disputed_labels must not exceed edge.random_sample)")
         return Reply(False, None, {**info, "decision": "test", "labels_wanted": decision.wanted})
     if decision.outcome == "harmful":
         return Reply(True, None, {**info, "decision": Decision.HARMFUL.value, "labels_wanted": 0})
@@ -143,14 +143,35 @@ def check(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any])
                                                       "class_weights": json.dumps([round(float(w), 4) for w in weights])})
 
 
+def harm_decision(test: HarmTest, correct: np.ndarray, estimate: float,
+                  settings: HarmCheckSettings) -> tuple[HarmDecision, bool]:
+    """(decision, disputed): the harm test's call on `correct`; a benign call that the label-free
+    `estimate` disputes (`looks_hurt`) is tested on, to `settings.disputed_labels`, and decided there.
+
+    The test truncated at `max_labels` then runs on with the same Wald limits, curtailment and
+    truncation rule, so the first `max_labels` labels settle nothing it would not. Overruled
+    outright instead (the rule before), a benign call on 39 of 40 right became a retraining
+    wherever DoC reads a shift too low: contrast x0.5, where the CNN's confidence falls 4-12
+    points and its accuracy 0-2 (every benign round the benchmark retrained). At reference 0.972
+    and DoC 0.90, an unhurt round is adopted 67% of the time instead of 33% (the overrule adopted
+    only at 40 of 40 right), a 5-point drop 7.5% instead of 2.9% (the 40 labels alone: 16%;
+    tests/learning/test_decision_math.py).
+    """
+    decision = test.decide(correct)
+    if decision.outcome != "benign" or not looks_hurt(estimate, test.reference_accuracy, decision,
+                                                      settings.label_free_drop):
+        return decision, False
+    return dataclasses.replace(test, max_labels=settings.disputed_labels).decide(correct), True
+
+
 def looks_hurt(estimate: float, reference_accuracy: float, decision: HarmDecision, drop: float) -> bool:
-    """A benign call overruled: the label-free (DoC) estimate is more than `drop` below the
+    """A benign call disputed: the label-free (DoC) estimate is more than `drop` below the
     reference and the harm test's own labels do not contradict it.
 
     40 labels cannot tell 0.92 from 0.96 (P(>= 39 of 40 right | 0.92) ~ 0.16: the harm test
     adopted a contrast x0.5 round at 0.92, reference 0.99, as benign). DoC reads accuracy off the
     fall in confidence and saw that round at 0.90. It is one-sided on purpose: a confident-and-
-    wrong shift (inverted digits) fools it upwards, so it can only turn benign into harmful.
+    wrong shift (inverted digits) fools it upwards, so it only ever disputes a benign call.
     And it is not trusted alone: where the model's confidence falls much further than its
     accuracy (an MLP on contrast x0.5: DoC 0.85, true 0.94) the labels say so, since that
     many right answers would be unlikely (below LABELS_CONTRADICT) at the estimated accuracy.

@@ -1,5 +1,6 @@
 """Label-free accuracy estimates on post-shift outputs: for the report, never a trigger (DoC may
-only overrule a benign harm-test call where its labels allow: `check.looks_hurt`).
+only dispute a benign harm-test call where its labels allow, and then more labels decide:
+`check.harm_decision`).
 
 ATC (Garg et al. 2022) and DoC (Guillory et al. 2021) read the target accuracy off the
 model's confidence, calibrated on labelled source data. They cannot see a model that is

@@ -20,7 +20,7 @@ from mlcore.frames import frame_digest, frame_features, frame_labels
 from mlcore.training import embed, predict_proba
 
 from . import selection
-from .check import looks_hurt
+from .check import harm_decision
 from .errors import RequestError
 from .estimates import doc_estimate
 from .harm_test import HarmDecision
@@ -120,7 +120,7 @@ def fits_as_is(center: DataCenter, snapshot: Snapshot, start: str, images: np.nd
                sample: np.ndarray) -> HarmDecision:
     """The harm test of another zoo model on all the uniform labels: benign means adopt it untrained.
 
-    The same test as the state check's, label-free overrule included (`check.looks_hurt`): the
+    The same test as the state check's, label-free dispute included (`check.harm_decision`): the
     model was chosen because it fit these very labels best, so a benign call on them flatters it
     (digits mixed scenario, seed 0: a rotate-15 model adopted for rotate 30 at 0.839 held out);
     its DoC estimate on the random sample (`sample`) does not share that bias.
@@ -128,15 +128,12 @@ def fits_as_is(center: DataCenter, snapshot: Snapshot, start: str, images: np.nd
     if start == snapshot.current or len(labels) < 2 or not center.settings.datacenter.harm_check.enabled:
         return HarmDecision("harmful", 0, float("nan"), 0.0, 0)  # nothing to adopt: train
     model = center.model(start)
-    verdict = center.harm_test(snapshot).decide(predict_proba(model, images).argmax(1) == labels)
+    source_probabilities, source_labels = center.source_view(start)
+    estimate = doc_estimate(source_probabilities, source_labels, predict_proba(model, sample))
+    verdict, _ = harm_decision(center.harm_test(snapshot), predict_proba(model, images).argmax(1) == labels,
+                               estimate, center.settings.datacenter.harm_check)
     if verdict.wanted > len(sample):
         return dataclasses.replace(verdict, outcome="harmful")
-    if verdict.outcome == "benign":
-        source_probabilities, source_labels = center.source_view(start)
-        estimate = doc_estimate(source_probabilities, source_labels, predict_proba(model, sample))
-        if looks_hurt(estimate, center.reference_accuracy(snapshot), verdict,
-                      center.settings.datacenter.harm_check.label_free_drop):
-            return dataclasses.replace(verdict, outcome="harmful")
     return verdict
 
 

@@ -256,8 +256,8 @@ class EdgeRound:
             "harm_accuracy": normal_info.get("harm_accuracy"), "label_shift": bool(normal_info.get("label_shift")),
             # the flag re-tests a shift adopted on one harm test (check.monitor)
             "confirming": bool(normal_info.get("confirming")),
-            # "label_free" when the DoC estimate of the tested model overruled a benign harm test
-            "harm_signal": normal_info.get("harm_signal"), "estimate_candidate": normal_info.get("estimate_candidate"),
+            # the DoC estimate of the tested model disputed a benign harm test: it ran on (check.harm_decision)
+            "disputed": bool(normal_info.get("disputed")), "estimate_candidate": normal_info.get("estimate_candidate"),
             "estimate_atc": normal_info.get("estimate_atc"), "estimate_doc": normal_info.get("estimate_doc"),
             "strategy": self.settings.edge.strategy,
             "selection": selection_info.get("selection"), "selected_checkpoint": selection_info.get("sha256"),

@@ -289,20 +289,22 @@ def test_a_pure_label_prior_shift_is_reweighted_not_retrained(trained, settings,
 
 
 def harm_test_alone(settings):
-    """`settings` with the label-free overrule of a benign harm test turned off."""
+    """`settings` with the label-free dispute of a benign harm test turned off."""
     import dataclasses
 
     harm = dataclasses.replace(settings.datacenter.harm_check, label_free_drop=1.0)
     return dataclasses.replace(settings, datacenter=dataclasses.replace(settings.datacenter, harm_check=harm))
 
 
-def test_a_benign_harm_test_is_overruled_only_where_the_label_free_estimate_sees_a_drop_the_labels_allow(
+def test_a_benign_harm_test_the_label_free_estimate_disputes_runs_on_and_its_labels_decide(
         trained, settings, digits, splits):
-    """Contrast x0.5 for this MLP: its confidence falls ~10 points, its held-out accuracy 2. A
-    sample whose 40 labelled rows the model gets 39 right: the harm test calls it benign; the
-    DoC estimate is far below the reference, but 39 of 40 right refute it, so it stays benign.
-    With 38 of 40 the labels no longer refute it and the benign call is overruled: harmful,
-    flagged, nothing adopted, and the reply says which signal decided."""
+    """Contrast x0.5 for this MLP: its confidence falls ~10 points, its held-out accuracy 2. One
+    sample, 92 of 100 right, in different orders. Of the first 40 labelled rows, 39 right refute
+    the low DoC estimate, so the benign call stands at 40.
+    38 right do not: the call is disputed and the reply asks for more uniform labels (45, the next
+    step), nothing adopted. Run on (to `disputed_labels`, 80, at most), the labels decide: the next
+    40 all right, benign and adopted; 4 of them wrong, harmful and flagged. The harm test alone adopts
+    at 38 of 40."""
     from mlcore.checkpoints import load_checkpoint
     from mlcore.seeding import rng_for
     from mlcore.shifts import apply_image_shifts, parse_shift_list
@@ -313,26 +315,47 @@ def test_a_benign_harm_test_is_overruled_only_where_the_label_free_estimate_sees
     shifted = apply_image_shifts(digits.images[stream], parse_shift_list([{"name": "contrast", "factor": 0.5}]),
                                  rng_for(0, "overrule-test"))
     model, _ = load_checkpoint(base["checkpoint"], base["sha256"])
-    right = predict_proba(model, shifted).argmax(1) == digits.labels[stream]
-    center = center_over(state_dir, settings, digits, splits)
+    outputs = predict_proba(model, shifted)
+    hits = outputs.argmax(1) == digits.labels[stream]
+    right, wrong = np.flatnonzero(hits), np.flatnonzero(~hits)
+    # right rows of middling confidence (ranks 275-366): the sample's DoC estimate then lands where
+    # 38 right of 40 do not refute it and 39 do
+    right = right[np.argsort(-outputs[right].max(1), kind="stable")][275:367]
     harm = settings.datacenter.harm_check
-    replies = {}
-    for k in (39, 38):  # the labelled rows come first: k right, then 40 - k wrong, then unlabelled-order rest
-        first = np.concatenate([np.flatnonzero(right)[:k], np.flatnonzero(~right)[:harm.max_labels - k]])
-        order = np.concatenate([first, np.setdiff1d(np.arange(len(stream)), first)])[:settings.edge.random_sample]
+    assert harm.disputed_labels == 80 and settings.edge.random_sample >= 80
+
+    def ask(name, first_right, then_right, labelled, config=settings):
+        """One sample (92 rows the model gets right, 8 wrong), in an order that puts `first_right`
+        of 40 right first, then 40 with `then_right` right (the wrong ones first); the first
+        `labelled` rows labelled."""
+        taken = (right, wrong[:8])
+        first = np.concatenate([taken[0][:first_right], taken[1][:40 - first_right]])
+        used = (first_right + then_right, 80 - first_right - then_right)
+        second = np.concatenate([taken[1][40 - first_right:used[1]], taken[0][first_right:used[0]]])
+        order = np.concatenate([first, second, taken[0][used[0]:], taken[1][used[1]:]])
+        assert len(order) == settings.edge.random_sample == 100
         ids = stream[order]
-        frame = build_sample_frame(ids, shifted[order].reshape(len(ids), -1), digits.labels[ids], f"o{k}", "contrast0.5")
-        replies[k] = center.handle("normal", None, frame, {"state": base["state"], "round": f"o{k}"})
-    for reply in replies.values():
-        assert reply.info["labels_check"] == harm.max_labels
-        assert reply.info["harm_accuracy"] >= reply.info["reference_accuracy"] - harm.tolerance  # benign by the SPRT
+        labels = np.where(np.arange(len(ids)) < labelled, digits.labels[ids], -1)
+        frame = build_sample_frame(ids, shifted[order].reshape(len(ids), -1), labels, name, "contrast0.5")
+        reply = center_over(state_dir, config, digits, splits).handle("normal", None, frame,
+                                                                      {"state": base["state"], "round": name})
         assert reply.info["reference_accuracy"] - reply.info["estimate_candidate"] > harm.label_free_drop
-    assert replies[39].info["decision"] == "benign" and not replies[39].flag and "harm_signal" not in replies[39].info
-    assert replies[38].info["decision"] == "harmful" and replies[38].flag
-    assert replies[38].info["harm_signal"] == "label_free" and replies[38].info["state"] == base["state"]
-    alone = center_over(state_dir, harm_test_alone(settings), digits, splits).handle(
-        "normal", None, frame, {"state": base["state"], "round": "o38"})
-    assert alone.info["decision"] == "benign" and not alone.flag  # the harm test alone adopts it
+        return reply
+
+    refuted = ask("o39", 39, 40, 40)
+    assert refuted.info["decision"] == "benign" and not refuted.flag and not refuted.info["disputed"]
+    assert refuted.info["labels_check"] == 40
+    disputed = ask("o38", 38, 40, 40)
+    assert disputed.info["disputed"] and disputed.info["decision"] == "test" and disputed.info["labels_wanted"] == 45
+    assert not disputed.flag and disputed.info["state"] == base["state"]
+    cleared = ask("o38+40", 38, 40, 80)
+    assert cleared.info["disputed"] and 40 < cleared.info["labels_check"] <= 80  # Wald's benign limit may come first
+    assert cleared.info["decision"] == "benign" and not cleared.flag and cleared.info["state"] != base["state"]
+    upheld = ask("o38+36", 38, 36, 80)
+    assert upheld.info["disputed"] and upheld.info["decision"] == "harmful" and upheld.flag
+    assert upheld.info["state"] == base["state"] and 40 < upheld.info["labels_check"] <= 80
+    alone = ask("o38", 38, 40, 40, harm_test_alone(settings))
+    assert alone.info["decision"] == "benign" and not alone.flag and not alone.info["disputed"]
 
 
 def test_an_unfit_model_back_on_source_data_adopts_the_base_without_labels(trained, settings, digits, splits):

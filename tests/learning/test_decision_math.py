@@ -14,7 +14,7 @@ import pytest
 from scipy import stats
 
 from datacenter.estimates import SCORES, accuracy_estimates, atc_estimate, atc_threshold
-from datacenter.check import looks_hurt
+from datacenter.check import harm_decision, looks_hurt
 from datacenter.harm_test import HarmDecision, HarmTest
 from datacenter.label_shift import bbse_weights, confusion_matrix, explains_shift, prior_log_shift, weighted_ks_test
 from edge.strategies import k_center_greedy, select_queries
@@ -139,10 +139,11 @@ def test_harm_test_from_settings():
 CLASSES = 10
 
 
-def test_a_benign_call_is_overruled_by_a_label_free_drop_the_labels_do_not_contradict():
+def test_a_benign_call_is_disputed_by_a_label_free_drop_the_labels_do_not_contradict():
     """The seed-1 contrast round of benchmarks/results/learning.md: reference 0.972, DoC 0.899,
-    39 of 40 right. The harm test alone adopts it; the overrule does not, unless the labels make
-    the estimate unlikely, or the estimate is within `label_free_drop` of the reference."""
+    39 of 40 right. The harm test alone adopts it; the label-free estimate disputes that, unless
+    the labels make the estimate unlikely, or the estimate is within `label_free_drop` of the
+    reference."""
     test = HarmTest(reference_accuracy=0.972)
     right = lambda k: test.decide(np.arange(40) < k)  # noqa: E731 - k of 40 right
     assert right(39).outcome == "benign"
@@ -153,25 +154,39 @@ def test_a_benign_call_is_overruled_by_a_label_free_drop_the_labels_do_not_contr
     assert not looks_hurt(0.50, 0.972, HarmDecision("benign", 0, math.nan, 0.0, 0), drop=0.04)
 
 
-def test_the_overrule_cuts_adopting_a_seven_point_drop_and_leaves_a_benign_round_alone():
-    """Exact over the 40 labels of the truncated test: at 0.92 true accuracy with a DoC estimate of
-    0.90 the harm test alone adopts 16% of the time, with the overrule only when all 40 are right
-    (3.6%); at 0.97 with an estimate near the reference nothing changes."""
-    test = HarmTest(reference_accuracy=0.972)
+def test_a_disputed_call_runs_on_to_twice_the_labels_and_they_decide():
+    """`check.harm_decision` on seeded streams of 80 labels, reference 0.972, DoC estimate 0.90.
 
-    def adopted(truth: float, estimate: float) -> float:
-        total = 0.0
-        for k in range(41):
-            decision = test.decide(np.arange(40) < k)
-            if decision.outcome == "benign" and not looks_hurt(estimate, 0.972, decision, drop=0.04):
-                total += stats.binom.pmf(k, 40, truth)
-        return total
+    Undisputed, it is the harm test's own decision. Disputed, it asks for the next batch while
+    the labels allow it, and decides by the same rules at up to 80 labels. Against overruling a
+    disputed call outright (the rule before), it adopts a truly unhurt round twice as often (0.67
+    against 0.33 here: the overrule adopted only where all 40 labels were right), at the price of
+    adopting a 5-point drop 7.5% of the time instead of 2.9% (the harm test alone: 16%)."""
+    test, settings = HarmTest(reference_accuracy=0.972), HarmCheckSettings()
+    assert settings.disputed_labels == 80
+    rng = np.random.default_rng(10)
 
-    assert adopted(0.92, 1.0) == pytest.approx(stats.binom.sf(38, 40, 0.92), abs=1e-9)  # alone: ~0.16
-    assert adopted(0.92, 1.0) > 0.15
-    assert adopted(0.92, 0.90) == pytest.approx(0.92 ** 40, abs=1e-9) and adopted(0.92, 0.90) < 0.04
-    assert adopted(0.97, 0.96) == pytest.approx(adopted(0.97, 1.0), abs=1e-12)
-    assert adopted(0.97, 0.96) > 0.6
+    def shares(truth: float, runs: int = 2000) -> tuple[float, float, float]:
+        """(adopted, adopted by the overrule, disputed) shares of `runs` streams at accuracy `truth`."""
+        adopted = overruled = disputed = 0
+        for stream in rng.random((runs, 80)) < truth:
+            decision, was_disputed = harm_decision(test, stream, 0.90, settings)
+            alone = test.decide(stream)
+            assert decision.outcome != "more" and decision.labels <= 80
+            if not was_disputed:
+                assert decision == alone
+            else:
+                assert alone.outcome == "benign" and decision.labels > 40
+                assert harm_decision(test, stream[:decision.labels - 1], 0.90, settings)[0].outcome == "more"
+            adopted += decision.outcome == "benign"
+            overruled += alone.outcome == "benign" and not looks_hurt(0.90, 0.972, alone, settings.label_free_drop)
+            disputed += was_disputed
+        return adopted / runs, overruled / runs, disputed / runs
+
+    unhurt, hurt = shares(0.972), shares(0.92)
+    assert unhurt[2] > 0.3 and hurt[2] > 0.08  # the dispute happens, on both
+    assert unhurt[0] > 0.55 and unhurt[0] > 1.6 * unhurt[1]
+    assert hurt[0] < 0.11 < stats.binom.sf(38, 40, 0.92)  # the labels alone: 39 of 40 adopt, ~0.16
 
 
 def classifier_outputs(labels: np.ndarray, rng: np.random.Generator, peak: float = 6.0) -> np.ndarray:

@@ -230,13 +230,15 @@ def frame(digits, ids, labelled=True, wrong=False, shift=()):
     return build_sample_frame(ids, images, labels, "st01", "none")
 
 
-def test_a_zoo_model_chosen_on_the_check_labels_is_not_adopted_where_its_label_free_estimate_says_hurt(
+def test_a_zoo_model_chosen_on_the_check_labels_is_not_adopted_where_its_label_free_estimate_disputes_it(
         trained, settings, digits, splits):
-    """prep_retraining's adopt-as-is test is the state check's, label-free overrule included: the
+    """prep_retraining's adopt-as-is test is the state check's, label-free dispute included: the
     zoo model it tests was chosen because it fit these very labels best, so 38 of 40 right can
     flatter it. Here the labels are picked that way (38 the base model gets right, 2 it gets wrong)
-    from a noisy sample on which its DoC estimate is 0.89 (reference 0.96): not adopted. The same
-    labels on clean data (estimate 0.95) adopt it, and so does the noisy sample with the overrule off."""
+    from a noisy sample on which its DoC estimate is 0.89 (reference 0.96): disputed, the test asks
+    for more labels (45). With 40 more the labels decide: 4 of them wrong, not adopted; all right,
+    adopted. The same 40 labels on clean data (estimate 0.95) adopt it, and so does the noisy
+    sample with the dispute off."""
     state_dir, base = trained
     center = DataCenter(settings, digits, splits, StateStore(state_dir))
     root = center.store.load(base["state"])
@@ -245,10 +247,15 @@ def test_a_zoo_model_chosen_on_the_check_labels_is_not_adopted_where_its_label_f
     model = center.model(base["sha256"])
     rows = splits.stream[:100]
 
-    def verdict(shift, drop):
+    def verdict(shift, drop, then_wrong=None):
+        """40 labels (38 right first, then 2 wrong); `then_wrong`: 40 more, that many wrong first."""
         sample = apply_image_shifts(digits.images[rows], parse_shift_list(shift), np.random.default_rng(0))
         right = predict_proba(model, sample).argmax(1) == digits.labels[rows]
-        chosen = np.concatenate([np.flatnonzero(right)[:38], np.flatnonzero(~right)[:2]])
+        hits, misses = np.flatnonzero(right), np.flatnonzero(~right)
+        chosen = [hits[:38], misses[:2]]
+        if then_wrong is not None:
+            chosen += [misses[2:2 + then_wrong], hits[38:38 + 40 - then_wrong]]
+        chosen = np.concatenate(chosen)
         tuned = dataclasses.replace(center.settings, datacenter=dataclasses.replace(
             center.settings.datacenter, harm_check=dataclasses.replace(center.settings.datacenter.harm_check,
                                                                        label_free_drop=drop)))
@@ -257,5 +264,9 @@ def test_a_zoo_model_chosen_on_the_check_labels_is_not_adopted_where_its_label_f
 
     noisy = [{"name": "noise", "sigma": 0.2}]
     assert verdict(noisy, 1.0).outcome == "benign"  # the labels alone: 38 of 40 right
-    assert verdict(noisy, 0.04).outcome == "harmful"
+    disputed = verdict(noisy, 0.04)
+    assert disputed.outcome == "more" and disputed.wanted == 45
+    assert verdict(noisy, 0.04, then_wrong=4).outcome == "harmful"
+    cleared = verdict(noisy, 0.04, then_wrong=0)
+    assert cleared.outcome == "benign" and cleared.labels > 40
     assert verdict([], 0.04).outcome == "benign"
