@@ -330,6 +330,8 @@ class Loop:
                 "after": w.held_out(w.model(leaving, Path(outcome.checkpoint["checkpoint"])), shift),
                 "entering": entering, "leaving": leaving, "zoo": zoo,
                 "selected": m.get("selected_checkpoint"), "atc": m.get("estimate_atc"), "doc": m.get("estimate_doc"),
+                "estimate_candidate": m.get("estimate_candidate"), "disputed": bool(m.get("disputed")),
+                "episode_stop": m.get("episode_stop"), "iterations": m.get("iterations"),
                 "production_before": m.get("accuracy_before"), "production_after": m.get("accuracy_after"),
                 "state": outcome.checkpoint.get("state"), "seconds": time.monotonic() - started,
             })
