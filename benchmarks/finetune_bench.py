@@ -43,6 +43,7 @@ RECIPES = {
     "replay 800": {"replay": 800},
     "self-training at 0.8": {"pseudo_confidence": 0.8},
     "epochs x2": {"epochs_factor": 2},
+    "lr x2": {"lr_factor": 2},
     "no self-training": {"pseudo_confidence": 0.0},
     "no input adapter": {"input_adapter": False},
 }
@@ -51,10 +52,12 @@ TARGET_SHARE = 0.95
 
 
 def recipe_settings(shipped, overrides: dict):
+    """The shipped settings with a recipe's overrides; `epochs_factor` and `lr_factor` scale the shipped value."""
     overrides = dict(overrides)
-    factor = overrides.pop("epochs_factor", None)
-    if factor:
-        overrides["epochs"] = shipped.epochs * factor
+    for name in ("epochs", "lr"):
+        factor = overrides.pop(f"{name}_factor", None)
+        if factor:
+            overrides[name] = type(getattr(shipped, name))(getattr(shipped, name) * factor)
     return dataclasses.replace(shipped, **overrides)
 
 
