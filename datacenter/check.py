@@ -128,7 +128,7 @@ def check(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any])
     if decision.outcome == "more":
         if decision.wanted > len(frame):
             raise RequestError(f"the harm test wants {decision.wanted} labelled rows but the random sample has "
-                               f"{len(frame)} (harm_check.disputed_labels must not exceed edge.random_sample)")
+                               f"{len(frame)} (harm_check.max_labels and disputed_labels must not exceed edge.random_sample)")
         return Reply(False, None, {**info, "decision": "test", "labels_wanted": decision.wanted})
     if decision.outcome == "harmful":
         return Reply(True, None, {**info, "decision": Decision.HARMFUL.value, "labels_wanted": 0})
