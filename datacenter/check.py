@@ -152,10 +152,10 @@ def harm_decision(test: HarmTest, correct: np.ndarray, estimate: float,
     truncation rule, so the first `max_labels` labels settle nothing it would not. Overruled
     outright instead (the rule before), a benign call on 39 of 40 right became a retraining
     wherever DoC reads a shift too low: contrast x0.5, where the CNN's confidence falls 4-12
-    points and its accuracy 0-2 (every benign round the benchmark retrained). At reference 0.972
-    and DoC 0.90, an unhurt round is adopted 67% of the time instead of 33% (the overrule adopted
-    only at 40 of 40 right), a 5-point drop 7.5% instead of 2.9% (the 40 labels alone: 16%;
-    tests/learning/test_decision_math.py).
+    points and its accuracy 0-2 (on MNIST, every benign round the benchmark retrained). At
+    reference 0.972 and DoC 0.90, an unhurt round is adopted 67% of the time instead of 33% (the
+    overrule adopted only at 40 of 40 right), a 5-point drop 7.5% instead of 2.9% (the 40 labels
+    alone: 16%; tests/learning/test_decision_math.py).
     """
     decision = test.decide(correct)
     if decision.outcome != "benign" or not looks_hurt(estimate, test.reference_accuracy, decision,
