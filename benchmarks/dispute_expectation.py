@@ -35,7 +35,7 @@ def adoption_shares(truth: float, reference: float, estimate: float, settings: H
     test = HarmTest.from_settings(reference, settings)
     run_on = overruled = 0
     for correct in rng.random((streams, settings.disputed_labels)) < truth:
-        run_on += harm_decision(test, correct, estimate, settings)[0].outcome == "benign"
+        run_on += harm_decision(test, correct, estimate, settings, settings.disputed_labels)[0].outcome == "benign"
         alone = test.decide(correct)
         overruled += alone.outcome == "benign" and not looks_hurt(estimate, reference, alone, settings.label_free_drop)
     return run_on / streams, overruled / streams

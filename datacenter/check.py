@@ -121,14 +121,14 @@ def check(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any])
     known = labels >= 0  # the labelled rows come first in the frame, in the edge's random order
     estimate = doc_estimate(source_probabilities, source_labels, probabilities)  # the candidate's, label-free
     decision, disputed = harm_decision(center.harm_test(snapshot), probabilities[known].argmax(1) == labels[known],
-                                       estimate, config.harm_check)
+                                       estimate, config.harm_check, len(frame))
     info.update(labels_check=decision.labels, harm_accuracy=decision.accuracy if decision.labels else None,
                 harm_log_ratio=decision.log_ratio, label_shift=weights is not None, estimate_candidate=estimate,
                 disputed=disputed)
     if decision.outcome == "more":
         if decision.wanted > len(frame):
             raise RequestError(f"the harm test wants {decision.wanted} labelled rows but the random sample has "
-                               f"{len(frame)} (harm_check.max_labels and disputed_labels must not exceed edge.random_sample)")
+                               f"{len(frame)} (harm_check.max_labels must not exceed edge.random_sample)")
         return Reply(False, None, {**info, "decision": "test", "labels_wanted": decision.wanted})
     if decision.outcome == "harmful":
         return Reply(True, None, {**info, "decision": Decision.HARMFUL.value, "labels_wanted": 0})
@@ -143,10 +143,11 @@ def check(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any])
                                                       "class_weights": json.dumps([round(float(w), 4) for w in weights])})
 
 
-def harm_decision(test: HarmTest, correct: np.ndarray, estimate: float,
-                  settings: HarmCheckSettings) -> tuple[HarmDecision, bool]:
+def harm_decision(test: HarmTest, correct: np.ndarray, estimate: float, settings: HarmCheckSettings,
+                  available: int) -> tuple[HarmDecision, bool]:
     """(decision, disputed): the harm test's call on `correct`; a benign call that the label-free
-    `estimate` disputes (`looks_hurt`) is tested on, to `settings.disputed_labels`, and decided there.
+    `estimate` disputes (`looks_hurt`) is tested on, to `settings.disputed_labels` or the
+    `available` rows of the random sample if fewer, and decided there.
 
     The test truncated at `max_labels` then runs on with the same Wald limits, curtailment and
     truncation rule, so the first `max_labels` labels settle nothing it would not. Overruled
@@ -161,7 +162,8 @@ def harm_decision(test: HarmTest, correct: np.ndarray, estimate: float,
     if decision.outcome != "benign" or not looks_hurt(estimate, test.reference_accuracy, decision,
                                                       settings.label_free_drop):
         return decision, False
-    return dataclasses.replace(test, max_labels=settings.disputed_labels).decide(correct), True
+    cap = max(test.max_labels, min(settings.disputed_labels, available))  # a sample of max_labels rows: they decide
+    return dataclasses.replace(test, max_labels=cap).decide(correct), True
 
 
 def looks_hurt(estimate: float, reference_accuracy: float, decision: HarmDecision, drop: float) -> bool:

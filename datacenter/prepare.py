@@ -131,7 +131,7 @@ def fits_as_is(center: DataCenter, snapshot: Snapshot, start: str, images: np.nd
     source_probabilities, source_labels = center.source_view(start)
     estimate = doc_estimate(source_probabilities, source_labels, predict_proba(model, sample))
     verdict, _ = harm_decision(center.harm_test(snapshot), predict_proba(model, images).argmax(1) == labels,
-                               estimate, center.settings.datacenter.harm_check)
+                               estimate, center.settings.datacenter.harm_check, len(sample))
     if verdict.wanted > len(sample):
         return dataclasses.replace(verdict, outcome="harmful")
     return verdict

@@ -82,7 +82,7 @@ class HarmCheckSettings:
     alpha: float = 0.05  # P(call a benign shift harmful)
     beta: float = 0.01  # P(call a harmful shift benign)
     label_free_drop: float = 0.04  # a benign call is disputed when the DoC estimate is this far below the reference, unrefuted by the labels (1: off)
-    disputed_labels: int = 80  # a disputed benign call: the test runs on to this many labels, which decide
+    disputed_labels: int = 80  # a disputed benign call: the test runs on to this many labels (at most the random sample), which decide
     confirm: bool = True  # a benign call is tested once more, on fresh labels, when its shift is seen again and the model's own window still flags it
 
 
@@ -146,10 +146,9 @@ def settings_from_dict(raw: Any) -> Settings:
         raise SettingsError("edge.random_sample: must not exceed edge.batch_size")
     datacenter = settings.datacenter
     harm = datacenter.harm_check
-    if max(harm.max_labels, harm.disputed_labels, datacenter.selection_labels) > settings.edge.random_sample:
-        raise SettingsError("datacenter.harm_check.max_labels, disputed_labels and datacenter.selection_labels: uniform "
-                            "labels come from the random sample, so none may exceed edge.random_sample "
-                            f"({settings.edge.random_sample})")
+    if max(harm.max_labels, datacenter.selection_labels) > settings.edge.random_sample:
+        raise SettingsError("datacenter.harm_check.max_labels and datacenter.selection_labels: uniform labels come "
+                            f"from the random sample, so neither may exceed edge.random_sample ({settings.edge.random_sample})")
     if harm.disputed_labels < harm.max_labels:
         raise SettingsError("datacenter.harm_check.disputed_labels: a disputed call runs on past max_labels "
                             f"({harm.max_labels}), so it may not be smaller")

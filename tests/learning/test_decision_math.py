@@ -170,18 +170,24 @@ def test_a_disputed_call_runs_on_to_twice_the_labels_and_they_decide():
         """(adopted, adopted by the overrule, disputed) shares of `runs` streams at accuracy `truth`."""
         adopted = overruled = disputed = 0
         for stream in rng.random((runs, 80)) < truth:
-            decision, was_disputed = harm_decision(test, stream, 0.90, settings)
+            decision, was_disputed = harm_decision(test, stream, 0.90, settings, 100)
             alone = test.decide(stream)
             assert decision.outcome != "more" and decision.labels <= 80
             if not was_disputed:
                 assert decision == alone
             else:
                 assert alone.outcome == "benign" and decision.labels > 40
-                assert harm_decision(test, stream[:decision.labels - 1], 0.90, settings)[0].outcome == "more"
+                assert harm_decision(test, stream[:decision.labels - 1], 0.90, settings, 100)[0].outcome == "more"
             adopted += decision.outcome == "benign"
             overruled += alone.outcome == "benign" and not looks_hurt(0.90, 0.972, alone, settings.label_free_drop)
             disputed += was_disputed
         return adopted / runs, overruled / runs, disputed / runs
+
+    # a random sample of fewer rows caps the run-on; one of max_labels rows leaves the labels' call
+    stream = np.arange(80) >= 1  # 1 wrong of 40, then all right: disputed at DoC 0.90
+    assert harm_decision(test, stream, 0.90, settings, 100)[0].labels == 65  # Wald's benign limit
+    assert harm_decision(test, stream, 0.90, settings, 60)[0].labels == 60
+    assert harm_decision(test, stream, 0.90, settings, 40) == (test.decide(stream), True)
 
     unhurt, hurt = shares(0.972), shares(0.92)
     assert unhurt[2] > 0.3 and hurt[2] > 0.08  # the dispute happens, on both
