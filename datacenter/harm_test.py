@@ -103,8 +103,9 @@ class HarmTest:
         steps = list(range(self.batch, self.max_labels, self.batch))
         return np.asarray([*steps, self.max_labels], dtype=np.int64)
 
-    def _doomed(self, labels: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    def _doomed(self, labels: np.ndarray, correct: np.ndarray, ratios: np.ndarray) -> np.ndarray:
         """Whether the test can only end harmful, whatever the remaining labels say (curtailment).
+        `ratios`: `_log_ratios(labels, correct)`, which every caller has already computed.
 
         Even with every later label right, the accuracy at `max_labels` stays below
         `truncation_accuracy` and no later boundary reaches Wald's benign limit. At reference 0.97
@@ -113,7 +114,7 @@ class HarmTest:
         """
         remaining = self.max_labels - labels
         best_accuracy = (correct + remaining) / self.max_labels
-        best_ratio = self._log_ratios(labels, correct) + remaining * math.log(self.p1 / self.p0)
+        best_ratio = ratios + remaining * math.log(self.p1 / self.p0)
         return (best_accuracy < self.truncation_accuracy) & (best_ratio > self.lower)
 
     def _log_ratios(self, labels: np.ndarray, correct: np.ndarray) -> np.ndarray:
@@ -133,7 +134,7 @@ class HarmTest:
         looks = looks[looks <= len(correct)]
         ratios = self._log_ratios(looks, hits[looks])
         settled = np.flatnonzero((ratios >= self.upper) | (ratios <= self.lower) | (looks == self.max_labels)
-                                 | self._doomed(looks, hits[looks]))
+                                 | self._doomed(looks, hits[looks], ratios))
         if len(settled) == 0:
             seen = int(looks[-1]) if len(looks) else 0
             accuracy = hits[seen] / seen if seen else math.nan
@@ -162,13 +163,14 @@ class HarmTest:
             alive = np.convolve(alive, stats.binom.pmf(np.arange(step + 1), step, true_accuracy))
             seen = int(boundary)
             k = np.arange(seen + 1)
-            ratio = self._log_ratios(np.full(seen + 1, seen), k)
+            labels = np.full(seen + 1, seen)
+            ratio = self._log_ratios(labels, k)
             if seen == self.max_labels:
                 says_benign = (ratio <= self.lower) | ((ratio < self.upper) & (k / seen >= self.truncation_accuracy))
                 stop = np.ones(seen + 1, dtype=bool)
             else:
                 says_benign = ratio <= self.lower
-                stop = says_benign | (ratio >= self.upper) | self._doomed(np.full(seen + 1, seen), k)
+                stop = says_benign | (ratio >= self.upper) | self._doomed(labels, k, ratio)
             benign += float(alive[says_benign].sum())
             expected += seen * float(alive[stop].sum())
             alive = np.where(stop, 0.0, alive)
