@@ -173,7 +173,8 @@ def adapt(start: nn.Module, train_x: np.ndarray, train_y: np.ndarray, sample_x: 
 
     With `settings.input_adapter`, a router is fitted on the episode's rows (`sample_x`, the
     random sample, and `train_x`) against source rows; if it tells them apart, the start's
-    input adapter is fitted to the labels first. Then a fine-tune (`finetune`), and with
+    input adapter is fitted to the labels first, and routed by that router; if not, with
+    `settings.route_by_confidence`, fitted all the same and routed by the model's confidence. Then a fine-tune (`finetune`), and with
     `settings.pseudo_confidence` > 0 a second one from the same origin with the rows of
     `unlabelled_x` (never labelled, never held back) that the first predicts that confidently.
     Rows are flat features; a pure function of its inputs (the data center's `retrain` and
@@ -186,6 +187,9 @@ def adapt(start: nn.Module, train_x: np.ndarray, train_y: np.ndarray, sample_x: 
         if router.held_out_accuracy >= ROUTER_MIN_ACCURACY:  # only for inputs that carry the shift
             origin = fit_input_adapter(start, train_x.reshape(len(train_x), *shape), train_y)
             origin.adapter.route(router.weight, router.bias)
+        elif settings.route_by_confidence:  # no linear score tells them apart: the model's confidence does
+            origin = fit_input_adapter(start, train_x.reshape(len(train_x), *shape), train_y)
+            origin.adapter.route_by_confidence()
     model = finetune(origin, train_x, train_y, dataset, splits, settings, seed, episode)
     pseudo = confident_rows(model, unlabelled_x, shape, settings.pseudo_confidence)
     if pseudo is not None:  # self-training: once more from the origin, the confident predictions added

@@ -170,7 +170,8 @@ def adapter_summary(model: Any) -> dict[str, Any] | None:
     # the angle of the sampling grid: the adapter turns the image by minus it
     return {"grid_rotation_degrees": round(math.degrees(math.atan2(theta[1, 0], theta[0, 0])), 2),
             "theta": np.round(theta, 4).tolist(), "gain": round(float(adapter.gain.detach()), 4),
-            "bias": round(float(adapter.bias.detach()), 4), "routed": bool(adapter.routed)}
+            "bias": round(float(adapter.bias.detach()), 4), "routed": bool(adapter.routed),
+            "routed_by_confidence": bool(adapter.confident)}
 
 
 #: The newest model replaces the best so far unless it is wrong on at least this many more of

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .atomic import write_bytes_atomic
-from .models import ADAPTER_KEYS, ROUTER_KEYS, ModelSpec, build_model, has_fitted_adapter
+from .models import ADAPTER_KEYS, CONFIDENCE_KEY, ROUTER_KEYS, ModelSpec, build_model, has_fitted_adapter
 
 FORMAT = "driftloop-checkpoint-1"
 
@@ -88,8 +88,10 @@ def load_checkpoint(path: str | Path, sha256: str) -> tuple[nn.Module, ModelSpec
     if isinstance(state, dict) and not any(key in state for key in ROUTER_KEYS):
         # written before models carried an input adapter (theirs is off: the identity), or an
         # adapter without a router (it warps every input)
-        missing = ADAPTER_KEYS if not any(key in state for key in ADAPTER_KEYS) else ROUTER_KEYS
+        missing = ADAPTER_KEYS if not any(key in state for key in ADAPTER_KEYS) else ROUTER_KEYS + (CONFIDENCE_KEY,)
         state = {**state, **{key: value for key, value in model.state_dict().items() if key in missing}}
+    elif isinstance(state, dict) and CONFIDENCE_KEY not in state:  # a router from before routing by confidence
+        state = {**state, CONFIDENCE_KEY: model.state_dict()[CONFIDENCE_KEY]}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -38,7 +38,10 @@ class InputAdapter(nn.Module):
 
     The router is a linear score of the pixels (episode data > 0 >= source data): a routed
     adapter warps only inputs that look like its episode's shift and lets the rest pass, so
-    the model stays right on the source instead of undoing a shift that is not there.
+    the model stays right on the source instead of undoing a shift that is not there. Where no
+    linear score of the pixels tells the shift apart (rotations of MNIST digits, whose natural
+    slant varies as much), the adapter can route by confidence instead (`confident`): the model
+    reads each input both ways and keeps the more confident reading (`AdaptedNet`).
     """
 
     def __init__(self, features: int) -> None:
@@ -50,6 +53,7 @@ class InputAdapter(nn.Module):
         self.register_buffer("route_weight", torch.zeros(features))
         self.register_buffer("route_bias", torch.tensor(0.0))
         self.register_buffer("routed", torch.tensor(False))
+        self.register_buffer("confident", torch.tensor(False))
 
     def set(self, degrees: float = 0.0, gain: float = 1.0, bias: float = 0.0) -> None:
         """Start from a rotation by `degrees` and intensities `gain * x + bias`, and switch on
@@ -68,12 +72,20 @@ class InputAdapter(nn.Module):
             self.route_weight.copy_(torch.as_tensor(weight, dtype=self.route_weight.dtype))
             self.route_bias.fill_(float(bias))
             self.routed.fill_(True)
+            self.confident.fill_(False)
+
+    def route_by_confidence(self) -> None:
+        """Warp an input only where the model is more confident on the warped one (see `AdaptedNet`)."""
+        self.unroute()
+        with torch.no_grad():
+            self.confident.fill_(True)
 
     def unroute(self) -> None:
         with torch.no_grad():
             self.route_weight.zero_()
             self.route_bias.zero_()
             self.routed.fill_(False)
+            self.confident.fill_(False)
 
     def forward(self, x: torch.Tensor, bypass: torch.Tensor | None = None) -> torch.Tensor:
         """`x` as (n, 1, h, w); rows where `bypass` is True pass unchanged (replayed source rows),
@@ -99,10 +111,41 @@ def has_fitted_adapter(model: nn.Module) -> bool:
 def is_specialist(model: nn.Module) -> bool:
     """True for a model whose fitted adapter warps every input (no router): right only on its
     episode's shift, and wrong on the source."""
-    return has_fitted_adapter(model) and not bool(model.adapter.routed)
+    return has_fitted_adapter(model) and not bool(model.adapter.routed) and not bool(model.adapter.confident)
 
 
-class SmallCNN(nn.Module):
+class AdaptedNet(nn.Module):
+    """A body and a head behind an `InputAdapter`; the embedding and the logits go through it.
+
+    An adapter routed by confidence has each input read twice, warped and as it is, and keeps
+    per input the reading whose top class probability is higher: an input of the episode's shift
+    is read right once the warp undoes it, a source input as it was. It costs a second forward
+    pass, and only such a model pays it. With an explicit `bypass` (training: the episode's rows
+    through the adapter, replayed source rows past it) there is no choice to make.
+    """
+
+    def embed(self, x: torch.Tensor, bypass: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def read(self, x: torch.Tensor, bypass: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embedding, logits) of `x`."""
+        if bypass is not None or not bool(self.adapter.active) or not bool(self.adapter.confident):
+            embedding = self.embed(x, bypass)
+            return embedding, self.head(embedding)
+        through = self.embed(x, torch.zeros(len(x), dtype=torch.bool))
+        past = self.embed(x, torch.ones(len(x), dtype=torch.bool))
+        logits_through, logits_past = self.head(through), self.head(past)
+        warp = (logits_through.softmax(1).amax(1) > logits_past.softmax(1).amax(1)).unsqueeze(1)
+        return torch.where(warp, through, past), torch.where(warp, logits_through, logits_past)
+
+    def features(self, x: torch.Tensor, bypass: torch.Tensor | None = None) -> torch.Tensor:
+        return self.read(x, bypass)[0]
+
+    def forward(self, x: torch.Tensor, bypass: torch.Tensor | None = None) -> torch.Tensor:
+        return self.read(x, bypass)[1]
+
+
+class SmallCNN(AdaptedNet):
     """Two 3x3 convolutions, a pool, and a 64-unit embedding; works for 8x8 and 28x28 inputs."""
 
     def __init__(self, image_shape: tuple[int, int], n_classes: int) -> None:
@@ -117,14 +160,11 @@ class SmallCNN(nn.Module):
         self.head = nn.Linear(64, n_classes)
         self.adapter = InputAdapter(image_shape[0] * image_shape[1])
 
-    def features(self, x: torch.Tensor, bypass: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(self, x: torch.Tensor, bypass: torch.Tensor | None) -> torch.Tensor:
         return self.body(self.adapter(x.reshape(-1, 1, *self.image_shape), bypass))
 
-    def forward(self, x: torch.Tensor, bypass: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.features(x, bypass))
 
-
-class MLP(nn.Module):
+class MLP(AdaptedNet):
     """Two hidden layers on the flattened image."""
 
     def __init__(self, image_shape: tuple[int, int], n_classes: int) -> None:
@@ -135,20 +175,19 @@ class MLP(nn.Module):
         self.head = nn.Linear(64, n_classes)
         self.adapter = InputAdapter(image_shape[0] * image_shape[1])
 
-    def features(self, x: torch.Tensor, bypass: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(self, x: torch.Tensor, bypass: torch.Tensor | None) -> torch.Tensor:
         return self.body(self.adapter(x.reshape(len(x), 1, *self.image_shape), bypass))
-
-    def forward(self, x: torch.Tensor, bypass: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.features(x, bypass))
 
 
 ARCHITECTURES = {"cnn": SmallCNN, "mlp": MLP}
 #: State keys of the adapter: not written while it is off (and absent from checkpoints written
 #: before adapters existed); loading fills them in, off.
 ADAPTER_KEYS = ("adapter.theta", "adapter.gain", "adapter.bias", "adapter.active",
-                "adapter.route_weight", "adapter.route_bias", "adapter.routed")
+                "adapter.route_weight", "adapter.route_bias", "adapter.routed", "adapter.confident")
 #: The router's keys: absent from adapters written before routers existed (those load unrouted).
-ROUTER_KEYS = ADAPTER_KEYS[4:]
+ROUTER_KEYS = ADAPTER_KEYS[4:7]
+#: Absent from adapters written before routing by confidence existed (those load without it).
+CONFIDENCE_KEY = ADAPTER_KEYS[7]
 
 
 def build_model(spec: ModelSpec, seed: int) -> nn.Module:

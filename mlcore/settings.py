@@ -65,6 +65,7 @@ class FinetuneSettings:
     batch_size: int = 32
     pseudo_confidence: float = 0.95  # 0: off; else also train on confident predictions for the unlabelled random sample
     input_adapter: bool = True  # fit the model's input adapter (an affine warp and intensity map, routed) before fine-tuning
+    route_by_confidence: bool = True  # where the router cannot tell the episode from the source, route the adapter by confidence
 
 
 @dataclass(frozen=True)
