@@ -279,8 +279,8 @@ def source_model(center: DataCenter, snapshot: Snapshot, images: np.ndarray) -> 
 
 
 def specialist_watch(center: DataCenter, snapshot: Snapshot, images: np.ndarray) -> detectors.Verdict | None:
-    """A flag when the current model is a specialist (its input adapter fitted, not routed) and the base model's
-    own gate does not tell the sample from its source window (p >= alpha); else None.
+    """A flag when the current model is a specialist (its input adapter fitted, not routed by the pixels) and the
+    base model's own gate does not tell the sample from its source window (p >= alpha); else None.
 
     A specialist shifts every input back by its episode's shift, so on the source it is as wrong
     as the base was on that shift, and its own gate may stay quiet (a rotate-15 specialist on

@@ -158,7 +158,7 @@ def test_an_adapter_routed_by_confidence_keeps_for_each_input_the_surer_reading(
     rows, held = splits.stream[:40], splits.evaluation
     adapted = fit_input_adapter(base, shifted(digits, rows, ROTATE, 0), digits.labels[rows])
     adapted.adapter.route_by_confidence()
-    assert bool(adapted.adapter.confident) and not bool(adapted.adapter.routed) and not is_specialist(adapted)
+    assert bool(adapted.adapter.confident) and not bool(adapted.adapter.routed) and is_specialist(adapted)
     rotated = shifted(digits, held, ROTATE, 1)
     both = torch.from_numpy(np.concatenate([digits.images[held], rotated]).reshape(2 * len(held), -1).astype(np.float32))
     labels = np.concatenate([digits.labels[held], digits.labels[held]])
@@ -261,6 +261,10 @@ def test_an_episode_with_the_adapter_on_fits_it_and_records_it(digits, splits, s
         watch = specialist_watch(center, snapshot, clean)
         assert watch is not None and watch.drift and watch.detector == "specialist_watch"
         assert specialist_watch(center, snapshot, inverted) is None  # its own data: the base tells it apart
+        # routed by confidence it may warp source inputs too, so the base's monitor watches it as well
+        current.adapter.route_by_confidence()
+        watch = specialist_watch(center, snapshot, clean)
+        assert watch is not None and watch.drift and specialist_watch(center, snapshot, inverted) is None
     finally:
         center._models.pop(snapshot.current)
     # clean data again: the routed model serves it as the base did, with no episode
