@@ -46,6 +46,7 @@ RECIPES = {
     "lr x2": {"lr_factor": 2},
     "no self-training": {"pseudo_confidence": 0.0},
     "no input adapter": {"input_adapter": False},
+    "no confidence routing": {"route_by_confidence": False},
 }
 BATCH, SAMPLE = 200, 100
 TARGET_SHARE = 0.95
