@@ -99,12 +99,15 @@ def test_an_episode_with_self_training_records_it_is_deterministic_and_helps_on_
 def test_stop_on_stall_ends_an_episode_whose_models_never_beat_the_start(trained, settings, digits, splits, tmp_path):
     """Queried labels that are wrong (true label + 1) teach nothing that beats the start on the
     correct held-back labels: with stop_on_stall the episode ends, rolled back, at its second
-    iteration; without it, it runs on to its budget."""
+    iteration; without it, it runs on to its budget. The rows are clean, so no router tells them
+    from the source; routed by confidence, an adapter would carry the wrong labels through its warp
+    while the replayed rows keep the unwarped reading right, and that model can beat the start."""
     state_dir, base = trained
     spent = {}
     for stall in (True, False):
         chosen = dataclasses.replace(settings, datacenter=dataclasses.replace(
-            settings.datacenter, stop_on_stall=stall, stop_agreement=1.0))
+            settings.datacenter, stop_on_stall=stall, stop_agreement=1.0,
+            finetune=dataclasses.replace(settings.datacenter.finetune, route_by_confidence=False)))
         root = tmp_path / f"stall-{stall}"
         shutil.copytree(state_dir, root)
         center = DataCenter(chosen, digits, splits, StateStore(root))
