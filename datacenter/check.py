@@ -3,9 +3,9 @@
 1. The label-free gate: the configured detector (KS on the softmax outputs by default) on
    the unlabelled random sample. Quiet: `stable`, no label spent.
 2. On a flag, if the sample looks like the source data again (KS against the model's outputs on
-   the held-out source split), the model's accuracy there is known from labelled rows the data
-   center holds: benign or harmful without asking the edge for a label. A switch back to the
-   source costs nothing.
+   the held-out source split; for a specialist, the base model's own gate must agree), the
+   model's accuracy there is known from labelled rows the data center holds: benign or harmful
+   without asking the edge for a label. A switch back to the source costs nothing.
 3. Otherwise, if only the class priors moved (black-box shift estimation: the sample's
    outputs look like the source's re-weighted by class), the candidate is the current model
    with re-weighted priors; otherwise the current model itself.
@@ -85,7 +85,7 @@ def check(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any])
         return Reply(False, None, {**info, "decision": Decision.STABLE.value, "labels_wanted": 0})
     if not config.harm_check.enabled:
         return Reply(True, None, {**info, "decision": Decision.HARMFUL.value, "labels_wanted": 0})
-    source_like = not detectors.ks_softmax_test(source_probabilities, probabilities, config.alpha).drift
+    source_like = looks_like_source(center, snapshot, source_probabilities, probabilities, images)
     info["source_like"] = source_like
     if source_like:  # back on the source, where this model's accuracy is known from labelled held-out rows
         fit = accuracy_of(source_probabilities, source_labels) >= info["reference_accuracy"] - config.harm_check.tolerance
@@ -141,6 +141,21 @@ def check(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any])
         return Reply(False, None, info)
     return center.checkpoint_reply(False, candidate, {**info, "sha256": candidate,
                                                       "class_weights": json.dumps([round(float(w), 4) for w in weights])})
+
+
+def looks_like_source(center: DataCenter, snapshot: Snapshot, source_probabilities: np.ndarray,
+                      probabilities: np.ndarray, images: np.ndarray) -> bool:
+    """The sample is the source data again: the current model's outputs on it are not told apart
+    (KS at alpha) from its outputs on the held-out source split; for a specialist, the base
+    model's own gate must not tell it from its source window either.
+
+    A model routed by confidence keeps whichever reading of an input it is surer of, so it can
+    read shifted inputs as surely as source ones (MNIST rotate 15 under a contrast model passed as
+    the source, for no label, and the rotate-15 + thicker round after it went unflagged)."""
+    alpha = center.settings.datacenter.alpha
+    if detectors.ks_softmax_test(source_probabilities, probabilities, alpha).drift:
+        return False
+    return not is_specialist(center.model(snapshot.current)) or quiet_base_witness(center, snapshot, images) is not None
 
 
 def harm_decision(test: HarmTest, correct: np.ndarray, estimate: float, settings: HarmCheckSettings,

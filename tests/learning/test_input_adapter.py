@@ -12,7 +12,8 @@ import torch
 
 from datacenter.adaptation import ROUTER_MIN_ACCURACY, adapt, finetune, fit_input_adapter, fit_router
 from datacenter.base import train_base
-from datacenter.check import specialist_watch
+from datacenter import detectors
+from datacenter.check import looks_like_source, specialist_watch
 from datacenter.state import StateStore
 from mlcore.checkpoints import FORMAT, CheckpointError, load_checkpoint, save_checkpoint, sha256_file
 from mlcore.models import ADAPTER_KEYS, CONFIDENCE_KEY, ROUTER_KEYS, ModelSpec, build_model, is_specialist
@@ -265,6 +266,14 @@ def test_an_episode_with_the_adapter_on_fits_it_and_records_it(digits, splits, s
         current.adapter.route_by_confidence()
         watch = specialist_watch(center, snapshot, clean)
         assert watch is not None and watch.drift and specialist_watch(center, snapshot, inverted) is None
+        # and its outputs on shifted data can look like its outputs on the source, so "back on the
+        # source" (no label spent) needs the base model's own gate to agree
+        center._source.pop(snapshot.current, None)
+        source_view, _ = center.source_view(snapshot.current)
+        on_inverted, on_clean = predict_proba(current, inverted), predict_proba(current, clean)
+        assert not detectors.ks_softmax_test(source_view, on_inverted, tuned.datacenter.alpha).drift  # fooled alone
+        assert not looks_like_source(center, snapshot, source_view, on_inverted, inverted)
+        assert looks_like_source(center, snapshot, source_view, on_clean, clean)
     finally:
         center._models.pop(snapshot.current)
     # clean data again: the routed model serves it as the base did, with no episode
