@@ -174,9 +174,10 @@ def adapt(start: nn.Module, train_x: np.ndarray, train_y: np.ndarray, sample_x: 
     With `settings.input_adapter`, a router is fitted on the episode's rows (`sample_x`, the
     random sample, and `train_x`) against source rows; if it tells them apart, the start's
     input adapter is fitted to the labels first, and routed by that router; if not, with
-    `settings.route_by_confidence`, fitted all the same and routed by the model's confidence. Then a fine-tune (`finetune`), and with
-    `settings.pseudo_confidence` > 0 a second one from the same origin with the rows of
-    `unlabelled_x` (never labelled, never held back) that the first predicts that confidently.
+    `settings.route_by_confidence`, fitted all the same and routed by the model's confidence.
+    Then a fine-tune (`finetune`), and with `settings.pseudo_confidence` > 0 a second one from
+    the same origin with the rows of `unlabelled_x` (never labelled, never held back) that the
+    first predicts that confidently.
     Rows are flat features; a pure function of its inputs (the data center's `retrain` and
     benchmarks/finetune_bench.py both call it).
     """
