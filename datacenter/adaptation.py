@@ -2,7 +2,8 @@
 data, against forgetting), and, when `finetune.input_adapter` is on, first fit the 8 numbers
 of the model's input adapter in front of its frozen weights (a geometric or photometric shift
 undone with few labels), with a router that sends only inputs of the episode's shift through
-it (`fit_router`): the model learns the shift and keeps the source."""
+it (`fit_router`), or, where no router of the pixels tells them apart, routed by the model's
+own confidence: the model learns the shift and keeps the source."""
 
 from __future__ import annotations
 
