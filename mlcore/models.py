@@ -133,8 +133,8 @@ class AdaptedNet(nn.Module):
         if bypass is not None or not bool(self.adapter.active) or not bool(self.adapter.confident):
             embedding = self.embed(x, bypass)
             return embedding, self.head(embedding)
-        through = self.embed(x, torch.zeros(len(x), dtype=torch.bool))
-        past = self.embed(x, torch.ones(len(x), dtype=torch.bool))
+        through = self.embed(x, torch.zeros(len(x), dtype=torch.bool, device=x.device))
+        past = self.embed(x, torch.ones(len(x), dtype=torch.bool, device=x.device))
         logits_through, logits_past = self.head(through), self.head(past)
         warp = (logits_through.softmax(1).amax(1) > logits_past.softmax(1).amax(1)).unsqueeze(1)
         return torch.where(warp, through, past), torch.where(warp, logits_through, logits_past)
