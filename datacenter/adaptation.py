@@ -186,12 +186,13 @@ def adapt(start: nn.Module, train_x: np.ndarray, train_y: np.ndarray, sample_x: 
     origin, router = start, None
     if settings.input_adapter:  # undo what of the shift an affine map of the input can, then fine-tune
         router = fit_router(np.concatenate([sample_x, train_x]), dataset, splits, seed, episode)
-        if router.held_out_accuracy >= ROUTER_MIN_ACCURACY:  # only for inputs that carry the shift
+        by_router = router.held_out_accuracy >= ROUTER_MIN_ACCURACY  # only for inputs that carry the shift
+        if by_router or settings.route_by_confidence:  # else no linear score tells them apart: the confidence does
             origin = fit_input_adapter(start, train_x.reshape(len(train_x), *shape), train_y)
-            origin.adapter.route(router.weight, router.bias)
-        elif settings.route_by_confidence:  # no linear score tells them apart: the model's confidence does
-            origin = fit_input_adapter(start, train_x.reshape(len(train_x), *shape), train_y)
-            origin.adapter.route_by_confidence()
+            if by_router:
+                origin.adapter.route(router.weight, router.bias)
+            else:
+                origin.adapter.route_by_confidence()
     model = finetune(origin, train_x, train_y, dataset, splits, settings, seed, episode)
     pseudo = confident_rows(model, unlabelled_x, shape, settings.pseudo_confidence)
     if pseudo is not None:  # self-training: once more from the origin, the confident predictions added

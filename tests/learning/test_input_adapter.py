@@ -274,8 +274,9 @@ def test_an_episode_with_the_adapter_on_fits_it_and_records_it(digits, splits, s
         assert not detectors.ks_softmax_test(source_view, on_inverted, tuned.datacenter.alpha).drift  # fooled alone
         assert not looks_like_source(center, snapshot, source_view, on_inverted, inverted)
         assert looks_like_source(center, snapshot, source_view, on_clean, clean)
-    finally:
+    finally:  # the cached model and its source view were altered above
         center._models.pop(snapshot.current)
+        center._source.pop(snapshot.current, None)
     # clean data again: the routed model serves it as the base did, with no episode
     back = run_round(center_over(state_dir, tuned, digits, splits), tuned, digits, splits,
                      {"id": "i02", "shift": []}, out.checkpoint)
