@@ -88,9 +88,8 @@ def check(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any])
     source_like = looks_like_source(center, snapshot, source_probabilities, probabilities, images)
     info["source_like"] = source_like
     if source_like:  # back on the source, where this model's accuracy is known from labelled held-out rows
-        own = accuracy_of(source_probabilities, source_labels)
-        fit = own >= info["reference_accuracy"] - config.harm_check.tolerance
-        if fit and not base_reads_source_better(center, snapshot, own, images):
+        fit = accuracy_of(source_probabilities, source_labels) >= info["reference_accuracy"] - config.harm_check.tolerance
+        if fit and not base_reads_source_better(center, snapshot, source_probabilities, images):
             child_key, child = adopt(center, key, snapshot, current, probabilities, own_statistic, frame, metadata)
             center.store.save(child_key, child)
             return Reply(False, None, {**info, "state": child_key, "decision": Decision.BENIGN.value, "labels_wanted": 0})
@@ -281,21 +280,30 @@ def is_own_data(center: DataCenter, p_value: float) -> bool:
     return p_value >= max(MIN_HOME_P, center.settings.datacenter.alpha)
 
 
-def base_reads_source_better(center: DataCenter, snapshot: Snapshot, own_accuracy: float, images: np.ndarray) -> bool:
-    """Back on the source, the base model reads the labelled held-out source rows more accurately than
-    the current model (`own_accuracy`) and its own gate is quiet on the sample: the base is then
-    adopted (`source_model`), for no label, rather than the current model kept within tolerance.
+def base_reads_source_better(center: DataCenter, snapshot: Snapshot, source_probabilities: np.ndarray,
+                             images: np.ndarray) -> bool:
+    """Back on the source, the base model reads the labelled held-out source rows better than the
+    current model (whose outputs there are `source_probabilities`), beyond chance, and its own gate
+    is quiet on the sample: the base is then adopted (`source_model`), for no label, rather than
+    the current model kept within the tolerance.
 
-    A model fitted to a shift may stay within the tolerance on the source rows and still be far
-    more fragile off them: MNIST's mixed scenario, seed 3, kept a rotate-15 model 2.5 points
-    below the base on clean digits, and thicker strokes then took it 7.9 points down unseen
-    (0.886, where the base stood at 0.93), both rounds passed as the source for no label.
+    "Beyond chance" is a one-sided sign test at the gate's alpha on the rows where exactly one of
+    the two is right: a model within the tolerance is at most that many rows worse, so on
+    scikit-learn's digits (180 source rows, 3 of them) the rule never fires, and noise never
+    trades a model for another. On MNIST (1,000 rows) it does where it matters: the mixed
+    scenario, seed 3, kept a rotate-15 model 2.5 points below the base on clean digits, and
+    thicker strokes then took it 7.9 points down unseen (0.886; the base read them 0.928), both
+    rounds passed as the source for no label.
     """
     witness = quiet_base_witness(center, snapshot, images)
     if witness is None:
         return False
-    probabilities, labels = center.source_view(witness[0])
-    return accuracy_of(probabilities, labels) > own_accuracy
+    base_probabilities, labels = center.source_view(witness[0])
+    base_right, own_right = base_probabilities.argmax(1) == labels, source_probabilities.argmax(1) == labels
+    gains, losses = int(np.sum(base_right & ~own_right)), int(np.sum(own_right & ~base_right))
+    if gains <= losses:
+        return False
+    return stats.binomtest(gains, gains + losses, 0.5, alternative="greater").pvalue < center.settings.datacenter.alpha
 
 
 def source_model(center: DataCenter, snapshot: Snapshot, images: np.ndarray) -> tuple[str, float] | None:

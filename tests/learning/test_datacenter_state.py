@@ -400,49 +400,6 @@ def test_an_unfit_model_back_on_source_data_adopts_the_base_without_labels(train
     assert replies["base does not"].info["decision"] == "harmful" and replies["base does not"].flag
 
 
-def test_a_fit_model_below_the_base_on_source_data_gives_way_to_the_base(trained, settings, digits, splits):
-    """The current model (the base with its priors nudged toward class 0) reads the source rows
-    within the harm tolerance of the base, but less well. Flagged on a clean sample that looks
-    like source data to it, it gives way to the base, for no label, when the base's own gate is
-    quiet there (`check.base_reads_source_better`); when the base's window is not that of this
-    data, the current model is kept as benign, as before."""
-    from datacenter.state import Snapshot, ZooEntry, state_key
-    from mlcore.seeding import rng_for
-    from mlcore.shifts import apply_image_shifts, parse_shift_list
-    from mlcore.training import accuracy_of, predict_proba
-
-    import dataclasses
-
-    state_dir, base = trained
-    alone = dataclasses.replace(settings, datacenter=dataclasses.replace(settings.datacenter, recognise_zoo=False))
-    center = center_over(state_dir, alone, digits, splits)
-    root = center.store.load(base["state"])
-    weights = np.ones(digits.n_classes)
-    weights[0] = 8.0
-    nudged = center.reweighted(base["sha256"], weights)
-    own, base_accuracy = (accuracy_of(*center.source_view(sha)) for sha in (nudged, base["sha256"]))
-    assert base_accuracy - settings.datacenter.harm_check.tolerance <= own < base_accuracy  # fit, yet below the base
-    rotated = apply_image_shifts(digits.images[splits.reference], parse_shift_list(ROT), rng_for(0, "fit-test"))
-    inverted = apply_image_shifts(digits.images[splits.reference], parse_shift_list([{"name": "invert"}]),
-                                  rng_for(0, "fit-test"))
-    zoo = root.zoo + (ZooEntry(nudged, "f00", base["sha256"], None, "none", 0),)
-    ids = splits.stream[:settings.edge.random_sample]
-    frame = build_sample_frame(ids, digits.images[ids].reshape(len(ids), -1), None, "f01", "none")
-    replies = {}
-    for case, base_window in (("base fits", root.references[base["sha256"]]),
-                              ("base does not", predict_proba(center.model(base["sha256"]), inverted))):
-        references = {base["sha256"]: base_window, nudged: predict_proba(center.model(nudged), rotated)}
-        key = state_key(base["state"], "f00", "normal", case)
-        center.store.save(key, Snapshot(base["state"], "f00", "normal", nudged, zoo, None, references))
-        replies[case] = center.handle("normal", None, frame, {"state": key, "round": "f01"})
-    for reply in replies.values():
-        assert reply.info["flagged"] and reply.info["source_like"] and reply.info["labels_wanted"] == 0
-        assert not reply.flag
-    assert replies["base fits"].info["decision"] == "adopt" and replies["base fits"].sha256 == base["sha256"]
-    kept = replies["base does not"]
-    assert kept.info["decision"] == "benign" and center.store.load(kept.info["state"]).current == nudged
-
-
 def test_queries_never_touch_the_random_sample_and_accuracy_is_held_out(trained, settings, digits, splits):
     """The random sample holds the uniform (validation) labels and the next reference: no query
     may come from it. The reported accuracy is on evaluation rows, which no round ever draws."""

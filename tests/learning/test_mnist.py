@@ -88,25 +88,33 @@ def test_a_cnn_learns_mnist_from_a_small_subset(mnist):
     assert held_out >= 0.85, f"held-out accuracy {held_out:.3f} after {seconds:.1f} s"
 
 
-@needs_mnist
-def test_a_harmful_mnist_round_runs_through_the_production_loop(mnist, tmp_path):
-    """config/mnist.yaml's settings (a smaller subset and fewer base epochs, for CI's time: ~15 s),
-    the CNN base trained by the data center, then one round of rotated digits through the edge
-    and the data center in process: flagged, tested on uniform labels, retrained, and better on
-    held-out rows of the shift; a clean round after it goes back to the base for no label."""
+@pytest.fixture(scope="module")
+def mnist_base(mnist, tmp_path_factory):
+    """config/mnist.yaml's settings (a smaller subset and fewer base epochs, for CI's time: ~20 s; 600 labelled source rows) and
+    the CNN base the data center trains on them: (settings, splits, state directory, base reply)."""
     import dataclasses
 
     from datacenter.base import train_base
     from datacenter.state import StateStore
-    from round_helpers import center_over, run_round
 
     settings = load_settings(CONFIG)
-    settings = dataclasses.replace(settings, dataset=dataclasses.replace(settings.dataset, subset=4000),
+    settings = dataclasses.replace(settings, dataset=dataclasses.replace(settings.dataset, subset=6000),
                                    model=dataclasses.replace(settings.model, epochs=5))
     splits = split_dataset(mnist, settings.dataset, settings.seed)
-    base = train_base(settings, mnist, splits, StateStore(tmp_path / "dc"))
+    state_dir = tmp_path_factory.mktemp("mnist-dc")
+    return settings, splits, state_dir, train_base(settings, mnist, splits, StateStore(state_dir))
+
+
+@needs_mnist
+def test_a_harmful_mnist_round_runs_through_the_production_loop(mnist, mnist_base):
+    """The CNN base, then one round of rotated digits through the edge and the data center in
+    process: flagged, tested on uniform labels, retrained, and better on held-out rows of the
+    shift; a clean round after it goes back to the base for no label."""
+    from round_helpers import center_over, run_round
+
+    settings, splits, state_dir, base = mnist_base
     assert base["metrics"]["eval_accuracy"] > 0.9
-    center = center_over(tmp_path / "dc", settings, mnist, splits)
+    center = center_over(state_dir, settings, mnist, splits)
     rotated = run_round(center, settings, mnist, splits, {"id": "r01", "shift": [{"name": "rotate", "degrees": 40}]}, base)
     m = rotated.metrics  # (seed 0: 0.44 -> 0.75 held out, 10 check labels + 50 queried)
     assert m["flagged"] and m["decision"] == "retrain" and m["retrained"]
@@ -117,6 +125,64 @@ def test_a_harmful_mnist_round_runs_through_the_production_loop(mnist, tmp_path)
     clean = run_round(center, settings, mnist, splits, {"id": "r02", "shift": []}, rotated.checkpoint)
     assert clean.metrics["decision"] == "adopt" and clean.metrics["labels_used"] == 0
     assert clean.checkpoint["sha256"] == base["sha256"] and clean.metrics["accuracy_after"] > 0.9
+
+
+@needs_mnist
+def test_back_on_the_source_the_base_replaces_a_model_it_reads_it_clearly_better_than(mnist, mnist_base):
+    """A current model within the harm tolerance of the base on the labelled source rows is kept on a
+    clean sample that looks like the source to it, unless the base reads those rows better beyond
+    chance (a sign test at the gate's alpha) and its own gate is quiet: then the base is adopted,
+    for no label (`check.base_reads_source_better`). The current models here are the base with its
+    priors nudged toward class 0, lightly (a row or two worse: kept) and more (adopted)."""
+    import dataclasses
+
+    from scipy import stats
+
+    from datacenter.state import Snapshot, ZooEntry, state_key
+    from mlcore.frames import build_sample_frame
+    from mlcore.seeding import rng_for
+    from mlcore.shifts import apply_image_shifts, parse_shift_list
+    from mlcore.training import predict_proba
+    from round_helpers import center_over
+
+    settings, splits, state_dir, base = mnist_base
+    settings = dataclasses.replace(settings, datacenter=dataclasses.replace(settings.datacenter, recognise_zoo=False))
+    center = center_over(state_dir, settings, mnist, splits)
+    root = center.store.load(base["state"])
+    base_probabilities, labels = center.source_view(base["sha256"])
+    tolerance_rows = settings.datacenter.harm_check.tolerance * len(labels)
+
+    def nudged(weight):  # (sha256, the sign test's p-value that the base reads the source rows better, rows worse)
+        weights = np.ones(mnist.n_classes)
+        weights[0] = weight
+        sha = center.reweighted(base["sha256"], weights)
+        base_right, own_right = base_probabilities.argmax(1) == labels, center.source_view(sha)[0].argmax(1) == labels
+        gains, losses = int(np.sum(base_right & ~own_right)), int(np.sum(own_right & ~base_right))
+        p = stats.binomtest(gains, gains + losses, 0.5, alternative="greater").pvalue if gains + losses else 1.0
+        return sha, p, gains - losses
+
+    candidates = [nudged(w) for w in (1.5, 2, 3, 4, 6, 8, 10, 11, 12, 13, 14, 16, 18, 20, 24, 32, 48, 64)]
+    fit = [c for c in candidates if 0 < c[2] <= tolerance_rows]
+    light = next(c for c in fit if c[1] >= 0.2)  # a row or two: chance
+    clear = next(c for c in fit if c[1] < settings.datacenter.alpha)
+    rotated = apply_image_shifts(mnist.images[splits.reference], parse_shift_list([{"name": "rotate", "degrees": 30}]),
+                                 rng_for(0, "source-test"))
+    ids = splits.stream[:settings.edge.random_sample]
+    frame = build_sample_frame(ids, mnist.images[ids].reshape(len(ids), -1), None, "s01", "none")
+    replies = {}
+    for name, (sha, _, _) in (("light", light), ("clear", clear)):
+        # the current model's own window: its outputs on rotated digits, so a clean sample flags
+        references = {base["sha256"]: root.references[base["sha256"]], sha: predict_proba(center.model(sha), rotated)}
+        key = state_key(base["state"], "s00", "normal", name)
+        center.store.save(key, Snapshot(base["state"], "s00", "normal", sha, root.zoo + (
+            ZooEntry(sha, "s00", base["sha256"], None, "none", 0),), None, references))
+        replies[name] = center.handle("normal", None, frame, {"state": key, "round": "s01"})
+    for reply in replies.values():
+        assert reply.info["flagged"] and reply.info["source_like"] and reply.info["labels_wanted"] == 0
+        assert not reply.flag
+    assert replies["light"].info["decision"] == "benign"
+    assert center.store.load(replies["light"].info["state"]).current == light[0]
+    assert replies["clear"].info["decision"] == "adopt" and replies["clear"].sha256 == base["sha256"]
 
 
 @needs_mnist
