@@ -4,8 +4,9 @@
    the unlabelled random sample. Quiet: `stable`, no label spent.
 2. On a flag, if the sample looks like the source data again (KS against the model's outputs on
    the held-out source split; for a specialist, the base model's own gate must agree), the
-   model's accuracy there is known from labelled rows the data center holds: benign or harmful
-   without asking the edge for a label. A switch back to the source costs nothing.
+   model's accuracy there is known from labelled rows the data center holds: benign, harmful, or
+   the base adopted where it reads those rows clearly better, without asking the edge for a
+   label. A switch back to the source costs nothing.
 3. Otherwise, if only the class priors moved (black-box shift estimation: the sample's
    outputs look like the source's re-weighted by class), the candidate is the current model
    with re-weighted priors; otherwise the current model itself.
