@@ -90,7 +90,7 @@ def check(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any])
     info["source_like"] = source_like
     if source_like:  # back on the source, where this model's accuracy is known from labelled held-out rows
         fit = accuracy_of(source_probabilities, source_labels) >= info["reference_accuracy"] - config.harm_check.tolerance
-        if fit and not base_reads_source_better(center, snapshot, source_probabilities, images):
+        if fit and not base_takes_over(center, snapshot, source_probabilities, images):
             child_key, child = adopt(center, key, snapshot, current, probabilities, own_statistic, frame, metadata)
             center.store.save(child_key, child)
             return Reply(False, None, {**info, "state": child_key, "decision": Decision.BENIGN.value, "labels_wanted": 0})
@@ -281,24 +281,27 @@ def is_own_data(center: DataCenter, p_value: float) -> bool:
     return p_value >= max(MIN_HOME_P, center.settings.datacenter.alpha)
 
 
-def base_reads_source_better(center: DataCenter, snapshot: Snapshot, source_probabilities: np.ndarray,
-                             images: np.ndarray) -> bool:
-    """Back on the source, the base model reads the labelled held-out source rows better than the
-    current model (whose outputs there are `source_probabilities`), beyond chance, and its own gate
-    is quiet on the sample: the base is then adopted (`source_model`), for no label, rather than
-    the current model kept within the tolerance.
+def base_takes_over(center: DataCenter, snapshot: Snapshot, source_probabilities: np.ndarray,
+                    images: np.ndarray) -> bool:
+    """Back on the source, the base replaces a current model within the tolerance there (adopted by
+    `source_model`, for no label) if its own gate is quiet on the sample and the current model is a
+    specialist, or reads the labelled held-out source rows (`source_probabilities`) worse than the
+    base beyond chance: a one-sided sign test, at the gate's alpha, on the rows exactly one of the
+    two gets right.
 
-    "Beyond chance" is a one-sided sign test at the gate's alpha on the rows where exactly one of
-    the two is right: a model within the tolerance is at most that many rows worse, so on
-    scikit-learn's digits (180 source rows, 3 of them) the rule never fires, and noise never
-    trades a model for another. On MNIST (1,000 rows) it does where it matters: the mixed
-    scenario, seed 3, kept a rotate-15 model 2.5 points below the base on clean digits, and
-    thicker strokes then took it 7.9 points down unseen (0.886; the base read them 0.928), both
-    rounds passed as the source for no label.
+    A specialist is made for its shift; on the source it warps the inputs it reads more surely
+    warped, and slightly different data finds it out. On MNIST's mixed scenario (seed 3) a
+    rotate-15 model routed by confidence, 0.5 points below the base on the source rows (not told
+    apart there), read clean digits 2.5 points below it, and thicker strokes took it 7.9 points
+    down (0.886; the base 0.928), passed as the source for no label. The sign test keeps noise
+    from trading other models away: within the tolerance a model on scikit-learn's digits (180
+    source rows) is at most 3 rows worse, which it never calls.
     """
     witness = quiet_base_witness(center, snapshot, images)
     if witness is None:
         return False
+    if is_specialist(center.model(snapshot.current)):
+        return True
     base_probabilities, labels = center.source_view(witness[0])
     base_right, own_right = base_probabilities.argmax(1) == labels, source_probabilities.argmax(1) == labels
     gains, losses = int(np.sum(base_right & ~own_right)), int(np.sum(own_right & ~base_right))

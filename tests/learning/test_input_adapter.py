@@ -13,7 +13,7 @@ import torch
 from datacenter.adaptation import ROUTER_MIN_ACCURACY, adapt, finetune, fit_input_adapter, fit_router
 from datacenter.base import train_base
 from datacenter import detectors
-from datacenter.check import looks_like_source, specialist_watch
+from datacenter.check import base_takes_over, looks_like_source, specialist_watch
 from datacenter.state import StateStore
 from mlcore.checkpoints import FORMAT, CheckpointError, load_checkpoint, save_checkpoint, sha256_file
 from mlcore.models import ADAPTER_KEYS, CONFIDENCE_KEY, ROUTER_KEYS, ModelSpec, build_model, is_specialist
@@ -274,6 +274,9 @@ def test_an_episode_with_the_adapter_on_fits_it_and_records_it(digits, splits, s
         assert not detectors.ks_softmax_test(source_view, on_inverted, tuned.datacenter.alpha).drift  # fooled alone
         assert not looks_like_source(center, snapshot, source_view, on_inverted, inverted)
         assert looks_like_source(center, snapshot, source_view, on_clean, clean)
+        # and there the base, made for the source, takes over from it, for no label
+        assert base_takes_over(center, snapshot, source_view, clean)
+        assert not base_takes_over(center, snapshot, source_view, inverted)  # the base's gate flags these
     finally:  # the cached model and its source view were altered above
         center._models.pop(snapshot.current)
         center._source.pop(snapshot.current, None)

@@ -132,7 +132,7 @@ def test_back_on_the_source_the_base_replaces_a_model_it_reads_it_clearly_better
     """A current model within the harm tolerance of the base on the labelled source rows is kept on a
     clean sample that looks like the source to it, unless the base reads those rows better beyond
     chance (a sign test at the gate's alpha) and its own gate is quiet: then the base is adopted,
-    for no label (`check.base_reads_source_better`). The current models here are the base with its
+    for no label (`check.base_takes_over`). The current models here are the base with its
     priors nudged toward class 0, lightly (a row or two worse: kept) and more (adopted)."""
     import dataclasses
 
