@@ -284,27 +284,28 @@ def is_own_data(center: DataCenter, p_value: float) -> bool:
 def base_takes_over(center: DataCenter, snapshot: Snapshot, source_probabilities: np.ndarray,
                     images: np.ndarray) -> bool:
     """Back on the source, the base replaces a current model within the tolerance there (adopted by
-    `source_model`, for no label) if its own gate is quiet on the sample and the current model is a
-    specialist, or reads the labelled held-out source rows (`source_probabilities`) worse than the
-    base beyond chance: a one-sided sign test, at the gate's alpha, on the rows exactly one of the
-    two gets right.
+    `source_model`, for no label) if its own gate is quiet on the sample and it reads the labelled
+    held-out source rows at least as well as the current model (`source_probabilities`), for a
+    specialist, or better beyond chance (a one-sided sign test, at the gate's alpha, on the rows
+    exactly one of the two gets right), for any other model.
 
-    A specialist is made for its shift; on the source it warps the inputs it reads more surely
-    warped, and slightly different data finds it out. On MNIST's mixed scenario (seed 3) a
-    rotate-15 model routed by confidence, 0.5 points below the base on the source rows (not told
-    apart there), read clean digits 2.5 points below it, and thicker strokes took it 7.9 points
-    down (0.886; the base 0.928), passed as the source for no label. The sign test keeps noise
-    from trading other models away: within the tolerance a model on scikit-learn's digits (180
-    source rows) is at most 3 rows worse, which it never calls.
+    The burden of proof differs because a specialist is made for its shift: on the source it warps
+    the inputs it reads more surely warped, and slightly different data finds it out. On MNIST's
+    mixed scenario (seed 3, 04020db) a rotate-15 model (MNIST's rotations are routed by confidence)
+    was kept on clean digits at 0.936 held out, the base at 0.961, and thicker strokes then took it
+    to 0.885 (the base 0.928), passed as the source for no label. A specialist whose fine-tuned
+    weights read the source better than the base is kept. For other models the sign test keeps noise
+    from trading them away: on scikit-learn's digits (180 source rows) a model within the tolerance
+    is at most 3 rows worse, which it never calls.
     """
     witness = quiet_base_witness(center, snapshot, images)
     if witness is None:
         return False
-    if is_specialist(center.model(snapshot.current)):
-        return True
     base_probabilities, labels = center.source_view(witness[0])
     base_right, own_right = base_probabilities.argmax(1) == labels, source_probabilities.argmax(1) == labels
     gains, losses = int(np.sum(base_right & ~own_right)), int(np.sum(own_right & ~base_right))
+    if is_specialist(center.model(snapshot.current)):
+        return gains >= losses
     if gains <= losses:
         return False
     return stats.binomtest(gains, gains + losses, 0.5, alternative="greater").pvalue < center.settings.datacenter.alpha
