@@ -188,11 +188,11 @@ def judge(new: tuple[float, float], best: tuple[float, float] | None, start: tup
     to 12 of them: one label is 8-50 points of accuracy. Until a fine-tune beats the start
     (accuracy, then likelihood), the newest must (the roll-back guard), unless the harm test
     called the start harmful on all the uniform labels (`start_hurt`, `prepare.called_harmful`):
-    then the start is held to the tolerance below instead. On MNIST a contrast start the harm
-    test had just failed got 20 of 20 held-back labels right and its fine-tunes, 5-7 points
-    better held out, 18 or 19; a rotate-15 start got 16 of 17, and so did a fine-tune 4 points
-    better, which lost on likelihood to one confident error. Both episodes rolled back, and the
-    rotate-15 rounds after it went `unrecovered`. Where no harm test spoke (it is off, or the labels did not show harm), the newest must still
+    then the start is held to the tolerance below instead. On 17-20 held-back labels, a start
+    the harm test had just failed got them all right (or all but one) while fine-tunes 4-7 points
+    better held out got one fewer, and lost on likelihood to a single confident error: MNIST
+    episodes on contrast and rotate 15 rolled back, and the rounds after them went unrecovered.
+    Where no harm test spoke (it is off, or the labels did not show harm), the newest must still
     beat the start: fine-tunes on wrong labels tie it on a few held-back labels. After that, the newest
     replaces the best so far unless it is wrong on `WORSE_BY_LABELS` more of those labels than
     the best or than the start: one label is noise, and the newer model was trained on all the
