@@ -61,8 +61,7 @@ def prepare(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
         child = Snapshot(key, round_id, "prep_retraining", start, snapshot.zoo, None, snapshot.references)
     else:
         data = pooled_rows(center, metadata, start, round_id, data)
-        episode = Episode(id=child_key, round=round_id, start=start, shift=str(post["shift"].iloc[0]),
-                          start_hurt=called_harmful(center, snapshot, start, images, y))
+        episode = Episode(id=child_key, round=round_id, start=start, shift=str(post["shift"].iloc[0]))
         child = Snapshot(key, round_id, "prep_retraining", start, snapshot.zoo, episode, snapshot.references,
                          None, data)
     center.store.save(child_key, child)
@@ -136,16 +135,6 @@ def fits_as_is(center: DataCenter, snapshot: Snapshot, start: str, images: np.nd
     if verdict.wanted > len(sample):
         return dataclasses.replace(verdict, outcome="harmful")
     return verdict
-
-
-def called_harmful(center: DataCenter, snapshot: Snapshot, start: str, images: np.ndarray, labels: np.ndarray) -> bool:
-    """Does the harm test call the episode's start harmful on its uniform labels (all of them, the
-    held-back half included)? Then a fine-tune need not beat it on the held-back half alone
-    (`retrain.judge`). False where the harm test is off (legacy: every flag opens an episode)."""
-    if not center.settings.datacenter.harm_check.enabled or not len(labels):
-        return False
-    correct = predict_proba(center.model(start), images).argmax(1) == labels
-    return center.harm_test(snapshot).decide(correct).outcome == "harmful"
 
 
 def transferability(center: DataCenter, sha: str, snapshot: Snapshot, post_x: np.ndarray, images: np.ndarray,

@@ -72,7 +72,7 @@ def retrain(center: DataCenter, query: Any, random: Any, metadata: dict[str, Any
         new_score, best_score = validation_score(center, sha, data), validation_score(center, best, data)
         start_score = best_score if best == episode.start else validation_score(center, episode.start, data)
         accepted, beats_start = judge(new_score, None if best == episode.start else best_score, start_score,
-                                      len(data.val_y), episode.start_hurt)
+                                      len(data.val_y))
         current = sha if accepted else best
         post_x = center.as_images(data.post_x)
         agreement = float(np.mean(predict_proba(model, post_x).argmax(1) == predict_proba(previous, post_x).argmax(1)))
@@ -180,20 +180,13 @@ WORSE_BY_LABELS = 2
 
 
 def judge(new: tuple[float, float], best: tuple[float, float] | None, start: tuple[float, float],
-          held_back: int, start_hurt: bool = False) -> tuple[bool, bool]:
+          held_back: int) -> tuple[bool, bool]:
     """(accepted, beats_start) for a model trained on more labels than the best so far (None:
     no fine-tune of the episode has beaten the start yet).
 
     Scores are (accuracy, mean log-likelihood) on the `held_back` uniform labels, often only 2
     to 12 of them: one label is 8-50 points of accuracy. Until a fine-tune beats the start
-    (accuracy, then likelihood), the newest must (the roll-back guard), unless the harm test
-    called the start harmful on all the uniform labels (`start_hurt`, `prepare.called_harmful`):
-    then the start is held to the tolerance below instead. On 17-20 held-back labels, a start
-    the harm test had just failed got them all right (or all but one) while fine-tunes 4-7 points
-    better held out got one fewer, and lost on likelihood to a single confident error: MNIST
-    episodes on contrast and rotate 15 rolled back, and the rounds after them went unrecovered.
-    Where no harm test spoke (it is off, or the labels did not show harm), the newest must still
-    beat the start: fine-tunes on wrong labels tie it on a few held-back labels. After that, the newest
+    (accuracy, then likelihood), the newest must (the roll-back guard). After that, the newest
     replaces the best so far unless it is wrong on `WORSE_BY_LABELS` more of those labels than
     the best or than the start: one label is noise, and the newer model was trained on all the
     labels of the best and more. The start is held to the same tolerance, not beaten again:
@@ -210,12 +203,12 @@ def judge(new: tuple[float, float], best: tuple[float, float] | None, start: tup
     if math.isnan(new[0]):
         return True, True
     beats_start = new > start
+    if best is None:
+        return beats_start, beats_start
 
     def worse_by(other: tuple[float, float]) -> int:  # labels the other gets right and the new one not, net
         return round((other[0] - new[0]) * held_back)
 
-    if best is None:
-        return beats_start or (start_hurt and worse_by(start) < WORSE_BY_LABELS), beats_start
     return worse_by(best) < WORSE_BY_LABELS and worse_by(start) < WORSE_BY_LABELS, beats_start
 
 

@@ -60,7 +60,6 @@ class Episode:
     labels_used: int = 0
     best: str | None = None  # the model that does best on the held-back labels so far (None: start)
     shift: str = ""  # the round's shift tag (from the random sample), for the registry and the zoo
-    start_hurt: bool = False  # the harm test called the start harmful on the episode's uniform labels
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -41,44 +41,6 @@ def test_judge_keeps_the_model_trained_on_more_labels_unless_it_is_worse(new, be
     assert judge(new, best, start, held_back) == expected
 
 
-@pytest.mark.parametrize("new, start, held_back, start_hurt, expected", [
-    ((0.95, -0.19), (1.0, -0.26), 20, True, (True, False)),  # a start the harm test failed: one label is noise
-    ((0.95, -0.19), (1.0, -0.26), 20, False, (False, False)),  # no harm call: the newest must beat the start
-    ((0.9, -0.25), (1.0, -0.26), 20, True, (False, False)),  # two labels fewer right: rolled back all the same
-    ((16 / 17, -0.54), (16 / 17, -0.17), 17, True, (True, False)),  # a tie lost on one confident error
-    ((1.0, -0.05), (0.9, -0.4), 10, True, (True, True)),
-])
-def test_a_start_the_harm_test_called_harmful_is_held_to_the_tolerance_not_beaten(new, start, held_back, start_hurt,
-                                                                                 expected):
-    assert judge(new, None, start, held_back, start_hurt) == expected
-
-
-def test_an_episode_records_whether_the_harm_test_called_its_start_harmful(trained, settings, digits, splits,
-                                                                          tmp_path):
-    """prep_retraining runs the harm test on the start over all the uniform labels: rotate-30 rows the
-    base gets wrong call it harmful; rows it gets right do not; with the harm test off, nothing does."""
-    state_dir, base = trained
-    rot = [{"name": "rotate", "degrees": 30}]
-    center = DataCenter(settings, digits, splits, StateStore(state_dir))
-    post = splits.stream[:100]
-    rotated = center.as_images(frame_features(frame(digits, post, False, shift=rot)))
-    right = predict_proba(center.model(base["sha256"]), rotated).argmax(1) == digits.labels[post]
-    assert (~right).sum() >= 10
-    off = dataclasses.replace(settings, datacenter=dataclasses.replace(
-        settings.datacenter, harm_check=dataclasses.replace(settings.datacenter.harm_check, enabled=False)))
-    hurt = {}
-    for name, chosen, labelled in (("wrong", settings, post[~right][:10]), ("right", settings, post[right][:10]),
-                                   ("off", off, post[~right][:10])):
-        root = tmp_path / name
-        shutil.copytree(state_dir, root)
-        center = DataCenter(chosen, digits, splits, StateStore(root))
-        reply = center.handle("prep_retraining", frame(digits, labelled, shift=rot), frame(digits, post, False, shift=rot),
-                              {"state": base["state"], "round": "sh01"})
-        assert reply.flag  # the base is current: an episode opens
-        hurt[name] = center.store.load(reply.info["state"]).episode.start_hurt
-    assert hurt == {"wrong": True, "right": False, "off": False}
-
-
 def rotated_episode(digits, splits, n_post=60, n_uniform=20):
     """A random sample of rotated stream rows whose first `n_uniform` rows are labelled, split as
     prepare does: every other one held back."""
