@@ -90,8 +90,9 @@ def test_a_cnn_learns_mnist_from_a_small_subset(mnist):
 
 @pytest.fixture(scope="module")
 def mnist_base(mnist, tmp_path_factory):
-    """config/mnist.yaml's settings (a smaller subset and fewer base epochs, for CI's time: ~20 s; 600 labelled source rows) and
-    the CNN base the data center trains on them: (settings, splits, state directory, base reply)."""
+    """config/mnist.yaml's settings with a smaller subset (600 labelled source rows) and fewer base
+    epochs, for CI's time (~20 s), and the CNN base the data center trains on them:
+    (settings, splits, state directory, base reply)."""
     import dataclasses
 
     from datacenter.base import train_base
