@@ -117,7 +117,7 @@ def test_a_harmful_mnist_round_runs_through_the_production_loop(mnist, mnist_bas
     assert base["metrics"]["eval_accuracy"] > 0.9
     center = center_over(state_dir, settings, mnist, splits)
     rotated = run_round(center, settings, mnist, splits, {"id": "r01", "shift": [{"name": "rotate", "degrees": 40}]}, base)
-    m = rotated.metrics  # (seed 0: 0.44 -> 0.75 held out, 10 check labels + 50 queried)
+    m = rotated.metrics  # (seed 0, measured on a 4,000-row subset: 0.44 -> 0.75 held out, 10 check + 50 queried labels)
     assert m["flagged"] and m["decision"] == "retrain" and m["retrained"]
     assert 0 < m["labels_check"] <= settings.datacenter.harm_check.max_labels
     assert 0 < m["labels_queried"] <= settings.edge.label_budget
