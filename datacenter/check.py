@@ -250,7 +250,7 @@ def recognised(center: DataCenter, snapshot: Snapshot, images: np.ndarray) -> tu
     reads a harsher one of its kind as it reads its own, and MNIST's rotate-15 model was adopted for
     rotate 30 at 0.905-0.917 held out (0.94 of the ceiling), for no label.
     """
-    best, base_outputs = None, None
+    best = None
     for entry in snapshot.zoo:
         own_watched = entry.sha256 == snapshot.current and snapshot.monitor_ref is None
         if own_watched or entry.sha256 not in snapshot.references:
@@ -258,37 +258,30 @@ def recognised(center: DataCenter, snapshot: Snapshot, images: np.ndarray) -> tu
         verdict = own_window_test(center, snapshot, entry.sha256, images)
         if not is_own_data(center, verdict.p_value) or (best is not None and verdict.p_value <= best[1]):
             continue
-        window = episode_sample(center, entry)
-        if window is not None:
-            if base_outputs is None:
-                base_outputs = predict_proba(center.model(snapshot.zoo[0].sha256), images)
-            if base_tells_apart(center, snapshot, window, base_outputs):
-                continue
-        best = (entry.sha256, float(verdict.p_value))
+        if not base_tells_apart(center, snapshot, entry, images):
+            best = (entry.sha256, float(verdict.p_value))
     return best
 
 
-def episode_sample(center: DataCenter, entry: ZooEntry) -> np.ndarray | None:
-    """The images of the random sample an adapted model's window was taken on (its episode's, kept
-    in the state that opened it); None for the base, a seed or a re-weighting, or if that state is gone."""
-    if entry.episode is None:
-        return None
-    try:
-        data = center.store.load(entry.episode).data
-    except StateError:
-        return None
-    return None if data is None else center.as_images(data.post_x)
-
-
-def base_tells_apart(center: DataCenter, snapshot: Snapshot, window: np.ndarray, base_outputs: np.ndarray) -> bool:
-    """The base model's gate (KS at alpha) tells its outputs on the sample (`base_outputs`) from its
-    outputs on a zoo model's episode sample (`window`, images): the sample is not that episode's data.
+def base_tells_apart(center: DataCenter, snapshot: Snapshot, entry: ZooEntry, images: np.ndarray) -> bool:
+    """The base model's gate (KS at alpha) tells its outputs on `images` from its outputs on the random
+    sample of the episode that made `entry` (kept in the state that opened it): not that model's data.
+    False where there is no such sample (the base, a seed, a re-weighting, a state gone).
 
     The base was fit to neither, so a shift it reads differently shows in its outputs even where the
     adapted model, fit to undo the shift, reads both alike (on MNIST rotate 30 costs the base about
     three times the accuracy rotate 15 does; the rotate-15 model read both at 0.92-0.96)."""
-    reference = predict_proba(center.model(snapshot.zoo[0].sha256), window)
-    return detectors.ks_softmax_test(reference, base_outputs, center.settings.datacenter.alpha).drift
+    if entry.episode is None:
+        return False
+    try:
+        data = center.store.load(entry.episode).data
+    except StateError:
+        return False
+    if data is None:
+        return False
+    base = center.model(snapshot.zoo[0].sha256)
+    return detectors.ks_softmax_test(predict_proba(base, center.as_images(data.post_x)), predict_proba(base, images),
+                                     center.settings.datacenter.alpha).drift
 
 
 def failed_episode_window(center: DataCenter, snapshot: Snapshot, probabilities: np.ndarray) -> float | None:

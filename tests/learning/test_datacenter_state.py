@@ -135,6 +135,54 @@ def test_a_switch_back_is_recognised_and_costs_no_label(trained, settings, digit
     assert paid.metrics["flagged"] and paid.metrics["labels_used"] > 0
 
 
+def test_an_adapted_model_is_recognised_only_where_the_base_does_not_tell_the_data_from_its_episode(
+        trained, settings, digits, splits):
+    """A rotate-30 sample that an adapted model's own outputs cannot tell from its window (here: its
+    window is its outputs on that very sample, p = 1) is adopted for no label only if the base's
+    outputs on it are not told apart from the base's outputs on the model's episode sample: with a
+    rotate-30 episode sample it is; with a rotate-45 one the harm test asks for labels instead. (The
+    witness is the base's gate on 100 rows: this MLP base does not tell rotate 15 from rotate 30 there,
+    p = 0.04, so a milder rotation is not the case tested.)"""
+    from datacenter.state import EpisodeData, Snapshot, ZooEntry, state_key
+    from mlcore.seeding import rng_for
+    from mlcore.shifts import apply_image_shifts, parse_shift_list
+    from mlcore.training import predict_proba
+
+    state_dir, base = trained
+    center = center_over(state_dir, settings, digits, splits)
+    root = center.store.load(base["state"])
+    adapted = center.reweighted(base["sha256"], np.full(digits.n_classes, 1.1))  # any other model
+    n = settings.edge.random_sample
+
+    def rotated(rows, degrees):
+        images = apply_image_shifts(digits.images[rows], parse_shift_list([{"name": "rotate", "degrees": degrees}]),
+                                    rng_for(0, "witness-test", degrees))
+        return images.reshape(len(rows), -1).astype(np.float32)
+
+    ids = splits.stream[:n]
+    sample = rotated(ids, 30)
+    frame = build_sample_frame(ids, sample, None, "w02", "rotate30")
+    replies = {}
+    for case, degrees in (("same shift", 30), ("another rotation", 45)):
+        episode_ids = splits.stream[n:2 * n]  # other rows than the sample's
+        empty_x, empty = np.zeros((0, sample.shape[1]), np.float32), np.zeros(0, np.int64)
+        episode_key = state_key(base["state"], "w01", "prep_retraining", case)
+        center.store.save(episode_key, Snapshot(base["state"], "w01", "prep_retraining", base["sha256"], root.zoo,
+                                                None, root.references, None,
+                                                EpisodeData(rotated(episode_ids, degrees), episode_ids.astype(np.int64),
+                                                            empty_x, empty, empty_x, empty, empty)))
+        zoo = root.zoo + (ZooEntry(adapted, "w01", base["sha256"], episode_key, f"rotate{degrees}", 20),)
+        references = {**root.references, adapted: predict_proba(center.model(adapted), center.as_images(sample))}
+        key = state_key(base["state"], "w01", "retraining", case)
+        center.store.save(key, Snapshot(base["state"], "w01", "retraining", base["sha256"], zoo, None, references))
+        replies[case] = center.handle("normal", None, frame, {"state": key, "round": "w02"})
+    for reply in replies.values():
+        assert reply.info["flagged"] and not reply.info["source_like"]
+    assert replies["same shift"].info["decision"] == "adopt" and replies["same shift"].sha256 == adapted
+    assert replies["same shift"].info["labels_wanted"] == 0
+    assert replies["another rotation"].info["decision"] == "test" and replies["another rotation"].info["labels_wanted"] > 0
+
+
 def test_a_models_own_shift_back_after_a_benign_clean_spell_is_adopted_home_without_labels(
         trained, settings, digits, splits):
     """rotate 45 retrained, then clean data adopted as benign (the gate now watches the clean
