@@ -141,9 +141,9 @@ def test_an_adapted_model_is_recognised_only_where_the_base_does_not_tell_the_da
     window is its outputs on that very sample, p = 1) is adopted for no label only if the base's
     outputs on it are not told apart from the base's outputs on the model's episode sample: with a
     rotate-30 episode sample it is; with a rotate-45 one the harm test asks for labels instead, and
-    prep_retraining trains from the model rather than adopt it as it is. (The
-    witness is the base's gate on 100 rows: this MLP base does not tell rotate 15 from rotate 30 there,
-    p = 0.04, so a milder rotation is not the case tested.)"""
+    prep_retraining trains from the model rather than adopt it as it is. (The witness is the base's
+    gate on 100 rows: this MLP base does not tell rotate 15 from rotate 30 there, p = 0.04, so a
+    milder rotation is not the case tested.)"""
     from datacenter.prepare import fits_as_is
     from datacenter.state import EpisodeData, Snapshot, ZooEntry, state_key
     from mlcore.seeding import rng_for
@@ -164,6 +164,10 @@ def test_an_adapted_model_is_recognised_only_where_the_base_does_not_tell_the_da
     ids = splits.stream[:n]
     sample = rotated(ids, 30)
     frame = build_sample_frame(ids, sample, None, "w02", "rotate30")
+    # prep_retraining's "adopt it as it is", on 40 labels the model gets all right: the harm test alone
+    # would pass it; where the base tells the data apart it is trained from instead
+    images = center.as_images(sample)
+    right = predict_proba(center.model(adapted), images).argmax(1)
     replies, adopts = {}, {}
     for case, degrees in (("same shift", 30), ("another rotation", 45)):
         episode_ids = splits.stream[n:2 * n]  # other rows than the sample's
@@ -178,10 +182,6 @@ def test_an_adapted_model_is_recognised_only_where_the_base_does_not_tell_the_da
         key = state_key(base["state"], "w01", "retraining", case)
         center.store.save(key, Snapshot(base["state"], "w01", "retraining", base["sha256"], zoo, None, references))
         replies[case] = center.handle("normal", None, frame, {"state": key, "round": "w02"})
-        # prep_retraining's "adopt it as it is": on labels the model gets all right, the harm test alone
-        # would pass it; where the base tells the data apart it is trained from instead
-        images = center.as_images(sample)
-        right = predict_proba(center.model(adapted), images).argmax(1)
         adopts[case] = fits_as_is(center, center.store.load(key), adapted, images[:40], right[:40], images).outcome
     for reply in replies.values():
         assert reply.info["flagged"] and not reply.info["source_like"]
