@@ -41,30 +41,34 @@ def adoption_shares(truth: float, reference: float, estimate: float, settings: H
     return run_on / streams, overruled / streams
 
 
+def default_records(paths: list[str]):
+    """(run file name, scenario, seed, record) for every round of the default policy in `paths`."""
+    for path in paths:
+        for world in json.loads(Path(path).read_text())["results"]:
+            for scenario, policies in world["policies"].items():
+                for record in policies["default"]["records"]:
+                    yield Path(path).name, scenario, world["seed"], record
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--streams", type=int, default=4000)
     args = parser.parse_args()
     settings, rng, totals = HarmCheckSettings(), np.random.default_rng(0), {}
-    for path in args.runs:
-        for world in json.loads(Path(path).read_text())["results"]:
-            for scenario, policies in world["policies"].items():
-                for record in policies["default"]["records"]:
-                    reference, estimate = record["reference"], record["doc"]
-                    if (not record["flagged"] or estimate is None or record["class"] == "mild"
-                            or not estimate < reference - settings.label_free_drop):
-                        continue
-                    run_on, overruled = adoption_shares(record["before"], reference, estimate, settings,
-                                                        args.streams, rng)
-                    count = totals.setdefault(record["class"], [0, 0.0, 0.0])
-                    count[0] += 1
-                    count[1] += run_on
-                    count[2] += overruled
-                    print(f"{Path(path).name} {scenario} seed {world['seed']} {record['id']} {record['tag']} "
-                          f"{record['class']}: truth {record['before'] - reference:+.3f}, DoC "
-                          f"{estimate - reference:+.3f} from the reference; adopted: run on {run_on:.3f}, "
-                          f"overruled {overruled:.3f}")
+    for name, scenario, seed, record in default_records(args.runs):
+        reference, estimate = record["reference"], record["doc"]
+        if (not record["flagged"] or estimate is None or record["class"] == "mild"
+                or not estimate < reference - settings.label_free_drop):
+            continue
+        run_on, overruled = adoption_shares(record["before"], reference, estimate, settings, args.streams, rng)
+        count = totals.setdefault(record["class"], [0, 0.0, 0.0])
+        count[0] += 1
+        count[1] += run_on
+        count[2] += overruled
+        print(f"{name} {scenario} seed {seed} {record['id']} {record['tag']} {record['class']}: truth "
+              f"{record['before'] - reference:+.3f}, DoC {estimate - reference:+.3f} from the reference; adopted: "
+              f"run on {run_on:.3f}, overruled {overruled:.3f}")
     for name, (rounds, run_on, overruled) in sorted(totals.items()):
         print(f"{name}: {rounds} rounds; expected adopted: run on {run_on:.2f}, overruled {overruled:.2f}")
 
