@@ -67,7 +67,7 @@ MNIST_FALLBACK = {"dataset": {"name": "mnist", "subset": 6000}}
 
 # the closest reproduction of the code before issue 10 (that code is gone): every flag retrains
 LEGACY = {"datacenter": {"harm_check": {"enabled": False}, "label_shift": False, "selection": "logme", "leep_prior": 1.0,
-                         "finetune": {"input_adapter": False}, "stop_query_accuracy": None, "episode_watch": False},
+                         "finetune": {"input_adapter": False}, "stop_query_accuracy": None},
           "edge": {"train_before_query": False}}
 POLICIES = {"legacy": LEGACY, "default": {}}
 

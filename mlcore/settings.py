@@ -100,7 +100,6 @@ class DatacenterSettings:
     stop_agreement: float = 0.98  # stop an episode when two successive models agree this much
     stop_query_accuracy: float | None = 0.9  # stop an episode when the model got this share of a query batch right before training on it (None: off)
     recognise_zoo: bool = True  # on a flag, adopt a zoo model whose own window the sample matches (no labels)
-    episode_watch: bool = True  # under an adapted model, also flag where the base tells the sample from its episode's
     stop_on_stall: bool = False  # stop an episode when a model of its 2nd iteration or later still does not beat its start
     mmd_permutations: int = 200
     entropy_threshold: float = 0.5
