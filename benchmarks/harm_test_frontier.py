@@ -126,13 +126,13 @@ def table(name: str, rounds: list[TestedRound], benign_by_chain: dict[str, int],
              "| setting | benign tested: retrained | benign rounds: check labels on average (all, unflagged at 0) "
              "| harmful: adopted | harmful 5-10 points down: adopted | labels per tested round |",
              "|---|---|---|---|---|---|"]
+    harmful = np.array([r.harmful for r in rounds], dtype=float)
+    near = np.isin(np.arange(len(rounds)), close).astype(float)
+    benign = 1.0 - harmful
     for label, settings in SETTINGS:
         results = [outcomes(r, settings, d) for r, d in zip(rounds, draws)]
         called = np.array([b for b, _ in results])
         spent = np.array([n for _, n in results])
-        harmful = np.array([r.harmful for r in rounds], dtype=float)
-        near = np.isin(np.arange(len(rounds)), close).astype(float)
-        benign = 1.0 - harmful
         cells = [with_interval(member @ (benign * (1 - called)), member @ benign, picks, 3),
                  with_interval(member @ (benign * spent), benign_rounds, picks, 1),
                  with_interval(member @ (harmful * called), member @ harmful, picks, 4),
